@@ -1,0 +1,40 @@
+"""msa_lab: long-context sparse attention research toolkit (MSA, MoBA, full attention).
+
+Tensors are ``[batch, seq, heads, dim]``; see ``docs/semantics.md`` for what each
+method means.
+"""
+
+from .attention import block_sparse_attention, full_attention, moba_attention, msa_attention
+from .coverage import CoverageReport, coverage, output_error
+from .selection import BlockSelection
+from .selectors import (
+    index_from_qk,
+    msa_block_scores,
+    select_moba,
+    select_msa,
+    select_oracle,
+    select_random,
+    select_top_blocks,
+    select_window,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockSelection",
+    "CoverageReport",
+    "block_sparse_attention",
+    "coverage",
+    "full_attention",
+    "index_from_qk",
+    "moba_attention",
+    "msa_attention",
+    "msa_block_scores",
+    "output_error",
+    "select_moba",
+    "select_msa",
+    "select_oracle",
+    "select_random",
+    "select_top_blocks",
+    "select_window",
+]

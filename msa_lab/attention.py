@@ -1,0 +1,131 @@
+"""Public attention entry points: input checks, then an explicit backend.
+
+``backend="reference"`` is the chunked plain-PyTorch oracle; ``"sdpa"`` (full
+attention) is PyTorch's fused dense kernel; ``"flex"`` (block-sparse) is PyTorch
+FlexAttention with a mask built from the selection. ``"auto"`` picks the fastest
+backend that supports the request. A named backend that cannot serve the request
+raises; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import attention_reference
+from .selection import BlockSelection
+from .selectors import select_moba, select_msa
+from .validation import check_index_inputs, check_qkv, check_scale
+
+FULL_BACKENDS = ("reference", "sdpa", "auto")
+SPARSE_BACKENDS = ("reference", "flex", "auto")
+
+
+def _check_backend(backend, choices) -> str:
+    if backend not in choices:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, choices))}; got {backend!r}")
+    return backend
+
+
+def _pack(out, lse, selection, return_lse: bool, return_selection: bool):
+    extra = ([lse] if return_lse else []) + ([selection] if return_selection else [])
+    return (out, *extra) if extra else out
+
+
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
+                   scale: float | None = None, backend: str = "reference",
+                   return_lse: bool = False):
+    """Exact softmax attention with GQA. ``q [B, Nq, Hq, D]``, ``k, v [B, Nk, Hkv, D]``.
+
+    Causal masking is bottom-right aligned when ``Nq < Nk`` (the last query sees every
+    key). Returns ``out [B, Nq, Hq, D]`` in q's dtype, and with ``return_lse=True``
+    also ``lse [B, Hq, Nq]`` (natural log, float32; float64 for float64 inputs).
+    """
+    B, Nq, Hq, Hkv, D = check_qkv(q, k, v, same_length=False)
+    if causal and Nq > k.shape[1]:
+        raise ValueError(f"causal attention needs q length {Nq} <= k length {k.shape[1]}")
+    scale = check_scale(scale, D)
+    backend = _check_backend(backend, FULL_BACKENDS)
+    if backend == "auto":
+        backend = "reference" if return_lse else "sdpa"
+    if backend == "sdpa":
+        if return_lse:
+            raise ValueError("backend='sdpa' cannot return the LSE; use backend='reference'")
+        return _full_sdpa(q, k, v, causal, scale)
+    out, lse = attention_reference(q, k, v, scale=scale, causal=causal)
+    return _pack(out, lse, None, return_lse, False)
+
+
+def _full_sdpa(q, k, v, causal, scale):
+    Nq, Nk = q.shape[1], k.shape[1]
+    mask = None
+    if causal and Nq != Nk:  # SDPA's is_causal is top-left aligned; ours is bottom-right
+        mask = torch.ones(Nq, Nk, dtype=torch.bool, device=q.device).tril(Nk - Nq)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        is_causal=causal and mask is None, scale=scale, enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return out.transpose(1, 2)
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           selection: BlockSelection, *, scale: float | None = None,
+                           backend: str = "reference", return_lse: bool = False):
+    """Exact causal softmax attention over the tokens of each query's selected blocks.
+
+    ``selection`` rows are per KV group (shared by the group's query heads) or per
+    query head. A query whose row sees no key outputs zeros and LSE = -inf.
+    """
+    B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    if not isinstance(selection, BlockSelection):
+        raise TypeError(f"selection must be a BlockSelection, got {type(selection).__name__}")
+    selection.check_matches(B, N, Hq, Hkv, q.device)
+    scale = check_scale(scale, D)
+    backend = _check_backend(backend, SPARSE_BACKENDS)
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, False)
+
+
+def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection):
+    if backend == "auto":
+        backend = "flex" if q.is_cuda else "reference"
+    if backend == "flex":
+        from .flex import block_sparse_flex
+
+        out, lse = block_sparse_flex(q, k, v, selection, scale)
+    else:
+        out, lse = attention_reference(q, k, v, scale=scale, selection=selection)
+    return _pack(out, lse, selection, return_lse, return_selection)
+
+
+def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int,
+                   top_k: int, scale: float | None = None, backend: str = "reference",
+                   return_lse: bool = False, return_selection: bool = False):
+    """MoBA: per-head mean-pooled key gating (own block forced, counted in ``top_k``),
+    then exact attention over the selected blocks. Returns ``out`` then, as asked,
+    ``lse`` and the ``BlockSelection``."""
+    B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    scale = check_scale(scale, D)
+    backend = _check_backend(backend, SPARSE_BACKENDS)
+    selection = select_moba(q, k, block_size=block_size, top_k=top_k)
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)
+
+
+def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: torch.Tensor,
+                  index_k: torch.Tensor, *, block_size: int = 128, top_k: int = 16,
+                  scale: float | None = None, backend: str = "reference",
+                  return_lse: bool = False, return_selection: bool = False):
+    """MSA: the index branch picks blocks per KV group (max-pooled index logits, local
+    block forced), then every query head of the group attends to them exactly.
+    ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1 or Hkv, Di]``."""
+    B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    Bi, Ni, G, _ = check_index_inputs(index_q, index_k)
+    if (Bi, Ni, G) != (B, N, Hkv):
+        raise ValueError(
+            f"index_q must be [batch={B}, seq={N}, groups={Hkv}, index_dim] to match q/k "
+            f"(one index head per KV group), got {tuple(index_q.shape)}"
+        )
+    if index_q.device != q.device:
+        raise ValueError(f"index_q is on {index_q.device} but q is on {q.device}")
+    scale = check_scale(scale, D)
+    backend = _check_backend(backend, SPARSE_BACKENDS)
+    selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k)
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)

@@ -1,0 +1,204 @@
+"""Coverage: how much of the true (full) attention mass a selection keeps.
+
+- attention recall of row (t, h): the full-attention probability mass on the tokens of
+  the selected blocks of that row;
+- the oracle: the ``top_k`` blocks with the most true mass (summed over the group's
+  heads for per-group selections), with the same block size and ``top_k``;
+- relative recall: recall / oracle recall, row by row;
+- block overlap: |selected ∩ oracle| / (ids in the oracle row), which is ``top_k``
+  wherever a row has at least ``top_k`` candidate blocks.
+
+Everything is computed blockwise in query chunks, optionally on sampled rows with exact
+normalisers, so it never builds an ``N x N`` tensor and works at 1M tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .reference import block_mass, query_chunk_size
+from .selection import BlockSelection, _block_one_hot
+from .selectors import select_top_blocks
+from .validation import check_positive_int, check_qkv, check_scale
+
+PERCENTILES = (1, 5, 25, 50, 75, 95)
+
+
+def _stats(x: torch.Tensor, threshold: float | None = None) -> dict:
+    x = x.flatten().double().cpu()
+    ordered = x.sort().values
+    n = ordered.numel()
+    out = {"mean": float(x.mean()), "min": float(ordered[0])}
+    for p in PERCENTILES:
+        pos = (n - 1) * p / 100
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        out[f"p{p}"] = float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+    if threshold is not None:
+        out[f"share_below_{threshold:g}"] = float((x < threshold).double().mean())
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class CoverageReport:
+    """Per-row coverage of one selection. Tensors are float32 on the CPU:
+    ``recall``, ``oracle_recall``: ``[B, Hq, R]``; ``overlap``: ``[B, Hs, R]``;
+    ``positions``: the ``R`` query positions measured."""
+
+    recall: torch.Tensor
+    oracle_recall: torch.Tensor
+    overlap: torch.Tensor
+    positions: torch.Tensor
+    per: str
+    group_size: int
+    block_size: int
+    top_k: int
+    threshold: float
+
+    @property
+    def relative_recall(self) -> torch.Tensor:
+        return self.recall / self.oracle_recall.clamp_min(1e-12)
+
+    def summary(self) -> dict:
+        """Mean, min and percentiles of recall, relative recall, oracle recall and
+        overlap; for recall also the share of rows under ``threshold``."""
+        return {
+            "recall": _stats(self.recall, self.threshold),
+            "relative_recall": _stats(self.relative_recall),
+            "oracle_recall": _stats(self.oracle_recall, self.threshold),
+            "overlap": _stats(self.overlap),
+            "rows": int(self.recall.numel()),
+        }
+
+    def by_head(self) -> torch.Tensor:
+        """Mean recall per query head ``[Hq]``."""
+        return self.recall.mean(dim=(0, 2))
+
+    def by_group(self) -> torch.Tensor:
+        """Mean recall per KV group ``[Hkv]``."""
+        return self.recall.unflatten(1, (-1, self.group_size)).mean(dim=(0, 2, 3))
+
+    def by_position(self, num_bins: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bin centres, mean recall)`` over query position, in ``num_bins`` bins."""
+        num_bins = check_positive_int(num_bins, "num_bins")
+        pos = self.positions.double()
+        edges = torch.linspace(float(pos.min()), float(pos.max()) + 1, num_bins + 1,
+                               dtype=torch.float64)
+        which = (torch.bucketize(pos, edges, right=True) - 1).clamp(0, num_bins - 1)
+        per_row = self.recall.double().mean(dim=(0, 1))
+        sums = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, which, per_row)
+        counts = torch.bincount(which, minlength=num_bins).double()
+        centres = (edges[:-1] + edges[1:]) / 2
+        keep = counts > 0
+        return centres[keep], (sums[keep] / counts[keep])
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        r, rel, ov = s["recall"], s["relative_recall"], s["overlap"]
+        below = r[f"share_below_{self.threshold:g}"]
+        return (
+            f"CoverageReport(per={self.per!r}, block_size={self.block_size}, top_k={self.top_k}, "
+            f"rows={s['rows']:,}: recall mean {r['mean']:.3f} p5 {r['p5']:.3f}, "
+            f"{100 * below:.1f}% of rows < {self.threshold:g}; "
+            f"vs oracle {rel['mean']:.3f}; overlap {ov['mean']:.3f})"
+        )
+
+
+def _sample_positions(seq_len: int, rows, seed: int, device) -> torch.Tensor:
+    if rows is None:
+        return torch.arange(seq_len, device=device)
+    if isinstance(rows, torch.Tensor):
+        pos = rows.to(device=device, dtype=torch.long).flatten()
+        if pos.numel() == 0 or int(pos.min()) < 0 or int(pos.max()) >= seq_len:
+            raise ValueError(f"rows must be query positions in [0, {seq_len - 1}]")
+        return pos
+    rows = check_positive_int(rows, "rows")
+    if rows >= seq_len:
+        return torch.arange(seq_len, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(seq_len, generator=gen)[:rows].sort().values.to(device)
+
+
+def _recall(mass: torch.Tensor, ids: torch.Tensor, group_size: int, per: str) -> torch.Tensor:
+    """Mass on the selected blocks: ``mass [B, Hq, C, nb]``, ``ids [B, Hs, C, K]``."""
+    if per == "group":
+        ids = ids.repeat_interleave(group_size, dim=1)
+    valid = ids >= 0
+    picked = mass.gather(-1, torch.where(valid, ids.long(), torch.zeros_like(ids, dtype=torch.long)))
+    return (picked * valid).sum(-1)
+
+
+def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None = None,
+             rows=None, seed: int = 0, threshold: float = 0.9):
+    """Coverage of ``selection`` (a ``BlockSelection``, or a mapping of names to
+    selections, which share one pass over the true attention) against full causal
+    attention of ``q [B, N, Hq, D]``, ``k [B, N, Hkv, D]``.
+
+    ``rows``: ``None`` for every query, an int to sample that many query positions
+    (uniformly, reproducible from ``seed``), or a tensor of positions. Normalisers are
+    always exact. Returns a ``CoverageReport`` (or a dict of them).
+    """
+    B, N, Hq, Hkv, D = check_qkv(q, k)
+    scale = check_scale(scale, D)
+    named = dict(selection) if isinstance(selection, Mapping) else {None: selection}
+    if not named:
+        raise ValueError("selection mapping is empty")
+    for name, sel in named.items():
+        label = "selection" if name is None else f"selection {name!r}"
+        if not isinstance(sel, BlockSelection):
+            raise TypeError(f"{label} must be a BlockSelection, got {type(sel).__name__}")
+        sel.check_matches(B, N, Hq, Hkv, q.device, name=label)
+    G = Hq // Hkv
+    positions = _sample_positions(N, rows, seed, q.device)
+    block_sizes = sorted({sel.block_size for sel in named.values()})
+    chunk = query_chunk_size(N, B, Hq)
+
+    acc = {name: ([], [], []) for name in named}
+    for start in range(0, positions.numel(), chunk):
+        pos = positions[start:start + chunk]
+        masses = {bs: block_mass(q, k, pos, block_size=bs, scale=scale) for bs in block_sizes}
+        oracles = {}
+        for name, sel in named.items():
+            mass = masses[sel.block_size]
+            key = (sel.block_size, sel.top_k, sel.per)
+            if key not in oracles:
+                score = mass.unflatten(1, (Hkv, G)).sum(2) if sel.per == "group" else mass
+                oracles[key] = select_top_blocks(score, pos, block_size=sel.block_size,
+                                                 top_k=sel.top_k, force_local=False)
+            oracle_ids = oracles[key]
+            ids = sel.indices[:, :, pos]
+            nb = mass.shape[-1]
+            both = (_block_one_hot(ids, nb) & _block_one_hot(oracle_ids, nb)).sum(-1)
+            overlap = both / (oracle_ids >= 0).sum(-1).clamp_min(1)
+            recall, oracle_recall, overlaps = acc[name]
+            recall.append(_recall(mass, ids, G, sel.per).float().cpu())
+            oracle_recall.append(_recall(mass, oracle_ids, G, sel.per).float().cpu())
+            overlaps.append(overlap.float().cpu())
+
+    reports = {
+        name: CoverageReport(
+            recall=torch.cat(r, -1), oracle_recall=torch.cat(o, -1),
+            overlap=torch.cat(ov, -1), positions=positions.cpu(), per=named[name].per,
+            group_size=G, block_size=named[name].block_size, top_k=named[name].top_k,
+            threshold=threshold,
+        )
+        for name, (r, o, ov) in acc.items()
+    }
+    return reports[None] if None in reports else reports
+
+
+def output_error(out: torch.Tensor, ref: torch.Tensor, *, per_head: bool = False):
+    """``||out - ref|| / ||ref||`` in float64 over ``[B, N, H, D]`` tensors; with
+    ``per_head=True`` a ``[H]`` tensor, one error per head."""
+    if not isinstance(out, torch.Tensor) or not isinstance(ref, torch.Tensor):
+        raise TypeError("out and ref must be torch.Tensor")
+    if out.shape != ref.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)} but ref has {tuple(ref.shape)}")
+    diff = (out.double() - ref.double())
+    if per_head:
+        dims = (0, 1, 3)
+        return (diff.square().sum(dims).sqrt() / ref.double().square().sum(dims).sqrt()).float()
+    return float(diff.norm() / ref.double().norm())

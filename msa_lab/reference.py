@@ -1,0 +1,143 @@
+"""Plain-PyTorch oracles: exact softmax attention, full or block-sparse, and the true
+attention mass per key block.
+
+They process queries in chunks so that no ``N x N`` (or ``N x blocks x heads``)
+tensor exists at once: memory stays near ``chunk * N * heads`` elements. Math is done
+in float32 (float64 if the inputs are float64); they are differentiable through
+autograd, so they also serve as the gradient oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .selection import BlockSelection, _block_one_hot, num_blocks
+
+#: Elements of the largest intermediate (``batch * heads * chunk * keys``) per chunk.
+CHUNK_ELEMENTS = 1 << 26
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def query_chunk_size(num_keys: int, batch: int, heads: int) -> int:
+    """Query rows per chunk so that ``batch * heads * rows * num_keys <= CHUNK_ELEMENTS``."""
+    return max(1, CHUNK_ELEMENTS // max(1, num_keys * batch * heads))
+
+
+def grouped_scores(q_rows: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``q_rows [B, C, Hq, D] x k [B, L, Hkv, D] -> scores [B, Hkv, G, C, L]``.
+
+    Query head ``h`` is ``(h // G, h % G)``: GQA without repeating K.
+    """
+    B, C, Hq, D = q_rows.shape
+    Hkv = k.shape[2]
+    dt = compute_dtype(q_rows)
+    qg = q_rows.to(dt).view(B, C, Hkv, Hq // Hkv, D)
+    return torch.einsum("bcgxd,blgd->bgxcl", qg, k.to(dt)) * scale
+
+
+def _softmax_stats(scores: torch.Tensor, allowed: torch.Tensor):
+    """Masked softmax probabilities and natural-log LSE; rows with nothing allowed
+    give zero probabilities and LSE = -inf (never NaN)."""
+    s = scores.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, -1)  # fused; exp(s - lse) costs several times more on the CPU
+    # The largest probability is exp(m - lse), so lse = m - log(max p): exact to rounding.
+    # (torch.logsumexp on the CPU was seen off by 1e-10 relative in float64 on 5-D input.)
+    m = s.amax(-1)
+    empty = torch.isinf(m)
+    lse = m - torch.log(p.amax(-1))
+    if bool(empty.any()):
+        p = p.masked_fill(empty.unsqueeze(-1), 0.0)
+        lse = lse.masked_fill(empty, float("-inf"))
+    return p, lse
+
+
+def _selection_token_mask(sel_rows: torch.Tensor, per: str, group_size: int,
+                          block_size: int, nb: int, num_keys: int) -> torch.Tensor:
+    """``bool [B, Hkv, G or 1, C, L]``: key token allowed by the selected blocks."""
+    onehot = _block_one_hot(sel_rows, nb)  # [B, Hs, C, nb]
+    key_block = torch.arange(num_keys, device=sel_rows.device) // block_size
+    tokens = onehot.index_select(-1, key_block)  # [B, Hs, C, L]
+    B, Hs, C, L = tokens.shape
+    if per == "group":
+        return tokens.unsqueeze(2)
+    return tokens.view(B, Hs // group_size, group_size, C, L)
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool = True,
+    selection: BlockSelection | None = None,
+    query_chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention; returns ``(out [B, Nq, Hq, D] in q.dtype, lse [B, Hq, Nq])``.
+
+    Causal masking is bottom-right aligned: query ``i`` sits at position
+    ``Nk - Nq + i``. With ``selection``, only keys in the selected blocks of each
+    query's row are visible (plus causality). LSE is the natural log of the softmax
+    normaliser of the scaled scores.
+    """
+    B, Nq, Hq, D = q.shape
+    Nk, Hkv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    offset = Nk - Nq
+    chunk = query_chunk or query_chunk_size(Nk, B, Hq)
+    nb = num_blocks(Nk, selection.block_size) if selection is not None else 0
+    dt = compute_dtype(q)
+    vv = v.to(dt)
+    outs, lses = [], []
+    for start in range(0, Nq, chunk):
+        stop = min(start + chunk, Nq)
+        pos = torch.arange(start, stop, device=q.device) + offset
+        L = stop + offset if causal else Nk  # keys past the chunk's last query are masked
+        s = grouped_scores(q[:, start:stop], k[:, :L], scale)  # [B, Hkv, G, C, L]
+        allowed = torch.ones(1, 1, 1, stop - start, L, dtype=torch.bool, device=q.device)
+        if causal:
+            allowed = allowed & (torch.arange(L, device=q.device) <= pos.view(-1, 1))
+        if selection is not None:
+            allowed = allowed & _selection_token_mask(
+                selection.indices[:, :, start:stop], selection.per, G,
+                selection.block_size, nb, L,
+            )
+        p, lse = _softmax_stats(s, allowed)
+        o = torch.einsum("bgxcl,blgd->bcgxd", p, vv[:, :L])
+        outs.append(o.reshape(B, stop - start, Hq, D))
+        lses.append(lse.reshape(B, Hq, stop - start))
+    return torch.cat(outs, 1).to(q.dtype), torch.cat(lses, -1)
+
+
+def block_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    block_size: int,
+    scale: float,
+    query_chunk: int | None = None,
+) -> torch.Tensor:
+    """True causal attention mass per key block for the query rows at ``positions``:
+    ``[B, Hq, R, num_blocks]`` (float32, or float64 for float64 inputs), each row
+    summing to 1. Normalisers are exact (all visible keys), whatever rows are asked for.
+    """
+    B, N, Hq, _ = q.shape
+    nb = num_blocks(N, block_size)
+    chunk = query_chunk or query_chunk_size(N, B, Hq)
+    masses = []
+    for start in range(0, positions.numel(), chunk):
+        pos = positions[start:start + chunk]
+        L = int(pos.max()) + 1
+        s = grouped_scores(q[:, pos], k[:, :L], scale)
+        allowed = torch.arange(L, device=q.device) <= pos.view(-1, 1)
+        p, _ = _softmax_stats(s, allowed)
+        nb_L = num_blocks(L, block_size)
+        p = torch.nn.functional.pad(p, (0, nb_L * block_size - L))
+        m = p.unflatten(-1, (nb_L, block_size)).sum(-1)
+        m = torch.nn.functional.pad(m, (0, nb - nb_L))
+        masses.append(m.flatten(1, 2))  # [B, Hq, C, nb]
+    return torch.cat(masses, 2)

@@ -1,0 +1,247 @@
+"""BlockSelection: which KV blocks each query attends to.
+
+A selection is an int32 tensor ``[B, Hs, N, top_k]`` of block ids, ``-1`` padded.
+Block ``b`` covers tokens ``[b * block_size, min((b + 1) * block_size, N))``.
+``per="group"`` means one row per KV head (MSA: shared by the group's query heads),
+``per="head"`` one row per query head (MoBA). The set of ids in a row matters, not
+their order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .validation import check_choice, check_positive_int
+
+PER_CHOICES = ("group", "head")
+
+
+def num_blocks(seq_len: int, block_size: int) -> int:
+    return -(-seq_len // block_size)
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSelection:
+    """Block ids ``int32 [B, Hs, N, top_k]`` (``-1`` = unused slot), their block size,
+    and whether rows are per KV group (``Hs = Hkv``) or per query head (``Hs = Hq``).
+
+    Constructing one validates it: ids in ``[-1, num_blocks)``, no block after the
+    query's own block (causality), no id twice in a row.
+    """
+
+    indices: torch.Tensor
+    block_size: int
+    per: str = "group"
+
+    def __post_init__(self):
+        self._check_structure()
+        self.validate()
+
+    @classmethod
+    def _trusted(cls, indices: torch.Tensor, block_size: int, per: str) -> "BlockSelection":
+        # Selectors build valid selections by construction; skipping the content check
+        # keeps it out of the timed path. Tests validate selector output explicitly.
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "indices", indices)
+        object.__setattr__(obj, "block_size", block_size)
+        object.__setattr__(obj, "per", per)
+        obj._check_structure()
+        return obj
+
+    def _check_structure(self):
+        check_positive_int(self.block_size, "block_size")
+        check_choice(self.per, "per", PER_CHOICES)
+        x = self.indices
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"indices must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != torch.int32:
+            raise TypeError(f"indices must be int32, got {x.dtype}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"indices must be 4-D [batch, heads, seq, top_k], got shape {tuple(x.shape)}"
+            )
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"indices must have seq > 0 and top_k > 0, got {tuple(x.shape)}")
+
+    # ---- shape facts -------------------------------------------------------
+    @property
+    def batch(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def num_rows_heads(self) -> int:
+        """``Hs``: KV heads for ``per="group"``, query heads for ``per="head"``."""
+        return self.indices.shape[1]
+
+    @property
+    def seq_len(self) -> int:
+        return self.indices.shape[2]
+
+    @property
+    def top_k(self) -> int:
+        return self.indices.shape[3]
+
+    @property
+    def num_blocks(self) -> int:
+        return num_blocks(self.seq_len, self.block_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.indices.device
+
+    def _own_block(self) -> torch.Tensor:
+        return torch.arange(self.seq_len, device=self.device) // self.block_size
+
+    # ---- checks ------------------------------------------------------------
+    def validate(self) -> "BlockSelection":
+        """Raise ``ValueError`` if any id is out of range, in the future, or repeated."""
+        x = self.indices
+        lo, hi = int(x.min()), int(x.max())
+        if lo < -1 or hi >= self.num_blocks:
+            raise ValueError(
+                f"selection ids must lie in [-1, {self.num_blocks - 1}] for seq_len "
+                f"{self.seq_len} and block_size {self.block_size}, got range [{lo}, {hi}]"
+            )
+        own = self._own_block().view(1, 1, -1, 1)
+        future = x > own
+        if bool(future.any()):
+            b, h, t, s = (int(i) for i in future.nonzero()[0])
+            raise ValueError(
+                f"selection is not causal: row (batch={b}, head={h}, query={t}) selects "
+                f"block {int(x[b, h, t, s])} after its own block {t // self.block_size}"
+            )
+        ordered = x.sort(dim=-1).values
+        repeated = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)
+        if bool(repeated.any()):
+            b, h, t, _ = (int(i) for i in repeated.nonzero()[0])
+            raise ValueError(
+                f"selection repeats a block id in row (batch={b}, head={h}, query={t}): "
+                f"{x[b, h, t].tolist()}"
+            )
+        return self
+
+    def check_matches(self, batch: int, seq_len: int, num_q_heads: int, num_kv_heads: int,
+                      device: torch.device, name: str = "selection") -> None:
+        """Raise ``ValueError`` unless this selection fits q/k of the given shape."""
+        expected_hs = num_kv_heads if self.per == "group" else num_q_heads
+        expected = (batch, expected_hs, seq_len)
+        if tuple(self.indices.shape[:3]) != expected:
+            raise ValueError(
+                f"{name}.indices must be [batch={batch}, {'kv_heads' if self.per == 'group' else 'heads'}"
+                f"={expected_hs}, seq={seq_len}, top_k] for per={self.per!r}, "
+                f"got {tuple(self.indices.shape)}"
+            )
+        if self.device != device:
+            raise ValueError(f"{name} is on {self.device} but q is on {device}")
+
+    # ---- derived views -----------------------------------------------------
+    def valid_mask(self) -> torch.Tensor:
+        return self.indices >= 0
+
+    def tokens_per_query(self) -> torch.Tensor:
+        """``int64 [B, Hs, N]``: visible tokens each query attends to.
+
+        Earlier blocks are always whole (only the last block of the sequence can be
+        partial, and it is never earlier than any query's own block); the own block
+        contributes the causal prefix ``t - own * block_size + 1``.
+        """
+        t = torch.arange(self.seq_len, device=self.device)
+        own = t // self.block_size
+        x = self.indices.long()
+        own_b = own.view(1, 1, -1, 1)
+        prefix = (t - own * self.block_size + 1).view(1, 1, -1, 1)
+        per_slot = torch.where(x == own_b, prefix, torch.full_like(x, self.block_size))
+        return torch.where(x >= 0, per_slot, torch.zeros_like(x)).sum(-1)
+
+    def density(self) -> float:
+        """Selected tokens over causally visible tokens, summed over all rows."""
+        causal = self.seq_len * (self.seq_len + 1) // 2 * self.batch * self.num_rows_heads
+        return float(self.tokens_per_query().sum()) / causal
+
+    def summary(self) -> dict:
+        tokens = self.tokens_per_query().double()
+        return {
+            "per": self.per,
+            "shape": tuple(self.indices.shape),
+            "block_size": self.block_size,
+            "top_k": self.top_k,
+            "num_blocks": self.num_blocks,
+            "density": self.density(),
+            "mean_tokens_per_query": float(tokens.mean()),
+            "max_tokens_per_query": int(tokens.max()),
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        B, Hs, N, K = s["shape"]
+        heads = "kv_heads" if self.per == "group" else "heads"
+        return (
+            f"BlockSelection(per={self.per!r}, batch={B}, {heads}={Hs}, seq_len={N:,}, "
+            f"block_size={self.block_size}, top_k={K}, num_blocks={s['num_blocks']:,}; "
+            f"density {100 * s['density']:.1f}% of causal tokens, "
+            f"{s['mean_tokens_per_query']:,.0f} tokens/query on average)"
+        )
+
+    def canonical(self) -> "BlockSelection":
+        """The same selection with ids ascending and ``-1`` padding last."""
+        big = torch.iinfo(torch.int32).max
+        keyed = torch.where(self.indices >= 0, self.indices, torch.full_like(self.indices, big))
+        ordered = keyed.sort(dim=-1).values
+        ordered = torch.where(ordered == big, torch.full_like(ordered, -1), ordered)
+        return BlockSelection._trusted(ordered, self.block_size, self.per)
+
+    def equals(self, other: "BlockSelection") -> bool:
+        """Same block sets in every row (order of ids ignored)."""
+        return (
+            self.block_size == other.block_size
+            and self.per == other.per
+            and self.indices.shape == other.indices.shape
+            and bool((self.canonical().indices == other.canonical().indices).all())
+        )
+
+    def dense_mask(self, max_elements: int = 1 << 28) -> torch.Tensor:
+        """``bool [B, Hs, N, num_blocks]``: True where query ``t`` selected block ``b``.
+
+        Meant for small sizes (plots, tests); raises if it would exceed ``max_elements``.
+        """
+        B, Hs, N, _ = self.indices.shape
+        nb = self.num_blocks
+        size = B * Hs * N * nb
+        if size > max_elements:
+            raise ValueError(
+                f"dense_mask would have {size:,} elements (> max_elements={max_elements:,}); "
+                "use block_map() for an aggregated view"
+            )
+        return _block_one_hot(self.indices, nb)
+
+    def block_map(self, max_elements: int = 1 << 26) -> torch.Tensor:
+        """``float32 [B, Hs, num_query_blocks, num_blocks]``: share of the queries of each
+        query block that selected each key block (a selection heat map)."""
+        B, Hs, N, K = self.indices.shape
+        nb = self.num_blocks
+        size = B * Hs * nb * nb
+        if size > max_elements:
+            raise ValueError(
+                f"block_map would have {size:,} elements (> max_elements={max_elements:,})"
+            )
+        t = torch.arange(N, device=self.device)
+        qblock = (t // self.block_size).view(1, 1, N, 1).expand(B, Hs, N, K)
+        row = torch.arange(B * Hs, device=self.device).view(B, Hs, 1, 1).expand(B, Hs, N, K)
+        valid = self.indices >= 0
+        flat = (row * nb + qblock) * nb + self.indices.long()
+        counts = torch.bincount(flat[valid], minlength=B * Hs * nb * nb).float()
+        queries_per_block = torch.bincount(t // self.block_size, minlength=nb).float()
+        return counts.view(B, Hs, nb, nb) / queries_per_block.view(1, 1, nb, 1)
+
+    def to(self, device) -> "BlockSelection":
+        return BlockSelection._trusted(self.indices.to(device), self.block_size, self.per)
+
+
+def _block_one_hot(indices: torch.Tensor, nb: int) -> torch.Tensor:
+    """``bool [..., nb]`` from ids ``[..., K]`` with ``-1`` padding."""
+    slot = torch.where(indices >= 0, indices.long(), torch.full_like(indices, nb, dtype=torch.long))
+    out = torch.zeros(*indices.shape[:-1], nb + 1, dtype=torch.bool, device=indices.device)
+    out.scatter_(-1, slot, True)
+    return out[..., :nb]

@@ -1,0 +1,181 @@
+"""Selectors: turn scores into a BlockSelection.
+
+Every selector scores the blocks of each query row and hands the scores to
+``select_top_blocks``, which applies the shared rules: only blocks up to the query's
+own block compete, the own block is forced (and counts toward ``top_k``) unless told
+otherwise, ties go to the lower block id, and a row keeps
+``min(top_k, own_block + 1)`` ids, the rest ``-1``.
+
+These are the reference versions, processed in query chunks so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import block_mass, compute_dtype, grouped_scores, query_chunk_size
+from .selection import PER_CHOICES, BlockSelection, num_blocks
+from .validation import (
+    check_choice,
+    check_index_inputs,
+    check_positive_int,
+    check_qkv,
+    check_scale,
+)
+
+
+def select_top_blocks(
+    scores: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    block_size: int,
+    top_k: int,
+    force_local: bool = True,
+) -> torch.Tensor:
+    """``scores [..., C, num_blocks]`` for query rows at ``positions [C]`` ->
+    ``int32 [..., C, top_k]`` block ids, ``-1`` padded.
+
+    Scores of blocks after the own block are ignored. The ranking needs no softmax
+    (monotone), so raw logits, max-pooled logits and masses all work.
+    """
+    nb = scores.shape[-1]
+    own = (positions // block_size).view(-1, 1)
+    blk = torch.arange(nb, device=scores.device)
+    neg_inf = torch.full_like(scores, float("-inf"))
+    key = torch.where(blk < own, scores, neg_inf)
+    local = scores.new_full((), float("inf")) if force_local else scores
+    key = torch.where(blk == own, local, key)
+    # Stable descending sort keeps equal scores in id order: ties go to the lower id.
+    ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., : min(top_k, nb)]
+    if nb < top_k:
+        ids = torch.nn.functional.pad(ids, (0, top_k - nb), value=-1)
+    slot = torch.arange(top_k, device=scores.device)
+    valid = slot < torch.clamp(own + 1, max=top_k)
+    return torch.where(valid, ids, torch.full_like(ids, -1)).to(torch.int32)
+
+
+def _rows(seq_len: int, chunk: int, device):
+    for start in range(0, seq_len, chunk):
+        yield start, torch.arange(start, min(start + chunk, seq_len), device=device)
+
+
+def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``[B, num_blocks, Hkv, D]`` mean key of each block (over its real tokens).
+
+    As in MoBA's reference, the mean is rounded to the input dtype before the fp32
+    gate, so bf16 inputs gate exactly as MoBA does.
+    """
+    B, N, Hkv, D = k.shape
+    nb = num_blocks(N, block_size)
+    kf = torch.nn.functional.pad(k.to(compute_dtype(k)), (0, 0, 0, 0, 0, nb * block_size - N))
+    sums = kf.view(B, nb, block_size, Hkv, D).sum(2)
+    counts = torch.clamp(N - torch.arange(nb, device=k.device) * block_size, max=block_size)
+    return (sums / counts.view(1, nb, 1, 1)).to(k.dtype)
+
+
+def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int) -> BlockSelection:
+    """MoBA gating: per query head, ``q[t, h] . mean(k[block, group(h)])`` in fp32; the
+    own block is forced and counts toward ``top_k``; one selection per query head."""
+    B, N, Hq, Hkv, _ = check_qkv(q, k)
+    block_size = check_positive_int(block_size, "block_size")
+    top_k = check_positive_int(top_k, "top_k")
+    kmean = block_mean_keys(k, block_size)
+    nb = kmean.shape[1]
+    parts = []
+    for _, pos in _rows(N, query_chunk_size(nb, B, Hq), q.device):
+        gate = grouped_scores(q[:, pos], kmean, 1.0).flatten(1, 2)  # [B, Hq, C, nb]
+        parts.append(select_top_blocks(gate, pos, block_size=block_size, top_k=top_k))
+    return BlockSelection._trusted(torch.cat(parts, 2), block_size, "head")
+
+
+def msa_block_scores(index_q: torch.Tensor, index_k: torch.Tensor, positions: torch.Tensor,
+                     block_size: int) -> torch.Tensor:
+    """MSA index-branch block scores ``[B, G, C, num_blocks]`` for the query rows at
+    ``positions``: the max over each block's visible tokens of
+    ``index_q[t, g] . index_k[j] * Di**-0.5`` (-inf where no token is visible)."""
+    B, N, G, Di = index_q.shape
+    L = int(positions.max()) + 1
+    s = grouped_scores(index_q[:, positions], index_k[:, :L], Di ** -0.5).flatten(1, 2)
+    s = torch.where(torch.arange(L, device=s.device) <= positions.view(-1, 1), s,
+                    torch.full_like(s, float("-inf")))
+    nb_L = num_blocks(L, block_size)
+    s = torch.nn.functional.pad(s, (0, nb_L * block_size - L), value=float("-inf"))
+    pooled = s.unflatten(-1, (nb_L, block_size)).amax(-1)
+    return torch.nn.functional.pad(pooled, (0, num_blocks(N, block_size) - nb_L),
+                                   value=float("-inf"))
+
+
+def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int = 128,
+               top_k: int = 16) -> BlockSelection:
+    """MSA index branch: max-pooled causal index logits per block, the local block
+    forced, the ``top_k - 1`` best earlier blocks (ties to the lower id); one selection
+    per KV group. ``index_q [B, N, G, Di]``, ``index_k [B, N, 1 or G, Di]``."""
+    B, N, G, _ = check_index_inputs(index_q, index_k)
+    block_size = check_positive_int(block_size, "block_size")
+    top_k = check_positive_int(top_k, "top_k")
+    parts = []
+    for _, pos in _rows(N, query_chunk_size(N, B, G), index_q.device):
+        scores = msa_block_scores(index_q, index_k, pos, block_size)
+        parts.append(select_top_blocks(scores, pos, block_size=block_size, top_k=top_k))
+    return BlockSelection._trusted(torch.cat(parts, 2), block_size, "group")
+
+
+def index_from_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An untrained stand-in for MSA's index branch: the group's mean query as the
+    index query and the group's key as the index key (``[B, N, G, D]`` each)."""
+    B, N, Hq, Hkv, D = check_qkv(q, k)
+    return q.view(B, N, Hkv, Hq // Hkv, D).mean(3), k
+
+
+def select_oracle(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
+                  per: str = "group", scale: float | None = None,
+                  force_local: bool = False) -> BlockSelection:
+    """The selection that keeps the most true attention mass: per row, the ``top_k``
+    blocks with the largest full-attention mass (summed over the group's heads for
+    ``per="group"``). ``force_local=True`` gives the best selection under the same
+    local-block rule as MoBA and MSA."""
+    B, N, Hq, Hkv, D = check_qkv(q, k)
+    block_size = check_positive_int(block_size, "block_size")
+    top_k = check_positive_int(top_k, "top_k")
+    check_choice(per, "per", PER_CHOICES)
+    scale = check_scale(scale, D)
+    parts = []
+    for _, pos in _rows(N, query_chunk_size(N, B, Hq), q.device):
+        mass = block_mass(q, k, pos, block_size=block_size, scale=scale)
+        if per == "group":
+            mass = mass.unflatten(1, (Hkv, Hq // Hkv)).sum(2)
+        parts.append(select_top_blocks(mass, pos, block_size=block_size, top_k=top_k,
+                                       force_local=force_local))
+    return BlockSelection._trusted(torch.cat(parts, 2), block_size, per)
+
+
+def select_window(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
+                  per: str = "group") -> BlockSelection:
+    """Sliding window of blocks: the own block and the ``top_k - 1`` blocks before it."""
+    B, N, Hq, Hkv, _ = check_qkv(q, k)
+    block_size = check_positive_int(block_size, "block_size")
+    top_k = check_positive_int(top_k, "top_k")
+    check_choice(per, "per", PER_CHOICES)
+    own = torch.arange(N, device=k.device) // block_size
+    ids = own.view(-1, 1) - torch.arange(top_k, device=k.device)
+    ids = torch.where(ids >= 0, ids, torch.full_like(ids, -1)).to(torch.int32)
+    Hs = Hkv if per == "group" else Hq
+    return BlockSelection._trusted(ids.expand(B, Hs, N, top_k).contiguous(), block_size, per)
+
+
+def select_random(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
+                  per: str = "group", seed: int = 0) -> BlockSelection:
+    """The own block plus ``top_k - 1`` earlier blocks drawn uniformly (a floor for
+    coverage comparisons). Reproducible from ``seed``."""
+    B, N, Hq, Hkv, _ = check_qkv(q, k)
+    block_size = check_positive_int(block_size, "block_size")
+    top_k = check_positive_int(top_k, "top_k")
+    check_choice(per, "per", PER_CHOICES)
+    Hs = Hkv if per == "group" else Hq
+    nb = num_blocks(N, block_size)
+    gen = torch.Generator(device=k.device).manual_seed(seed)
+    parts = []
+    for _, pos in _rows(N, query_chunk_size(nb, B, Hs), k.device):
+        scores = torch.rand(B, Hs, pos.numel(), nb, generator=gen, device=k.device)
+        parts.append(select_top_blocks(scores, pos, block_size=block_size, top_k=top_k))
+    return BlockSelection._trusted(torch.cat(parts, 2), block_size, per)

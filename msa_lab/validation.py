@@ -1,0 +1,115 @@
+"""Input checks for the public entry points.
+
+Every public function checks its inputs once, here, and raises ``ValueError`` or
+``TypeError`` with the argument's name and what was expected. Kernels and internal
+helpers assume valid inputs.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_positive_int(value, name: str) -> int:
+    # bool is an int subclass; block_size=True is a bug, not a block size of 1.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        expected = " or ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def check_tensor(x, name: str, ndim: int, layout: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}"
+        )
+    return x
+
+
+def check_same_device_dtype(named: dict[str, torch.Tensor]) -> None:
+    items = list(named.items())
+    first_name, first = items[0]
+    for name, x in items[1:]:
+        if x.device != first.device:
+            raise ValueError(
+                f"{name} is on {x.device} but {first_name} is on {first.device}; "
+                "all inputs must be on one device"
+            )
+        if x.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {x.dtype} but {first_name} has {first.dtype}; "
+                "all inputs must share one dtype"
+            )
+
+
+def check_qkv(q, k, v=None, *, same_length: bool = True) -> tuple[int, int, int, int, int]:
+    """Check ``q [B, N, Hq, D]``, ``k, v [B, N, Hkv, D]``; return ``(B, N, Hq, Hkv, D)``."""
+    check_tensor(q, "q", 4, "[batch, seq, heads, dim]")
+    check_tensor(k, "k", 4, "[batch, seq, kv_heads, dim]")
+    named = {"q": q, "k": k}
+    if v is not None:
+        check_tensor(v, "v", 4, "[batch, seq, kv_heads, dim]")
+        named["v"] = v
+        if v.shape != k.shape:
+            raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    check_same_device_dtype(named)
+    B, N, Hq, D = q.shape
+    if k.shape[0] != B:
+        raise ValueError(f"k must have batch {B} like q, got {k.shape[0]}")
+    if k.shape[3] != D:
+        raise ValueError(f"k must have head dim {D} like q, got {k.shape[3]}")
+    if same_length and k.shape[1] != N:
+        raise ValueError(f"k must have seq length {N} like q (self-attention), got {k.shape[1]}")
+    Hkv = k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(
+            f"the number of query heads ({Hq}) must be a multiple of the number of "
+            f"KV heads ({Hkv}) for GQA"
+        )
+    if N == 0 or k.shape[1] == 0:
+        raise ValueError(f"sequence length must be positive, got q {N} and k {k.shape[1]}")
+    return B, N, Hq, Hkv, D
+
+
+def check_index_inputs(index_q, index_k) -> tuple[int, int, int, int]:
+    """Check MSA index inputs; return ``(B, N, G, Di)``."""
+    check_tensor(index_q, "index_q", 4, "[batch, seq, groups, index_dim]")
+    check_tensor(index_k, "index_k", 4, "[batch, seq, 1 or groups, index_dim]")
+    check_same_device_dtype({"index_q": index_q, "index_k": index_k})
+    B, N, G, Di = index_q.shape
+    if index_k.shape[0] != B or index_k.shape[1] != N or index_k.shape[3] != Di:
+        raise ValueError(
+            f"index_k must be [batch={B}, seq={N}, 1 or {G}, index_dim={Di}] to match "
+            f"index_q, got {tuple(index_k.shape)}"
+        )
+    if index_k.shape[2] not in (1, G):
+        raise ValueError(
+            f"index_k must have 1 shared index head or {G} (one per group), got {index_k.shape[2]}"
+        )
+    return B, N, G, Di
+
+
+def check_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return head_dim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return float(scale)

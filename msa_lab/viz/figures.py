@@ -1,0 +1,79 @@
+"""Figures are functions of results: they never run an experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import plotly.graph_objects as go
+import torch
+
+from ..coverage import CoverageReport
+from ..selection import BlockSelection
+from .theme import TEMPLATE, method_color
+
+
+def recall_by_position_figure(reports: Mapping[str, CoverageReport], num_bins: int = 32) -> go.Figure:
+    """Mean attention recall against query position, one line per method."""
+    fig = go.Figure()
+    for name, rep in reports.items():
+        x, y = rep.by_position(num_bins)
+        fig.add_scatter(x=x.tolist(), y=y.tolist(), name=name, mode="lines+markers",
+                        line=dict(color=method_color(name)), marker=dict(size=5))
+    fig.update_layout(template=TEMPLATE, title="Attention recall by query position",
+                      xaxis_title="query position", yaxis_title="mean recall",
+                      yaxis_range=[0, 1.02])
+    return fig
+
+
+def recall_histogram_figure(reports: Mapping[str, CoverageReport], bins: int = 50) -> go.Figure:
+    """Distribution of per-row recall, one overlaid histogram per method."""
+    fig = go.Figure()
+    for name, rep in reports.items():
+        fig.add_histogram(x=rep.recall.flatten().tolist(), name=name, opacity=0.6,
+                          xbins=dict(start=0, end=1.0001, size=1 / bins),
+                          histnorm="probability", marker_color=method_color(name))
+    fig.update_layout(template=TEMPLATE, barmode="overlay", title="Per-row attention recall",
+                      xaxis_title="recall (share of full-attention mass kept)",
+                      yaxis_title="share of rows")
+    return fig
+
+
+def selection_map_figure(selection: BlockSelection, *, batch: int = 0, head: int = 0,
+                         oracle: BlockSelection | None = None, title: str | None = None) -> go.Figure:
+    """Query block x key block heat map: the share of each query block's queries that
+    selected each key block. With ``oracle``, blocks the oracle chose but the selection
+    never did are marked with x."""
+    share = selection.block_map()[batch, head].cpu()
+    nb = share.shape[0]
+    fig = go.Figure(go.Heatmap(z=share.tolist(), colorscale="Viridis", zmin=0, zmax=1,
+                               colorbar=dict(title="share"),
+                               hovertemplate="query block %{y}<br>key block %{x}<br>share %{z:.2f}<extra></extra>"))
+    if oracle is not None:
+        missed = (oracle.block_map()[batch, head].cpu() > 0) & (share == 0)
+        qb, kb = torch.nonzero(missed, as_tuple=True)
+        fig.add_scatter(x=kb.tolist(), y=qb.tolist(), mode="markers", name="oracle miss",
+                        marker=dict(symbol="x", color="#D55E00", size=max(3, 300 // nb)))
+    label = "group" if selection.per == "group" else "head"
+    fig.update_layout(template=TEMPLATE,
+                      title=title or f"Selected blocks ({label} {head}, batch {batch})",
+                      xaxis_title="key block", yaxis_title="query block",
+                      yaxis_autorange="reversed", xaxis_constrain="domain",
+                      yaxis_scaleanchor="x")
+    return fig
+
+
+def write_html(figures, path, *, title: str = "msa_lab") -> Path:
+    """Write figures into one self-contained HTML page (plotly.js inlined once, so it
+    opens offline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    body = "\n".join(f"<div class='fig'>{p}</div>" for p in parts)
+    path.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        f"<body style='font-family:Helvetica,Arial,sans-serif;max-width:1100px;margin:auto'>"
+        f"<h1>{title}</h1>{body}</body></html>",
+        encoding="utf-8",
+    )
+    return path
