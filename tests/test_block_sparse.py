@@ -112,3 +112,29 @@ def test_auto_backend_on_cpu_is_the_reference():
     sel = random_selection(1, 1, 40, 8, 2, "group")
     assert torch.equal(ml.block_sparse_attention(q, k, v, sel, backend="auto"),
                        ml.block_sparse_attention(q, k, v, sel))
+
+
+@pytest.mark.parametrize("N,bs,per", [(300, 128, "group"), (520, 256, "head"), (400, 64, "group"),
+                                      (333, 96, "head"), (700, 200, "group")])
+def test_flex_block_mask_tiles_match_the_token_mask(N, bs, per):
+    from msa_lab.flex import TILE, selection_block_mask
+
+    Hq, Hkv = 4, 2
+    Hs = Hkv if per == "group" else Hq
+    sel = random_selection(1, Hs, N, bs, 3, per)
+    tokens = token_mask_from_blocks(sel.dense_mask(), bs, N, Hq // Hkv if per == "group" else 1)
+    nt = math.ceil(N / TILE)
+    padded = torch.nn.functional.pad(tokens, (0, nt * TILE - N, 0, nt * TILE - N))
+    tiles = padded.view(1, Hq, nt, TILE, nt, TILE)
+    any_allowed = tiles.any(-1).any(-2)
+    mask = selection_block_mask(sel, Hq)
+    listed = mask.to_dense().bool()  # partial or full tiles
+    assert torch.equal(listed, any_allowed)
+    full_num, full_idx = mask.full_kv_num_blocks, mask.full_kv_indices
+    for h in range(Hq):
+        for qt in range(nt):
+            for kt in full_idx[0, h, qt, : full_num[0, h, qt]].tolist():
+                rows = slice(qt * TILE, min((qt + 1) * TILE, N))
+                assert bool(tokens[0, h, rows, kt * TILE:(kt + 1) * TILE].all())
+    if bs % TILE == 0:
+        assert int(full_num.sum()) > 0  # aligned blocks do produce full tiles

@@ -1,6 +1,6 @@
 """Plotly figures in the msa_lab house style."""
 
-from .figures import recall_by_position_figure, recall_histogram_figure, selection_map_figure, write_html
+from .figures import recall_by_position_figure, recall_distribution_figure, selection_map_figure, write_html
 from .theme import METHOD_COLORS, TEMPLATE, method_color
 
 __all__ = [
@@ -8,7 +8,7 @@ __all__ = [
     "TEMPLATE",
     "method_color",
     "recall_by_position_figure",
-    "recall_histogram_figure",
+    "recall_distribution_figure",
     "selection_map_figure",
     "write_html",
 ]

@@ -26,16 +26,20 @@ def recall_by_position_figure(reports: Mapping[str, CoverageReport], num_bins: i
     return fig
 
 
-def recall_histogram_figure(reports: Mapping[str, CoverageReport], bins: int = 50) -> go.Figure:
-    """Distribution of per-row recall, one overlaid histogram per method."""
+def recall_distribution_figure(reports: Mapping[str, CoverageReport], points: int = 201) -> go.Figure:
+    """Cumulative distribution of per-row recall: the share of (batch, head, query) rows
+    whose recall is at most x, one curve per method (lower-right is better)."""
     fig = go.Figure()
+    share = torch.linspace(0, 1, points)
     for name, rep in reports.items():
-        fig.add_histogram(x=rep.recall.flatten().tolist(), name=name, opacity=0.6,
-                          xbins=dict(start=0, end=1.0001, size=1 / bins),
-                          histnorm="probability", marker_color=method_color(name))
-    fig.update_layout(template=TEMPLATE, barmode="overlay", title="Per-row attention recall",
+        ordered = rep.recall.flatten().double().sort().values
+        at = (share * (ordered.numel() - 1)).round().long()
+        fig.add_scatter(x=ordered[at].tolist(), y=share.tolist(), name=name, mode="lines",
+                        line=dict(color=method_color(name), width=2))
+    fig.update_layout(template=TEMPLATE, title="Distribution of per-row attention recall",
                       xaxis_title="recall (share of full-attention mass kept)",
-                      yaxis_title="share of rows")
+                      yaxis_title="share of rows with recall ≤ x",
+                      xaxis_range=[0, 1.01], yaxis_range=[0, 1.01])
     return fig
 
 
