@@ -14,10 +14,10 @@ import torch
 from .reference import attention_reference
 from .selection import BlockSelection
 from .selectors import select_moba, select_msa
-from .validation import check_index_inputs, check_qkv, check_scale
+from .validation import check_bool, check_index_inputs, check_qkv, check_scale
 
 FULL_BACKENDS = ("reference", "sdpa", "auto")
-SPARSE_BACKENDS = ("reference", "flex", "auto")
+SPARSE_BACKENDS = ("reference", "flex", "triton", "auto")
 
 
 def _check_backend(backend, choices) -> str:
@@ -41,6 +41,7 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     also ``lse [B, Hq, Nq]`` (natural log, float32; float64 for float64 inputs).
     """
     B, Nq, Hq, Hkv, D = check_qkv(q, k, v, same_length=False)
+    causal = check_bool(causal, "causal")
     if causal and Nq > k.shape[1]:
         raise ValueError(f"causal attention needs q length {Nq} <= k length {k.shape[1]}")
     scale = check_scale(scale, D)
@@ -91,6 +92,13 @@ def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selecti
         from .flex import block_sparse_flex
 
         out, lse = block_sparse_flex(q, k, v, selection, scale)
+    elif backend == "triton":
+        from .kernels.runtime import check_triton_device
+
+        check_triton_device(q, backend)
+        from .kernels.kv_outer import kv_outer_attention
+
+        out, lse = kv_outer_attention(q, k, v, selection, scale)
     else:
         out, lse = attention_reference(q, k, v, scale=scale, selection=selection)
     return _pack(out, lse, selection, return_lse, return_selection)

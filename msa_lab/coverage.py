@@ -5,8 +5,8 @@
 - the oracle: the ``top_k`` blocks with the most true mass (summed over the group's
   heads for per-group selections), with the same block size and ``top_k``;
 - relative recall: recall / oracle recall, row by row;
-- block overlap: |selected ∩ oracle| / (ids in the oracle row), which is ``top_k``
-  wherever a row has at least ``top_k`` candidate blocks.
+- block overlap: |selected ∩ oracle| / top_k (so early rows, which have fewer than
+  ``top_k`` candidate blocks, cannot reach 1).
 
 Everything is computed blockwise in query chunks, optionally on sampled rows with exact
 normalisers, so it never builds an ``N x N`` tensor and works at 1M tokens.
@@ -111,6 +111,8 @@ def _sample_positions(seq_len: int, rows, seed: int, device) -> torch.Tensor:
     if rows is None:
         return torch.arange(seq_len, device=device)
     if isinstance(rows, torch.Tensor):
+        if rows.dtype.is_floating_point or rows.dtype == torch.bool or rows.is_complex():
+            raise TypeError(f"rows must be an integer tensor of query positions, got {rows.dtype}")
         pos = rows.to(device=device, dtype=torch.long).flatten()
         if pos.numel() == 0 or int(pos.min()) < 0 or int(pos.max()) >= seq_len:
             raise ValueError(f"rows must be query positions in [0, {seq_len - 1}]")
@@ -143,6 +145,8 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
     """
     B, N, Hq, Hkv, D = check_qkv(q, k)
     scale = check_scale(scale, D)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
     named = dict(selection) if isinstance(selection, Mapping) else {None: selection}
     if not named:
         raise ValueError("selection mapping is empty")
@@ -172,7 +176,7 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
             ids = sel.indices[:, :, pos]
             nb = mass.shape[-1]
             both = (_block_one_hot(ids, nb) & _block_one_hot(oracle_ids, nb)).sum(-1)
-            overlap = both / (oracle_ids >= 0).sum(-1).clamp_min(1)
+            overlap = both / sel.top_k
             recall, oracle_recall, overlaps = acc[name]
             recall.append(_recall(mass, ids, G, sel.per).float().cpu())
             oracle_recall.append(_recall(mass, oracle_ids, G, sel.per).float().cpu())
@@ -197,6 +201,8 @@ def output_error(out: torch.Tensor, ref: torch.Tensor, *, per_head: bool = False
         raise TypeError("out and ref must be torch.Tensor")
     if out.shape != ref.shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but ref has {tuple(ref.shape)}")
+    if per_head and out.dim() != 4:
+        raise ValueError(f"per_head=True needs [batch, seq, heads, dim] tensors, got {tuple(out.shape)}")
     diff = (out.double() - ref.double())
     if per_head:
         dims = (0, 1, 3)

@@ -46,7 +46,7 @@ def _softmax_stats(scores: torch.Tensor, allowed: torch.Tensor):
     # The largest probability is exp(m - lse), so lse = m - log(max p): exact to rounding.
     # (torch.logsumexp on the CPU was seen off by 1e-10 relative in float64 on 5-D input.)
     m = s.amax(-1)
-    empty = torch.isinf(m)
+    empty = m == float("-inf")  # an overflow (+inf) must show as inf/NaN, not as an empty row
     lse = m - torch.log(p.amax(-1))
     if bool(empty.any()):
         p = p.masked_fill(empty.unsqueeze(-1), 0.0)

@@ -62,8 +62,10 @@ class BlockSelection:
             raise ValueError(
                 f"indices must be 4-D [batch, heads, seq, top_k], got shape {tuple(x.shape)}"
             )
-        if x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"indices must have seq > 0 and top_k > 0, got {tuple(x.shape)}")
+        if 0 in x.shape:
+            raise ValueError(
+                f"indices must have batch, heads, seq and top_k > 0, got {tuple(x.shape)}"
+            )
 
     # ---- shape facts -------------------------------------------------------
     @property

@@ -38,17 +38,23 @@ def select_top_blocks(
     Scores of blocks after the own block are ignored. The ranking needs no softmax
     (monotone), so raw logits, max-pooled logits and masses all work.
     """
+    block_size = check_positive_int(block_size, "block_size")
+    top_k = check_positive_int(top_k, "top_k")
     nb = scores.shape[-1]
     own = (positions // block_size).view(-1, 1)
     blk = torch.arange(nb, device=scores.device)
-    neg_inf = torch.full_like(scores, float("-inf"))
-    key = torch.where(blk < own, scores, neg_inf)
-    local = scores.new_full((), float("inf")) if force_local else scores
-    key = torch.where(blk == own, local, key)
+    # The own block is placed in slot 0 by construction, not by a score, so an earlier
+    # block scoring +inf or NaN cannot displace it.
+    ranked_slots = top_k - 1 if force_local else top_k
+    candidates = blk < own if force_local else blk <= own
+    key = torch.where(candidates, scores, torch.full_like(scores, float("-inf")))
     # Stable descending sort keeps equal scores in id order: ties go to the lower id.
-    ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., : min(top_k, nb)]
-    if nb < top_k:
-        ids = torch.nn.functional.pad(ids, (0, top_k - nb), value=-1)
+    # Non-candidates all have larger ids than every candidate, so they rank after them.
+    ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., : min(ranked_slots, nb)]
+    if nb < ranked_slots:
+        ids = torch.nn.functional.pad(ids, (0, ranked_slots - nb), value=-1)
+    if force_local:
+        ids = torch.cat([own.expand(*ids.shape[:-1], 1), ids], -1)
     slot = torch.arange(top_k, device=scores.device)
     valid = slot < torch.clamp(own + 1, max=top_k)
     return torch.where(valid, ids, torch.full_like(ids, -1)).to(torch.int32)
@@ -171,6 +177,8 @@ def select_random(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
     block_size = check_positive_int(block_size, "block_size")
     top_k = check_positive_int(top_k, "top_k")
     check_choice(per, "per", PER_CHOICES)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     Hs = Hkv if per == "group" else Hq
     nb = num_blocks(N, block_size)
     gen = torch.Generator(device=k.device).manual_seed(seed)

@@ -7,6 +7,7 @@ helpers assume valid inputs.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -70,6 +71,10 @@ def check_qkv(q, k, v=None, *, same_length: bool = True) -> tuple[int, int, int,
             raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
     check_same_device_dtype(named)
     B, N, Hq, D = q.shape
+    for name, size in (("batch", B), ("q seq length", N), ("k seq length", k.shape[1]),
+                       ("query heads", Hq), ("head dim", D)):
+        if size == 0:
+            raise ValueError(f"{name} must be positive, got 0 (q {tuple(q.shape)}, k {tuple(k.shape)})")
     if k.shape[0] != B:
         raise ValueError(f"k must have batch {B} like q, got {k.shape[0]}")
     if k.shape[3] != D:
@@ -77,13 +82,11 @@ def check_qkv(q, k, v=None, *, same_length: bool = True) -> tuple[int, int, int,
     if same_length and k.shape[1] != N:
         raise ValueError(f"k must have seq length {N} like q (self-attention), got {k.shape[1]}")
     Hkv = k.shape[2]
-    if Hkv == 0 or Hq % Hkv != 0:
+    if Hq == 0 or Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(
             f"the number of query heads ({Hq}) must be a multiple of the number of "
             f"KV heads ({Hkv}) for GQA"
         )
-    if N == 0 or k.shape[1] == 0:
-        raise ValueError(f"sequence length must be positive, got q {N} and k {k.shape[1]}")
     return B, N, Hq, Hkv, D
 
 
@@ -102,7 +105,15 @@ def check_index_inputs(index_q, index_k) -> tuple[int, int, int, int]:
         raise ValueError(
             f"index_k must have 1 shared index head or {G} (one per group), got {index_k.shape[2]}"
         )
+    if min(B, N, G, Di) == 0:
+        raise ValueError(f"index_q must have batch, seq, groups and index_dim > 0, got {tuple(index_q.shape)}")
     return B, N, G, Di
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_scale(scale, head_dim: int) -> float:
@@ -110,6 +121,6 @@ def check_scale(scale, head_dim: int) -> float:
         return head_dim ** -0.5
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
     return float(scale)

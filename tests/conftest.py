@@ -5,8 +5,14 @@ import os
 import random
 import zlib
 
-import pytest
 import torch
+
+# Triton kernels run on the CPU through the interpreter, chosen when a kernel is defined:
+# set it before any msa_lab kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 BASE_SEED = int(os.environ.get("MSA_LAB_TEST_SEED", random.SystemRandom().randrange(2**31)))
 

@@ -86,3 +86,10 @@ def test_works_under_no_grad():
     with torch.no_grad():
         out = ml.full_attention(q, k, v)
     assert not out.requires_grad
+
+
+def test_overflowing_scores_are_not_mistaken_for_empty_rows():
+    q, k, v = make_qkv(1, 4, 1, 1, 4)
+    q[0, 3, 0, 0], k[0, 1, 0, 0] = 1e30, 1e30  # float32 score overflows to +inf
+    out, lse = ml.full_attention(q, k, v, return_lse=True)
+    assert not bool((out[0, 3] == 0).all()) and not torch.isneginf(lse[0, 0, 3])

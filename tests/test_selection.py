@@ -109,3 +109,18 @@ def test_top_blocks_ties_and_valid_counts():
     assert out[1].tolist() == [1, 0, -1]
     unforced = ml.select_top_blocks(scores, torch.arange(6) * 10, block_size=10, top_k=2, force_local=False)
     assert unforced[5].tolist() == [4, 1]    # block 5 (score 0) loses when not forced
+
+
+def test_own_block_survives_infinite_and_nan_scores():
+    inf, nan = float("inf"), float("nan")
+    out = ml.select_top_blocks(torch.tensor([[inf, 0.0, 0.0]]), torch.tensor([2]), block_size=1, top_k=1)
+    assert out.tolist() == [[2]]
+    out = ml.select_top_blocks(torch.tensor([[nan, inf, 1.0, 0.0]]), torch.tensor([3]), block_size=1, top_k=3)
+    assert out[0, 0] == 3 and sorted(out[0].tolist()) == [0, 1, 3]
+    iq, ik = torch.randn(1, 8, 1, 4), torch.randn(1, 8, 1, 4)
+    iq[0, 7, 0, 0], ik[0, 1, 0, 0] = 1e30, 1e30  # overflowing index logits
+    sel = ml.select_msa(iq, ik, block_size=2, top_k=1)
+    assert sel.indices[0, 0, 7].tolist() == [3]
+    sel = ml.select_msa(torch.full((1, 8, 1, 4), float("nan")), ik, block_size=2, top_k=2).validate()
+    own = (torch.arange(8) // 2).int()
+    assert torch.equal(sel.indices[0, 0, :, 0], own)

@@ -119,15 +119,15 @@ def test_backend_names(qkv):
     q, k, v = qkv
     with pytest.raises(ValueError, match="backend must be one of 'reference', 'sdpa', 'auto'; got 'cuda'"):
         ml.full_attention(q, k, v, backend="cuda")
-    with pytest.raises(ValueError, match="backend must be one of 'reference', 'flex', 'auto'"):
-        ml.moba_attention(q, k, v, block_size=16, top_k=2, backend="triton")
+    with pytest.raises(ValueError, match="backend must be one of 'reference', 'flex', 'triton', 'auto'"):
+        ml.moba_attention(q, k, v, block_size=16, top_k=2, backend="cutlass")
     with pytest.raises(ValueError, match="backend='sdpa' cannot return the LSE"):
         ml.full_attention(q, k, v, backend="sdpa", return_lse=True)
 
 
 def test_scale_and_coverage_arguments(qkv):
     q, k, v = qkv
-    with pytest.raises(ValueError, match="scale must be positive"):
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
         ml.full_attention(q, k, v, scale=-1.0)
     with pytest.raises(TypeError, match="scale must be a float"):
         ml.full_attention(q, k, v, scale="0.1")
@@ -140,3 +140,32 @@ def test_scale_and_coverage_arguments(qkv):
         ml.coverage(q, k, {"a": sel.indices})
     with pytest.raises(ValueError, match="per must be 'group' or 'head'"):
         ml.select_oracle(q, k, block_size=16, top_k=2, per="token")
+
+
+def test_edge_arguments_found_in_review(qkv):
+    q, k, v = qkv
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        ml.full_attention(q, k, v, scale=float("inf"))
+    with pytest.raises(ValueError, match="head dim must be positive"):
+        ml.full_attention(q[..., :0], k[..., :0], v[..., :0])
+    with pytest.raises(ValueError, match="query heads must be positive"):
+        ml.full_attention(q[:, :, :0], k, v)
+    with pytest.raises(ValueError, match="index_q must have batch, seq, groups and index_dim > 0"):
+        ml.select_msa(torch.randn(1, 0, 2, 8), torch.randn(1, 0, 1, 8))
+    with pytest.raises(ValueError, match="batch, heads, seq and top_k > 0"):
+        ml.BlockSelection(torch.zeros(0, 1, 4, 1, dtype=torch.int32), 4)
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        ml.full_attention(q, k, v, causal="no")
+    sel = ml.select_window(q, k, block_size=16, top_k=2)
+    with pytest.raises(TypeError, match="rows must be an integer tensor"):
+        ml.coverage(q, k, sel, rows=torch.tensor([True, False]))
+    with pytest.raises(TypeError, match="rows must be an integer tensor"):
+        ml.coverage(q, k, sel, rows=torch.tensor([1.7]))
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\]"):
+        ml.coverage(q, k, sel, threshold="a")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        ml.select_random(q, k, block_size=16, top_k=2, seed="a")
+    with pytest.raises(ValueError, match="per_head=True needs"):
+        ml.output_error(q[0], q[0], per_head=True)
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        ml.select_top_blocks(torch.zeros(4, 2), torch.arange(4), block_size=2, top_k=0)

@@ -1,0 +1,151 @@
+"""Check and time block-sparse attention kernels on the GPU (issue: Triton kernels).
+
+1. Correctness: the KV-outer Triton kernel against the float32 reference on fresh random
+   inputs, partial buffers poisoned with NaN (an unwritten slot shows), over GQA 1..16,
+   head dims 64/128, N not a multiple of the block, per-group and per-head selections.
+2. Timing (SPEC protocol: CUDA events via triton.testing.do_bench after warm-up, median and
+   20th/80th percentiles): MSA's config (Hq=64, Hkv=4, D=128, bf16, block 128, top-16),
+   the whole KV-outer operator and its stages (query lists, attend, merge), a
+   num_warps x num_stages sweep of attend, FlexAttention on the same selection, and dense
+   SDPA (cuDNN and FlashAttention backends).
+
+Usage: python experiments/bench_block_sparse.py OUT_DIR [N ...]
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import msa_lab as ml  # noqa: E402
+from msa_lab.kernels import kv_outer  # noqa: E402
+from msa_lab.kernels.query_lists import build_query_lists  # noqa: E402
+
+
+class Rows(list):
+    def __init__(self, path, env):
+        super().__init__()
+        self.path, self.env = path, env
+
+    def append(self, row):
+        super().append(row)
+        print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        self.path.write_text(json.dumps(dict(environment=self.env, rows=list(self)), indent=1) + "\n")
+
+
+def rel_err(out, ref):
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def bench(fn):
+    ms = triton.testing.do_bench(fn, warmup=100, rep=500, quantiles=[0.5, 0.2, 0.8])
+    return dict(median_ms=ms[0], p20_ms=ms[1], p80_ms=ms[2])
+
+
+def correctness(rows):
+    kv_outer.POISON_PARTIALS = True
+    g = torch.Generator(device="cuda").manual_seed(int(time.time()))
+    for (N, Hq, Hkv, D, bs, topk, per) in [(4099, 64, 4, 128, 128, 16, "group"), (3000, 8, 8, 64, 64, 8, "group"),
+                                           (5000, 16, 8, 128, 128, 4, "group"), (4500, 32, 8, 64, 64, 6, "head"),
+                                           (2222, 16, 1, 128, 96, 5, "group"), (8192, 32, 4, 128, 128, 16, "head"),
+                                           (16384, 64, 4, 128, 128, 16, "group")]:
+        q, k, v = (torch.randn(1, N, h, D, device="cuda", generator=g) for h in (Hq, Hkv, Hkv))
+        if per == "group":
+            sel = ml.select_msa(torch.randn(1, N, Hkv, 64, device="cuda", generator=g),
+                                torch.randn(1, N, 1, 64, device="cuda", generator=g), block_size=bs, top_k=topk)
+        else:
+            sel = ml.select_moba(q, k, block_size=bs, top_k=topk)
+        ref, ref_lse = ml.block_sparse_attention(q, k, v, sel, return_lse=True)
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            out, lse = ml.block_sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), sel, backend="triton",
+                                                 return_lse=True)
+            rows.append(dict(check="kv_outer vs reference", N=N, Hq=Hq, Hkv=Hkv, D=D, block=bs, top_k=topk,
+                             per=per, dtype=str(dtype)[6:], out_rel_err=rel_err(out, ref),
+                             lse_rel_err=rel_err(lse, ref_lse), nan=bool(torch.isnan(out).any())))
+    kv_outer.POISON_PARTIALS = False
+
+
+def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, N, h, D, device="cuda", generator=g, dtype=torch.bfloat16) for h in (Hq, Hkv, Hkv))
+    sel = ml.select_msa(torch.randn(B, N, Hkv, 128, device="cuda", generator=g, dtype=torch.bfloat16),
+                        torch.randn(B, N, 1, 128, device="cuda", generator=g, dtype=torch.bfloat16),
+                        block_size=bs, top_k=topk)
+    tokens = float(sel.tokens_per_query().sum()) * (Hq // sel.num_rows_heads)
+    useful = 4 * D * tokens
+    dense = 4 * B * Hq * D * N * N / 2
+    base = dict(N=N, B=B, Hq=Hq, Hkv=Hkv, D=D, block=bs, top_k=topk, dtype="bf16",
+                dense_equiv_flop=dense, useful_flop=useful)
+
+    def row(method, timing, flop):
+        rows.append(dict(base, method=method, **timing, tflops=flop / timing["median_ms"] / 1e9,
+                         useful_tflops=useful / timing["median_ms"] / 1e9))
+
+    for name, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)):
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        try:
+            with sdpa_kernel(backend):
+                row(name, bench(lambda: torch.nn.functional.scaled_dot_product_attention(
+                    qt, kt, vt, is_causal=True, enable_gqa=True)), dense)
+        except RuntimeError as err:
+            rows.append(dict(base, method=name, status=f"error: {str(err)[:120]}"))
+    scale = D ** -0.5
+    row("kv_outer total (lists+attend+merge)",
+        bench(lambda: ml.block_sparse_attention(q, k, v, sel, backend="triton")), useful)
+    try:
+        ml.block_sparse_attention(q, k, v, sel, backend="flex")
+        row("flex (block mask built in the timed call)",
+            bench(lambda: ml.block_sparse_attention(q, k, v, sel, backend="flex")), useful)
+    except (RuntimeError, ValueError) as err:
+        rows.append(dict(base, method="flex", status=f"error: {str(err)[:120]}"))
+    launch = kv_outer.Launch.for_selection(sel, Hq // Hkv)
+    lists = build_query_lists(sel, 0, N, launch.entries)
+    row("stage: query lists", bench(lambda: build_query_lists(sel, 0, N, launch.entries)), 0)
+    o_part, lse_part = kv_outer.partial_buffers(B, N, topk, Hq, D, q.dtype, q.device)
+    for warps in (4, 8):
+        for stages in (1, 2, 3):
+            try:
+                row(f"stage: attend (warps={warps}, stages={stages})",
+                    bench(lambda: kv_outer.attend(q, k, v, sel, lists, o_part, lse_part, 0, scale, launch,
+                                                  num_warps=warps, num_stages=stages)), useful)
+            except Exception as err:  # an impossible config (shared memory) is a result
+                rows.append(dict(base, method=f"stage: attend (warps={warps}, stages={stages})",
+                                 status=f"error: {str(err)[:120]}"))
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, N, device="cuda")
+    row("stage: merge", bench(lambda: kv_outer.merge(o_part, lse_part, sel, out, lse, 0, launch)), 0)
+    part_bytes = o_part.numel() * 2 + lse_part.numel() * 4
+    rows.append(dict(base, method="bytes", q_bytes=q.numel() * 2, partial_bytes=part_bytes,
+                     entries=int(lists.query.numel()), work_items=lists.num_items))
+    del o_part, lse_part
+
+
+def main(out_dir, sizes):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+               cuda=torch.version.cuda, python=platform.python_version())
+    print(json.dumps(env), flush=True)
+    rows = Rows(out / "bench_block_sparse.json", env)
+    t = time.perf_counter()
+    correctness(rows)
+    print(f"correctness: {time.perf_counter() - t:.0f} s", flush=True)
+    for N in sizes:
+        t = time.perf_counter()
+        timing(rows, N)
+        torch.cuda.empty_cache()
+        print(f"timing N={N}: {time.perf_counter() - t:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/bench", [int(x) for x in sys.argv[2:]] or [32768, 131072])

@@ -1,0 +1,213 @@
+"""KV-outer block-sparse attention forward (the MSA kernel design).
+
+A program owns one K/V block of one (batch, selection head) and a run of the queries that
+chose it (a work item of ``QueryLists``). It loads the block once, then loops over tiles of
+those queries, ``QT`` tokens x ``HPR`` heads packed into the MMA rows (per-group selections
+pack the group's heads: 8 tokens x 16 heads = 128 rows for MSA's config), and writes, for
+every (query, head), a partial output and partial LSE into the slot of that block in the
+query's selection row. The merge kernel then combines the <= top_k partials of each
+(query, head) by the LSE rule. No atomics.
+
+The partial buffer is ``top_k`` times the output, so queries are processed in chunks whose
+partials fit ``PARTIAL_BYTES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..selection import BlockSelection
+from .query_lists import build_query_lists
+from .runtime import dot_precision, next_pow2
+
+#: Largest partial buffer (outputs + LSEs) one query chunk may use.
+PARTIAL_BYTES = 4 << 30
+#: Fill partial buffers with NaN before the kernel runs, so a slot it fails to write shows
+#: up in the merged output (checks only; costs a pass over the buffer).
+POISON_PARTIALS = False
+ROWS_PER_TILE = 128
+ROWS_PER_ITEM = 4096
+NUM_WARPS = 8
+NUM_STAGES = 1  # measured on an H200: 1 stage beats 2 and 3 (docs/kernels.md)
+
+
+@triton.jit
+def _kv_outer_fwd(
+    q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
+    query_ptr, slot_ptr, work_list_ptr, work_start_ptr, work_count_ptr,
+    N, q0, HS, NB, scale,
+    sqb, sqn, sqh, skb, skn, skh,
+    sob, son, sok, soh, slb, sln, slk,
+    G: tl.constexpr, HPR: tl.constexpr, QT: tl.constexpr, M: tl.constexpr,
+    BS: tl.constexpr, BS_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    w = tl.program_id(0)
+    lst = tl.load(work_list_ptr + w)
+    start = tl.load(work_start_ptr + w)
+    count = tl.load(work_count_ptr + w)
+    blk = lst % NB
+    hs = (lst // NB) % HS
+    b = lst // NB // HS
+    kvh = hs * HPR // G
+
+    offs_k = tl.arange(0, BS_PAD)
+    key_pos = blk * BS + offs_k
+    key_ok = (offs_k < BS) & (key_pos < N)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    kv_off = b.to(tl.int64) * skb + key_pos[:, None].to(tl.int64) * skn + kvh * skh + offs_d[None, :]
+    kv_mask = key_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+
+    offs_m = tl.arange(0, M)
+    tok = offs_m // HPR
+    head = hs * HPR + offs_m % HPR
+    for it in range(0, count, QT):
+        e = it + tok
+        row_ok = (tok < QT) & (e < count)
+        t = tl.load(query_ptr + start + e, mask=row_ok, other=0)
+        slot = tl.load(slot_ptr + start + e, mask=row_ok, other=0)
+        q_off = b.to(tl.int64) * sqb + t[:, None].to(tl.int64) * sqn + head[:, None] * sqh + offs_d[None, :]
+        q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        s = tl.where(key_ok[None, :] & (key_pos[None, :] <= t[:, None]), s, float("-inf"))
+        m = tl.max(s, 1)
+        m = tl.where(row_ok, m, 0.0)  # padded rows: keep exp finite; never stored
+        p = tl.exp(s - m[:, None])
+        l = tl.sum(p, 1)
+        l = tl.where(row_ok, l, 1.0)
+        o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / l[:, None]
+        i = (t - q0).to(tl.int64)
+        o_off = b.to(tl.int64) * sob + i[:, None] * son + slot[:, None] * sok + head[:, None] * soh + offs_d[None, :]
+        tl.store(o_part_ptr + o_off, o.to(o_part_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        l_off = b.to(tl.int64) * slb + i * sln + slot * slk + head
+        tl.store(lse_part_ptr + l_off, m + tl.log(l), mask=row_ok)
+
+
+@triton.jit
+def _merge_partials(
+    o_part_ptr, lse_part_ptr, sel_ptr, out_ptr, lse_ptr,
+    C, q0, HQ,
+    sob, son, sok, soh, slb, sln, slk,
+    ssb, ssh, ssn, sxb, sxn, sxh, sLb, sLh,
+    K: tl.constexpr, HB: tl.constexpr, HPR: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+):
+    r = tl.program_id(0)
+    b = r // C
+    i = r % C
+    heads = tl.program_id(1) * HB + tl.arange(0, HB)
+    h_ok = heads < HQ
+    sel_row = b.to(tl.int64) * ssb + (heads // HPR) * ssh + (q0 + i).to(tl.int64) * ssn
+    l_row = b.to(tl.int64) * slb + i.to(tl.int64) * sln + heads
+    m = tl.full([HB], float("-inf"), tl.float32)
+    for s in range(K):
+        ok = h_ok & (tl.load(sel_ptr + sel_row + s, mask=h_ok, other=-1) >= 0)
+        m = tl.maximum(m, tl.load(lse_part_ptr + l_row + s * slk, mask=ok, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    acc = tl.zeros([HB, D_PAD], tl.float32)
+    total = tl.zeros([HB], tl.float32)
+    o_row = b.to(tl.int64) * sob + i.to(tl.int64) * son + heads[:, None] * soh + offs_d[None, :]
+    for s in range(K):
+        ok = h_ok & (tl.load(sel_ptr + sel_row + s, mask=h_ok, other=-1) >= 0)
+        wgt = tl.where(ok, tl.exp(tl.load(lse_part_ptr + l_row + s * slk, mask=ok, other=0.0) - m_safe), 0.0)
+        o = tl.load(o_part_ptr + o_row + s * sok, mask=ok[:, None] & d_ok[None, :], other=0.0)
+        acc += wgt[:, None] * o.to(tl.float32)
+        total += wgt
+    out = acc / tl.where(total > 0, total, 1.0)[:, None]
+    x_off = b.to(tl.int64) * sxb + (q0 + i).to(tl.int64) * sxn + heads[:, None] * sxh + offs_d[None, :]
+    tl.store(out_ptr + x_off, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
+    lse = tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
+    tl.store(lse_ptr + b.to(tl.int64) * sLb + heads * sLh + q0 + i, lse, mask=h_ok)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Tile shape of the KV-outer kernel for a selection: ``QT`` tokens x ``HPR`` heads
+    per MMA tile (``M`` rows, padded to a power of two), ``entries`` queries per program."""
+
+    HPR: int
+    QT: int
+    M: int
+    entries: int
+
+    @classmethod
+    def for_selection(cls, selection: BlockSelection, group_size: int) -> "Launch":
+        HPR = group_size if selection.per == "group" else 1
+        QT = max(1, ROWS_PER_TILE // HPR)
+        return cls(HPR, QT, max(16, next_pow2(QT * HPR)), max(QT, ROWS_PER_ITEM // HPR // QT * QT))
+
+
+def attend(q, k, v, selection, lists, o_part, lse_part, q0: int, scale: float, launch: Launch,
+           num_warps: int = NUM_WARPS, num_stages: int | None = None) -> None:
+    """Write the partial outputs and LSEs of the query rows that ``lists`` cover."""
+    if not lists.num_items:
+        return
+    if num_stages is None:  # float32 tiles need twice the shared memory: no pipelining
+        num_stages = 1 if q.dtype == torch.float32 else NUM_STAGES
+    D = q.shape[3]
+    _kv_outer_fwd[(lists.num_items,)](
+        q, k, v, o_part, lse_part,
+        lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
+        q.shape[1], q0, selection.indices.shape[1], selection.num_blocks, scale,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        *o_part.stride()[:4], *lse_part.stride()[:3],
+        G=q.shape[2] // k.shape[2], HPR=launch.HPR, QT=launch.QT, M=launch.M,
+        BS=selection.block_size, BS_PAD=max(16, next_pow2(selection.block_size)),
+        D=D, D_PAD=max(16, next_pow2(D)), PRECISION=dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+
+
+def merge(o_part, lse_part, selection, out, lse, q0: int, launch: Launch) -> None:
+    """Combine the partials of query rows ``[q0, q0 + o_part.shape[1])`` into out and lse."""
+    B, C, K, Hq, D = o_part.shape
+    sel = selection.indices
+    HB = min(16, next_pow2(Hq))
+    _merge_partials[(B * C, triton.cdiv(Hq, HB))](
+        o_part, lse_part, sel, out, lse,
+        C, q0, Hq,
+        *o_part.stride()[:4], *lse_part.stride()[:3],
+        sel.stride(0), sel.stride(1), sel.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        K=K, HB=HB, HPR=launch.HPR, D=D, D_PAD=max(16, next_pow2(D)),
+    )
+
+
+def partial_buffers(B: int, C: int, K: int, Hq: int, D: int, dtype, device):
+    o_part = torch.empty(B, C, K, Hq, D, device=device, dtype=dtype)
+    lse_part = torch.empty(B, C, K, Hq, device=device, dtype=torch.float32)
+    if POISON_PARTIALS:
+        o_part.fill_(float("nan"))
+        lse_part.fill_(float("nan"))
+    return o_part, lse_part
+
+
+def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       selection: BlockSelection, scale: float, *, query_chunk: int | None = None):
+    """``(out [B, N, Hq, D] in q.dtype, lse [B, Hq, N] float32)`` for valid inputs."""
+    B, N, Hq, D = q.shape
+    K = selection.top_k
+    launch = Launch.for_selection(selection, Hq // k.shape[2])
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    if not selection.indices.is_contiguous():
+        selection = BlockSelection._trusted(selection.indices.contiguous(), selection.block_size,
+                                            selection.per)
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
+    per_query = B * K * Hq * (D * q.element_size() + 4)
+    C = query_chunk or max(1, min(N, PARTIAL_BYTES // per_query))
+    for q0 in range(0, N, C):
+        q1 = min(N, q0 + C)
+        lists = build_query_lists(selection, q0, q1, launch.entries)
+        o_part, lse_part = partial_buffers(B, q1 - q0, K, Hq, D, q.dtype, q.device)
+        attend(q, k, v, selection, lists, o_part, lse_part, q0, scale, launch)
+        merge(o_part, lse_part, selection, out, lse, q0, launch)
+    return out, lse

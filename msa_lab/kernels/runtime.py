@@ -1,0 +1,34 @@
+"""Can the Triton kernels run on this device? Explicit errors, never a silent fallback."""
+
+from __future__ import annotations
+
+import torch
+
+
+def interpreted() -> bool:
+    """True when the kernels were defined under ``TRITON_INTERPRET=1`` (they run on the CPU)."""
+    import triton
+
+    return bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs") else False
+
+
+def check_triton_device(x: torch.Tensor, backend: str) -> None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(f"backend={backend!r} needs the triton package: {err}") from None
+    if x.is_cuda or interpreted():
+        return
+    raise RuntimeError(
+        f"backend={backend!r} needs a CUDA GPU, or TRITON_INTERPRET=1 set before msa_lab's "
+        f"kernels are first imported to run them (slowly) on the CPU; inputs are on {x.device}"
+    )
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs: full-precision products (tf32 would cost ~3e-4 relative error).
+    return "ieee" if dtype == torch.float32 else "tf32"
