@@ -5,9 +5,9 @@
    head dims 64/128, N not a multiple of the block, per-group and per-head selections.
 2. Timing (SPEC protocol: CUDA events via triton.testing.do_bench after warm-up, median and
    20th/80th percentiles): MSA's config (Hq=64, Hkv=4, D=128, bf16, block 128, top-16),
-   the whole KV-outer operator and its stages (query lists, attend, merge), a
-   num_warps x num_stages sweep of attend, FlexAttention on the same selection, and dense
-   SDPA (cuDNN and FlashAttention backends).
+   the whole KV-outer and Q-outer operators, the KV-outer stages (query lists, attend,
+   merge) with a sweep of attend variants, FlexAttention on the same selection, dense SDPA
+   (cuDNN and FlashAttention backends), and KV-outer vs Q-outer for GQA group sizes 1..16.
 
 Usage: python experiments/bench_block_sparse.py OUT_DIR [N ...]
 """
@@ -47,8 +47,8 @@ def rel_err(out, ref):
     return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
-def bench(fn):
-    ms = triton.testing.do_bench(fn, warmup=100, rep=500, quantiles=[0.5, 0.2, 0.8])
+def bench(fn, warmup=100, rep=500):
+    ms = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
     return dict(median_ms=ms[0], p20_ms=ms[1], p80_ms=ms[2])
 
 
@@ -66,16 +66,18 @@ def correctness(rows):
         else:
             sel = ml.select_moba(q, k, block_size=bs, top_k=topk)
         ref, ref_lse = ml.block_sparse_attention(q, k, v, sel, return_lse=True)
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            out, lse = ml.block_sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), sel, backend="triton",
-                                                 return_lse=True)
-            rows.append(dict(check="kv_outer vs reference", N=N, Hq=Hq, Hkv=Hkv, D=D, block=bs, top_k=topk,
-                             per=per, dtype=str(dtype)[6:], out_rel_err=rel_err(out, ref),
-                             lse_rel_err=rel_err(lse, ref_lse), nan=bool(torch.isnan(out).any())))
+        for backend, dtypes in (("triton", (torch.bfloat16, torch.float16, torch.float32)),
+                                ("triton_q_outer", (torch.bfloat16, torch.float32))):
+            for dtype in dtypes:
+                x = [t.to(dtype) for t in (q, k, v)]
+                out, lse = ml.block_sparse_attention(*x, sel, backend=backend, return_lse=True)
+                rows.append(dict(check=f"{backend} vs reference", N=N, Hq=Hq, Hkv=Hkv, D=D, block=bs,
+                                 top_k=topk, per=per, dtype=str(dtype)[6:], out_rel_err=rel_err(out, ref),
+                                 lse_rel_err=rel_err(lse, ref_lse), nan=bool(torch.isnan(out).any())))
     kv_outer.POISON_PARTIALS = False
 
 
-def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16):
+def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quick=False):
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, N, h, D, device="cuda", generator=g, dtype=torch.bfloat16) for h in (Hq, Hkv, Hkv))
     sel = ml.select_msa(torch.randn(B, N, Hkv, 128, device="cuda", generator=g, dtype=torch.bfloat16),
@@ -87,6 +89,8 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16):
     base = dict(N=N, B=B, Hq=Hq, Hkv=Hkv, D=D, block=bs, top_k=topk, dtype="bf16",
                 dense_equiv_flop=dense, useful_flop=useful)
 
+    reps = dict(warmup=25, rep=100) if quick else {}
+
     def row(method, timing, flop):
         rows.append(dict(base, method=method, **timing, tflops=flop / timing["median_ms"] / 1e9,
                          useful_tflops=useful / timing["median_ms"] / 1e9))
@@ -96,12 +100,15 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16):
         try:
             with sdpa_kernel(backend):
                 row(name, bench(lambda: torch.nn.functional.scaled_dot_product_attention(
-                    qt, kt, vt, is_causal=True, enable_gqa=True)), dense)
+                    qt, kt, vt, is_causal=True, enable_gqa=True), **reps), dense)
         except RuntimeError as err:
             rows.append(dict(base, method=name, status=f"error: {str(err)[:120]}"))
+    for backend in ("triton", "triton_q_outer"):
+        row(f"{backend} whole operator", bench(lambda: ml.block_sparse_attention(q, k, v, sel, backend=backend),
+                                                **reps), useful)
+    if not stages:
+        return
     scale = D ** -0.5
-    row("kv_outer total (lists+attend+merge)",
-        bench(lambda: ml.block_sparse_attention(q, k, v, sel, backend="triton")), useful)
     try:
         ml.block_sparse_attention(q, k, v, sel, backend="flex")
         row("flex (block mask built in the timed call)",
@@ -112,15 +119,13 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16):
     lists = build_query_lists(sel, 0, N, launch.entries)
     row("stage: query lists", bench(lambda: build_query_lists(sel, 0, N, launch.entries)), 0)
     o_part, lse_part = kv_outer.partial_buffers(B, N, topk, Hq, D, q.dtype, q.device)
-    for warps in (4, 8):
-        for stages in (1, 2, 3):
-            try:
-                row(f"stage: attend (warps={warps}, stages={stages})",
-                    bench(lambda: kv_outer.attend(q, k, v, sel, lists, o_part, lse_part, 0, scale, launch,
-                                                  num_warps=warps, num_stages=stages)), useful)
-            except Exception as err:  # an impossible config (shared memory) is a result
-                rows.append(dict(base, method=f"stage: attend (warps={warps}, stages={stages})",
-                                 status=f"error: {str(err)[:120]}"))
+    for warps, st in ((kv_outer.NUM_WARPS, kv_outer.NUM_STAGES), (8, 1), (4, 2)):
+        name = f"stage: attend (warps={warps}, stages={st}, rows={launch.M})"
+        try:
+            row(name, bench(lambda: kv_outer.attend(q, k, v, sel, lists, o_part, lse_part, 0, scale, launch,
+                                                    num_warps=warps, num_stages=st)), useful)
+        except Exception as err:  # an impossible config (shared memory) is a result
+            rows.append(dict(base, method=name, status=f"error: {str(err)[:120]}"))
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, N, device="cuda")
     row("stage: merge", bench(lambda: kv_outer.merge(o_part, lse_part, sel, out, lse, 0, launch)), 0)
@@ -128,6 +133,9 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16):
     rows.append(dict(base, method="bytes", q_bytes=q.numel() * 2, partial_bytes=part_bytes,
                      entries=int(lists.query.numel()), work_items=lists.num_items))
     del o_part, lse_part
+
+
+GQA_N = 32768
 
 
 def main(out_dir, sizes):
@@ -145,6 +153,11 @@ def main(out_dir, sizes):
         timing(rows, N)
         torch.cuda.empty_cache()
         print(f"timing N={N}: {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    for G in (1, 2, 4, 8, 16):  # KV-outer vs Q-outer by GQA group size, Hq = 64
+        timing(rows, GQA_N, Hkv=64 // G, stages=False, quick=True)
+        torch.cuda.empty_cache()
+    print(f"GQA table at N={GQA_N}: {time.perf_counter() - t:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

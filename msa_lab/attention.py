@@ -2,7 +2,8 @@
 
 ``backend="reference"`` is the chunked plain-PyTorch oracle; ``"sdpa"`` (full
 attention) is PyTorch's fused dense kernel; ``"flex"`` (block-sparse) is PyTorch
-FlexAttention with a mask built from the selection. ``"auto"`` picks the fastest
+FlexAttention with a mask built from the selection; ``"triton"`` (block-sparse) is the
+KV-outer Triton kernel and ``"triton_q_outer"`` the query-outer one. ``"auto"`` picks the fastest
 backend that supports the request. A named backend that cannot serve the request
 raises; nothing falls back silently.
 """
@@ -17,7 +18,7 @@ from .selectors import select_moba, select_msa
 from .validation import check_bool, check_index_inputs, check_qkv, check_scale
 
 FULL_BACKENDS = ("reference", "sdpa", "auto")
-SPARSE_BACKENDS = ("reference", "flex", "triton", "auto")
+SPARSE_BACKENDS = ("reference", "flex", "triton", "triton_q_outer", "auto")
 
 
 def _check_backend(backend, choices) -> str:
@@ -86,19 +87,21 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection):
-    if backend == "auto":
-        backend = "flex" if q.is_cuda else "reference"
+    if backend == "auto":  # KV-outer beat Q-outer and FlexAttention at every GQA ratio measured
+        backend = "triton" if q.is_cuda else "reference"
     if backend == "flex":
         from .flex import block_sparse_flex
 
         out, lse = block_sparse_flex(q, k, v, selection, scale)
-    elif backend == "triton":
+    elif backend in ("triton", "triton_q_outer"):
         from .kernels.runtime import check_triton_device
 
         check_triton_device(q, backend)
-        from .kernels.kv_outer import kv_outer_attention
-
-        out, lse = kv_outer_attention(q, k, v, selection, scale)
+        if backend == "triton":
+            from .kernels.kv_outer import kv_outer_attention as kernel
+        else:
+            from .kernels.q_outer import q_outer_attention as kernel
+        out, lse = kernel(q, k, v, selection, scale)
     else:
         out, lse = attention_reference(q, k, v, scale=scale, selection=selection)
     return _pack(out, lse, selection, return_lse, return_selection)

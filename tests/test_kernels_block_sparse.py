@@ -1,4 +1,5 @@
-"""KV-outer Triton kernel (interpreted on the CPU in CI) against the reference."""
+"""Block-sparse Triton kernels (KV-outer and Q-outer; interpreted on the CPU in CI)
+against the reference."""
 
 import math
 import os
@@ -23,14 +24,15 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["triton", "triton_q_outer"])
 @pytest.mark.parametrize("B,N,Hq,Hkv,D,bs,topk,per", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3)])
-def test_matches_reference(B, N, Hq, Hkv, D, bs, topk, per, dtype, tol):
+def test_matches_reference(B, N, Hq, Hkv, D, bs, topk, per, dtype, tol, backend):
     q, k, v = make_qkv(B, N, Hq, Hkv, D)
     sel = random_selection(B, Hkv if per == "group" else Hq, N, bs, topk, per)
     ref, ref_lse = ml.block_sparse_attention(q, k, v, sel, return_lse=True)
     out, lse = ml.block_sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), sel,
-                                         backend="triton", return_lse=True)
+                                         backend=backend, return_lse=True)
     assert out.dtype == dtype
     assert rel_err(out, ref) < tol and rel_err(lse, ref_lse) < tol
 
@@ -47,10 +49,11 @@ def test_every_partial_is_written_and_chunks_agree(monkeypatch):
         assert rel_err(out, ref) < 1e-5 and rel_err(lse, ref_lse) < 1e-5
 
 
-def test_rows_without_visible_keys():
+@pytest.mark.parametrize("backend", ["triton", "triton_q_outer"])
+def test_rows_without_visible_keys(backend):
     q, k, v = make_qkv(1, 48, 4, 2, 16)
     sel = random_selection(1, 2, 48, 16, 2, "group", drop_local=True)
-    out, lse = ml.block_sparse_attention(q, k, v, sel, backend="triton", return_lse=True)
+    out, lse = ml.block_sparse_attention(q, k, v, sel, backend=backend, return_lse=True)
     ref, ref_lse = ml.block_sparse_attention(q, k, v, sel, return_lse=True)
     assert bool((out[0, :16] == 0).all()) and bool(torch.isneginf(lse[0, :, :16]).all())
     assert not torch.isnan(out).any() and rel_err(out, ref) < 1e-5

@@ -1,0 +1,94 @@
+"""Q-outer block-sparse attention forward (the NSA / FlashMoBA / vLLM-MSA design), the
+ablation partner of the KV-outer kernel.
+
+A program owns one query token and one selection row: the ``G`` query heads of a KV group
+(per-group selections) or one query head (per-head selections), padded to 16 MMA rows. It
+walks the <= top_k blocks of its row with an online softmax and writes the output and LSE
+directly (no partials, no merge). Every program re-reads its K/V blocks, and small groups
+leave most MMA rows empty: that is the cost this design pays.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..selection import BlockSelection
+from .runtime import dot_precision, next_pow2
+
+NUM_WARPS = 4
+
+
+@triton.jit
+def _q_outer_fwd(
+    q_ptr, k_ptr, v_ptr, sel_ptr, out_ptr, lse_ptr,
+    N, HS, scale,
+    sqb, sqn, sqh, skb, skn, skh, ssb, ssh, ssn, sxb, sxn, sxh, sLb, sLh,
+    G: tl.constexpr, HPR: tl.constexpr, M: tl.constexpr, K: tl.constexpr,
+    BS: tl.constexpr, BS_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    t = tl.program_id(0)
+    hs = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = hs * HPR // G
+    offs_m = tl.arange(0, M)
+    row_ok = offs_m < HPR
+    head = hs * HPR + offs_m
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    q_off = b.to(tl.int64) * sqb + t.to(tl.int64) * sqn + head[:, None] * sqh + offs_d[None, :]
+    q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    offs_k = tl.arange(0, BS_PAD)
+    m_i = tl.full([M], float("-inf"), tl.float32)
+    l_i = tl.zeros([M], tl.float32)
+    acc = tl.zeros([M, D_PAD], tl.float32)
+    sel_row = sel_ptr + b.to(tl.int64) * ssb + hs * ssh + t.to(tl.int64) * ssn
+    for s in range(K):
+        blk = tl.load(sel_row + s)
+        if blk >= 0:
+            key_pos = blk * BS + offs_k
+            key_ok = (offs_k < BS) & (key_pos <= t)
+            kv_off = b.to(tl.int64) * skb + key_pos[:, None].to(tl.int64) * skn + kvh * skh + offs_d[None, :]
+            kv_mask = key_ok[:, None] & d_ok[None, :]
+            k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+            sc = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+            sc = tl.where(key_ok[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, 1))
+            alpha = tl.exp(m_i - m_new)  # m_new is finite: the block has a visible key
+            p = tl.exp(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    x_off = b.to(tl.int64) * sxb + t.to(tl.int64) * sxn + head[:, None] * sxh + offs_d[None, :]
+    tl.store(out_ptr + x_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
+    tl.store(lse_ptr + b.to(tl.int64) * sLb + head * sLh + t, lse, mask=row_ok)
+
+
+def q_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      selection: BlockSelection, scale: float, *, num_warps: int = NUM_WARPS):
+    """``(out [B, N, Hq, D] in q.dtype, lse [B, Hq, N] float32)`` for valid inputs."""
+    B, N, Hq, D = q.shape
+    G = Hq // k.shape[2]
+    HPR = G if selection.per == "group" else 1
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    sel = selection.indices.contiguous()
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
+    bs = selection.block_size
+    _q_outer_fwd[(N, sel.shape[1], B)](
+        q, k, v, sel, out, lse,
+        N, sel.shape[1], scale,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        sel.stride(0), sel.stride(1), sel.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        G=G, HPR=HPR, M=max(16, next_pow2(HPR)), K=selection.top_k,
+        BS=bs, BS_PAD=max(16, next_pow2(bs)), D=D, D_PAD=max(16, next_pow2(D)),
+        PRECISION=dot_precision(q.dtype), num_warps=num_warps,
+    )
+    return out, lse
