@@ -126,7 +126,8 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
                   return_lse: bool = False, return_selection: bool = False):
     """MSA: the index branch picks blocks per KV group (max-pooled index logits, local
     block forced), then every query head of the group attends to them exactly.
-    ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1 or Hkv, Di]``."""
+    ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1 or Hkv, Di]``. With a Triton
+    backend (or ``"auto"`` on CUDA) the selection runs on the Triton index kernels too."""
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     Bi, Ni, G, _ = check_index_inputs(index_q, index_k)
     if (Bi, Ni, G) != (B, N, Hkv):
@@ -138,5 +139,7 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
         raise ValueError(f"index_q is on {index_q.device} but q is on {q.device}")
     scale = check_scale(scale, D)
     backend = _check_backend(backend, SPARSE_BACKENDS)
-    selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k)
+    triton_path = backend in ("triton", "triton_q_outer") or (backend == "auto" and q.is_cuda)
+    selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k,
+                           backend="triton" if triton_path else "reference")
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)

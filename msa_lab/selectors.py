@@ -111,14 +111,31 @@ def msa_block_scores(index_q: torch.Tensor, index_k: torch.Tensor, positions: to
                                    value=float("-inf"))
 
 
+SELECT_BACKENDS = ("reference", "triton", "auto")
+
+
 def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int = 128,
-               top_k: int = 16) -> BlockSelection:
+               top_k: int = 16, backend: str = "reference") -> BlockSelection:
     """MSA index branch: max-pooled causal index logits per block, the local block
     forced, the ``top_k - 1`` best earlier blocks (ties to the lower id); one selection
-    per KV group. ``index_q [B, N, G, Di]``, ``index_k [B, N, 1 or G, Di]``."""
+    per KV group. ``index_q [B, N, G, Di]``, ``index_k [B, N, 1 or G, Di]``.
+
+    ``backend="triton"`` runs the Triton index kernels (same rule; with bf16/fp16 inputs
+    the logits are tensor-core products, so near-ties can resolve differently from the
+    float32 reference); ``"auto"`` picks them on CUDA."""
     B, N, G, _ = check_index_inputs(index_q, index_k)
     block_size = check_positive_int(block_size, "block_size")
     top_k = check_positive_int(top_k, "top_k")
+    backend = check_choice(backend, "backend", SELECT_BACKENDS)
+    if backend == "auto":
+        backend = "triton" if index_q.is_cuda else "reference"
+    if backend == "triton":
+        from .kernels.runtime import check_triton_device
+
+        check_triton_device(index_q, backend)
+        from .kernels.index_topk import msa_select_triton
+
+        return msa_select_triton(index_q, index_k, block_size, top_k)
     parts = []
     for _, pos in _rows(N, query_chunk_size(N, B, G), index_q.device):
         scores = msa_block_scores(index_q, index_k, pos, block_size)

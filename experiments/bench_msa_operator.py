@@ -1,0 +1,134 @@
+"""The whole MSA operator (index scores, top-k, query lists, attention, merge) against dense
+attention, up to 1M tokens (issue: Triton kernels). MSA's config: Hq=64, Hkv=4, D=128,
+Di=128 (one shared index key head), bf16, block 128, top-16, batch 1, random inputs.
+
+1. Selection correctness: Triton index kernels vs select_msa's reference (float32 inputs:
+   identical sets expected; bf16 inputs: share of identical rows reported).
+2. 128K: Triton selection vs the reference selection; the exp-free top-k kernel vs
+   torch.topk on the same score buffer.
+3. 1M (and 128K): the whole operator and its stages, median of REPEATS event-timed runs
+   after a warm-up (a 1M call takes seconds; do_bench's defaults would take minutes), and
+   dense SDPA cuDNN timed the same way.
+
+Usage: python experiments/bench_msa_operator.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import msa_lab as ml  # noqa: E402
+from msa_lab.kernels import index_topk, kv_outer  # noqa: E402
+
+REPEATS = 5
+
+
+def timed(fn, repeats=REPEATS):
+    fn()  # warm-up (compilation, allocator)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return dict(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), repeats=repeats)
+
+
+class Rows(list):
+    def __init__(self, path, env):
+        super().__init__()
+        self.path, self.env = path, env
+
+    def append(self, row):
+        super().append(row)
+        print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        self.path.write_text(json.dumps(dict(environment=self.env, rows=list(self)), indent=1) + "\n")
+
+
+def inputs(N, dtype=torch.bfloat16, seed=0, Hq=64, Hkv=4, D=128, Di=128):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(1, N, h, D, device="cuda", generator=g, dtype=dtype) for h in (Hq, Hkv, Hkv))
+    iq = torch.randn(1, N, Hkv, Di, device="cuda", generator=g, dtype=dtype)
+    ik = torch.randn(1, N, 1, Di, device="cuda", generator=g, dtype=dtype)
+    return q, k, v, iq, ik
+
+
+def selection_checks(rows):
+    for N, dtype in ((8191, torch.float32), (65536, torch.float32), (65536, torch.bfloat16)):
+        _, _, _, iq, ik = inputs(N, dtype, seed=N)
+        ref = ml.select_msa(iq, ik, block_size=128, top_k=16).canonical().indices
+        got = ml.select_msa(iq, ik, block_size=128, top_k=16, backend="triton").validate().canonical().indices
+        same = (ref == got).all(-1).float().mean().item()
+        rows.append(dict(check="triton selection vs reference", N=N, dtype=str(dtype)[6:],
+                         identical_rows=same, local_block_in_slot0=True))
+
+
+def selection_timing(rows, N=131072):
+    _, _, _, iq, ik = inputs(N)
+    rows.append(dict(N=N, what="select_msa reference", **timed(lambda: ml.select_msa(iq, ik), 2)))
+    rows.append(dict(N=N, what="select_msa triton (scores + top-k)",
+                     **timed(lambda: ml.select_msa(iq, ik, backend="triton"))))
+    nb = N // 128
+    scores = torch.randn(1, 4, N, nb, device="cuda")
+    sel = torch.empty(1, 4, N, 16, device="cuda", dtype=torch.int32)
+    rows.append(dict(N=N, what="top-k kernel alone", **timed(lambda: index_topk._top_blocks[(N, 4, 1)](
+        scores, sel, 0, 4, *scores.stride()[:3], *sel.stride()[:3], K=16, BS=128, NB_PAD=nb))))
+    rows.append(dict(N=N, what="torch.topk on the same scores (no causal mask, no ties rule)",
+                     **timed(lambda: torch.topk(scores, 16, dim=-1))))
+
+
+def operator(rows, N):
+    q, k, v, iq, ik = inputs(N)
+    D, Hq = 128, 64
+    dense_flop = 4 * Hq * D * N * N / 2
+    sel = ml.select_msa(iq, ik, backend="triton")
+    useful = 4 * D * float(sel.tokens_per_query().sum()) * (Hq // 4) + 2 * 4 * 128 * N * N / 2
+    base = dict(N=N, Hq=Hq, Hkv=4, D=D, Di=128, block=128, top_k=16, dtype="bf16",
+                dense_equiv_flop=dense_flop, useful_flop=useful)
+    stages = {
+        "stage: selection (index scores + top-k)": lambda: ml.select_msa(iq, ik, backend="triton"),
+        "stage: attention (lists + KV-outer + merge)": lambda: ml.block_sparse_attention(q, k, v, sel,
+                                                                                        backend="triton"),
+        "whole MSA operator": lambda: ml.msa_attention(q, k, v, iq, ik, backend="triton"),
+    }
+    for name, fn in stages.items():
+        t = timed(fn)
+        rows.append(dict(base, what=name, **t, useful_tflops=useful / t["median_ms"] / 1e9 if "whole" in name else None))
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        t = timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True),
+                  repeats=3 if N > 300000 else REPEATS)
+    rows.append(dict(base, what="dense SDPA cuDNN", **t, tflops=dense_flop / t["median_ms"] / 1e9))
+    whole = next(r for r in rows[::-1] if r.get("what") == "whole MSA operator" and r["N"] == N)
+    rows.append(dict(base, what="speedup of the whole MSA operator over dense cuDNN",
+                     speedup=t["median_ms"] / whole["median_ms"]))
+
+
+def main(out_dir):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+               cuda=torch.version.cuda, python=platform.python_version(),
+               partial_bytes=kv_outer.PARTIAL_BYTES, score_bytes=index_topk.SCORE_BYTES)
+    print(json.dumps(env), flush=True)
+    rows = Rows(out / "bench_msa_operator.json", env)
+    selection_checks(rows)
+    selection_timing(rows)
+    for N in (131072, 1 << 20):
+        operator(rows, N)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/msa_operator")
