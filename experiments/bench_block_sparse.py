@@ -26,19 +26,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
+from msa_lab.bench import ResultRows, bench_median  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
 from msa_lab.kernels.query_lists import build_query_lists  # noqa: E402
-
-
-class Rows(list):
-    def __init__(self, path, env):
-        super().__init__()
-        self.path, self.env = path, env
-
-    def append(self, row):
-        super().append(row)
-        print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-        self.path.write_text(json.dumps(dict(environment=self.env, rows=list(self)), indent=1) + "\n")
 
 
 def rel_err(out, ref):
@@ -48,8 +38,7 @@ def rel_err(out, ref):
 
 
 def bench(fn, warmup=100, rep=500):
-    ms = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
-    return dict(median_ms=ms[0], p20_ms=ms[1], p80_ms=ms[2])
+    return bench_median(fn, warmup, rep)
 
 
 def correctness(rows):
@@ -144,7 +133,7 @@ def main(out_dir, sizes):
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                cuda=torch.version.cuda, python=platform.python_version())
     print(json.dumps(env), flush=True)
-    rows = Rows(out / "bench_block_sparse.json", env)
+    rows = ResultRows(out / "bench_block_sparse.json", env)
     t = time.perf_counter()
     correctness(rows)
     print(f"correctness: {time.perf_counter() - t:.0f} s", flush=True)

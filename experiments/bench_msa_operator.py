@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,33 +26,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
+from msa_lab.bench import ResultRows, event_timed  # noqa: E402
 from msa_lab.kernels import index_topk, kv_outer  # noqa: E402
 
 REPEATS = 5
 
 
 def timed(fn, repeats=REPEATS):
-    fn()  # warm-up (compilation, allocator)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return dict(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), repeats=repeats)
-
-
-class Rows(list):
-    def __init__(self, path, env):
-        super().__init__()
-        self.path, self.env = path, env
-
-    def append(self, row):
-        super().append(row)
-        print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-        self.path.write_text(json.dumps(dict(environment=self.env, rows=list(self)), indent=1) + "\n")
+    return event_timed(fn, repeats)
 
 
 def inputs(N, dtype=torch.bfloat16, seed=0, Hq=64, Hkv=4, D=128, Di=128):
@@ -122,7 +102,7 @@ def main(out_dir):
                cuda=torch.version.cuda, python=platform.python_version(),
                partial_bytes=kv_outer.PARTIAL_BYTES, score_bytes=index_topk.SCORE_BYTES)
     print(json.dumps(env), flush=True)
-    rows = Rows(out / "bench_msa_operator.json", env)
+    rows = ResultRows(out / "bench_msa_operator.json", env)
     selection_checks(rows)
     selection_timing(rows)
     for N in (131072, 1 << 20):

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
+from msa_lab.bench import ResultRows  # noqa: E402
 
 
 def rel_err(out, ref):
@@ -128,20 +129,6 @@ def coverage_1m(rows, N=1 << 20, Hq=64, Hkv=4, D=128, bs=128, topk=16):
                      max_abs_diff_vs_direct_fp64=worst))
 
 
-class Rows(list):
-    """Result rows, printed and written to ``path`` as each one arrives (a crash keeps them)."""
-
-    def __init__(self, path, env):
-        super().__init__()
-        self.path, self.env = path, env
-
-    def append(self, row):
-        super().append(row)
-        print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-        self.path.write_text(json.dumps(dict(environment=self.env, rows=list(self)), indent=1,
-                                        default=float) + "\n")
-
-
 def main(out_dir):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +140,7 @@ def main(out_dir):
     except ImportError:
         pass
     print(json.dumps(env), flush=True)
-    rows = Rows(out / "reference_check_gpu.json", env)
+    rows = ResultRows(out / "reference_check_gpu.json", env)
     for step in (agreement, oracle_timings, coverage_1m):
         t = time.perf_counter()
         step(rows)

@@ -23,15 +23,20 @@ from ..selection import BlockSelection, num_blocks
 from .runtime import dot_precision, next_pow2
 
 SCORE_BYTES = 4 << 30
-QUERY_TILE = 128
+# Measured on an H200 at 1M tokens (docs/kernels.md): 256 query rows per program (half the
+# index-key traffic per FLOP of 128), 4 blocks per store, 8 warps, 3 stages.
+QUERY_TILE = 256
+BLOCKS_PER_STORE = 4
+NUM_WARPS = 8
+NUM_STAGES = 3
 
 
 @triton.jit
 def _block_scores(
     iq_ptr, ik_ptr, score_ptr, N, q0, q1, scale,
     sqb, sqn, sqg, skb, skn, skg, ssb, ssg, ssn,
-    BM: tl.constexpr, BS: tl.constexpr, BS_PAD: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
+    BM: tl.constexpr, JB: tl.constexpr, BS: tl.constexpr, BS_PAD: tl.constexpr,
+    DI: tl.constexpr, DI_PAD: tl.constexpr, PRECISION: tl.constexpr,
 ):
     g = tl.program_id(1)
     b = tl.program_id(2)
@@ -42,16 +47,24 @@ def _block_scores(
     iq = tl.load(iq_ptr + b.to(tl.int64) * sqb + t[:, None].to(tl.int64) * sqn + g * sqg + offs_d[None, :],
                  mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     offs_k = tl.arange(0, BS_PAD)
+    cols = tl.arange(0, JB)
     last_blk = (tl.minimum(q0 + (tl.program_id(0) + 1) * BM, q1) - 1) // BS
-    out_row = score_ptr + b.to(tl.int64) * ssb + g * ssg + (t - q0).to(tl.int64) * ssn
+    out_rows = score_ptr + b.to(tl.int64) * ssb + g.to(tl.int64) * ssg + (t - q0).to(tl.int64)[:, None] * ssn
+    # Scores of JB consecutive blocks are gathered into a [BM, JB] tile and stored together,
+    # so each row's store is contiguous instead of one scattered column per block.
+    tile = tl.full([BM, JB], float("-inf"), tl.float32)
     for j in range(0, last_blk + 1):
         key = j * BS + offs_k
         key_ok = (offs_k < BS) & (key < N)
         ik = tl.load(ik_ptr + b.to(tl.int64) * skb + key[:, None].to(tl.int64) * skn + g * skg + offs_d[None, :],
                      mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        s = tl.dot(iq, tl.trans(ik), input_precision=PRECISION) * scale
-        s = tl.where(key_ok[None, :] & (key[None, :] <= t[:, None]), s, float("-inf"))
-        tl.store(out_row + j, tl.max(s, 1), mask=row_ok & (j * BS <= t))
+        sc = tl.dot(iq, tl.trans(ik), input_precision=PRECISION) * scale
+        sc = tl.where(key_ok[None, :] & (key[None, :] <= t[:, None]), sc, float("-inf"))
+        tile = tl.where(cols[None, :] == j % JB, tl.max(sc, 1)[:, None], tile)
+        if (j % JB == JB - 1) | (j == last_blk):
+            blk = j - j % JB + cols
+            tl.store(out_rows + blk[None, :], tile,
+                     mask=row_ok[:, None] & (blk[None, :] <= j) & (blk[None, :] * BS <= t[:, None]))
 
 
 @triton.jit
@@ -67,16 +80,23 @@ def _top_blocks(
     own = t // BS
     j = tl.arange(0, NB_PAD)
     avail = j < own
-    x = tl.load(score_ptr + b.to(tl.int64) * ssb + g * ssg + r.to(tl.int64) * ssn + j, mask=avail,
+    x = tl.load(score_ptr + b.to(tl.int64) * ssb + g.to(tl.int64) * ssg + r.to(tl.int64) * ssn + j, mask=avail,
                 other=float("-inf"))
     x = tl.where(x == x, x, float("-inf"))  # NaN ranks last
-    out = sel_ptr + b.to(tl.int64) * sib + g * sig + t.to(tl.int64) * sin
+    # One int64 key per block orders by score, then by lower id: the float's bits made
+    # order-preserving as a signed int, above the reversed block id. One max per pick.
+    bits = x.to(tl.int32, bitcast=True)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key = (bits.to(tl.int64) << 32) | (NB_PAD - 1 - j).to(tl.int64)
+    taken = -9223372036854775807 - 1  # int64 min: no longer a candidate
+    key = tl.where(avail, key, taken)
+    out = sel_ptr + b.to(tl.int64) * sib + g.to(tl.int64) * sig + t.to(tl.int64) * sin
     tl.store(out, own)
     for s in range(1, K):
-        best = tl.max(tl.where(avail, x, float("-inf")), 0)
-        pick = tl.min(tl.where(avail & (x == best), j, NB_PAD), 0)
+        best = tl.max(key, 0)
+        pick = NB_PAD - 1 - (best & 0xFFFFFFFF).to(tl.int32)
         tl.store(out + s, tl.where(s <= own, pick, -1))
-        avail = avail & (j != pick)
+        key = tl.where(key == best, taken, key)
 
 
 def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: int,
@@ -95,8 +115,9 @@ def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: 
             iq, ik, scores, N, q0, q1, Di ** -0.5,
             iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0), ik.stride(1), skg,
             scores.stride(0), scores.stride(1), scores.stride(2),
-            BM=QUERY_TILE, BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
+            BM=QUERY_TILE, JB=BLOCKS_PER_STORE, BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
             DI=Di, DI_PAD=max(16, next_pow2(Di)), PRECISION=dot_precision(iq.dtype),
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         _top_blocks[(q1 - q0, G, B)](
             scores, sel, q0, G,

@@ -106,7 +106,7 @@ def _merge_partials(
     i = r % C
     heads = tl.program_id(1) * HB + tl.arange(0, HB)
     h_ok = heads < HQ
-    sel_row = b.to(tl.int64) * ssb + (heads // HPR) * ssh + (q0 + i).to(tl.int64) * ssn
+    sel_row = b.to(tl.int64) * ssb + (heads // HPR).to(tl.int64) * ssh + (q0 + i).to(tl.int64) * ssn
     l_row = b.to(tl.int64) * slb + i.to(tl.int64) * sln + heads
     m = tl.full([HB], float("-inf"), tl.float32)
     for s in range(K):
@@ -128,7 +128,7 @@ def _merge_partials(
     x_off = b.to(tl.int64) * sxb + (q0 + i).to(tl.int64) * sxn + heads[:, None] * sxh + offs_d[None, :]
     tl.store(out_ptr + x_off, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
     lse = tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
-    tl.store(lse_ptr + b.to(tl.int64) * sLb + heads * sLh + q0 + i, lse, mask=h_ok)
+    tl.store(lse_ptr + b.to(tl.int64) * sLb + heads.to(tl.int64) * sLh + q0 + i, lse, mask=h_ok)
 
 
 @dataclass(frozen=True)

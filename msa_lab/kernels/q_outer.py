@@ -44,7 +44,7 @@ def _q_outer_fwd(
     m_i = tl.full([M], float("-inf"), tl.float32)
     l_i = tl.zeros([M], tl.float32)
     acc = tl.zeros([M, D_PAD], tl.float32)
-    sel_row = sel_ptr + b.to(tl.int64) * ssb + hs * ssh + t.to(tl.int64) * ssn
+    sel_row = sel_ptr + b.to(tl.int64) * ssb + hs.to(tl.int64) * ssh + t.to(tl.int64) * ssn
     for s in range(K):
         blk = tl.load(sel_row + s)
         if blk >= 0:
@@ -67,7 +67,7 @@ def _q_outer_fwd(
     x_off = b.to(tl.int64) * sxb + t.to(tl.int64) * sxn + head[:, None] * sxh + offs_d[None, :]
     tl.store(out_ptr + x_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
-    tl.store(lse_ptr + b.to(tl.int64) * sLb + head * sLh + t, lse, mask=row_ok)
+    tl.store(lse_ptr + b.to(tl.int64) * sLb + head.to(tl.int64) * sLh + t, lse, mask=row_ok)
 
 
 def q_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
