@@ -9,7 +9,8 @@
    merge) with a sweep of attend variants, FlexAttention on the same selection, dense SDPA
    (cuDNN and FlashAttention backends), and KV-outer vs Q-outer for GQA group sizes 1..16.
 
-Usage: python experiments/bench_block_sparse.py OUT_DIR [N ...]
+Usage: python experiments/bench_block_sparse.py OUT_DIR [--sizes N ...] [--gqa-n N]
+       [--sections correctness timing gqa]
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quic
     q, k, v = (torch.randn(B, N, h, D, device="cuda", generator=g, dtype=torch.bfloat16) for h in (Hq, Hkv, Hkv))
     sel = ml.select_msa(torch.randn(B, N, Hkv, 128, device="cuda", generator=g, dtype=torch.bfloat16),
                         torch.randn(B, N, 1, 128, device="cuda", generator=g, dtype=torch.bfloat16),
-                        block_size=bs, top_k=topk)
+                        block_size=bs, top_k=topk, backend="triton")
     tokens = float(sel.tokens_per_query().sum()) * (Hq // sel.num_rows_heads)
     useful = 4 * D * tokens
     dense = 4 * B * Hq * D * N * N / 2
@@ -97,6 +98,10 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quic
                                                 **reps), useful)
     if not stages:
         return
+    kv_outer.PARTIAL_BYTES = 4 << 30  # the fixed chunking this replaced, for comparison
+    row("triton whole operator, 4 GiB partial chunks",
+        bench(lambda: ml.block_sparse_attention(q, k, v, sel, backend="triton")), useful)
+    kv_outer.PARTIAL_BYTES = None
     scale = D ** -0.5
     try:
         ml.block_sparse_attention(q, k, v, sel, backend="flex")
@@ -124,30 +129,39 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quic
     del o_part, lse_part
 
 
-GQA_N = 32768
-
-
-def main(out_dir, sizes):
+def main(out_dir, sizes, gqa_n, sections):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                cuda=torch.version.cuda, python=platform.python_version())
     print(json.dumps(env), flush=True)
     rows = ResultRows(out / "bench_block_sparse.json", env)
-    t = time.perf_counter()
-    correctness(rows)
-    print(f"correctness: {time.perf_counter() - t:.0f} s", flush=True)
-    for N in sizes:
+    if "correctness" in sections:
+        t = time.perf_counter()
+        correctness(rows)
+        print(f"correctness: {time.perf_counter() - t:.0f} s", flush=True)
+    for N in sizes if "timing" in sections else ():
         t = time.perf_counter()
         timing(rows, N)
         torch.cuda.empty_cache()
         print(f"timing N={N}: {time.perf_counter() - t:.0f} s", flush=True)
+    if "gqa" not in sections:
+        return
     t = time.perf_counter()
     for G in (1, 2, 4, 8, 16):  # KV-outer vs Q-outer by GQA group size, Hq = 64
-        timing(rows, GQA_N, Hkv=64 // G, stages=False, quick=True)
+        timing(rows, gqa_n, Hkv=64 // G, stages=False, quick=True)
         torch.cuda.empty_cache()
-    print(f"GQA table at N={GQA_N}: {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"GQA table at N={gqa_n}: {time.perf_counter() - t:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/bench", [int(x) for x in sys.argv[2:]] or [32768, 131072])
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[32768, 131072])
+    parser.add_argument("--gqa-n", type=int, default=131072)
+    parser.add_argument("--sections", nargs="*", default=["correctness", "timing", "gqa"],
+                        choices=["correctness", "timing", "gqa"])
+    args = parser.parse_args()
+    main(args.out_dir, args.sizes, args.gqa_n, args.sections)

@@ -10,7 +10,10 @@ Di=128 (one shared index key head), bf16, block 128, top-16, batch 1, random inp
    after a warm-up (a 1M call takes seconds; do_bench's defaults would take minutes), and
    dense SDPA cuDNN timed the same way.
 
-Usage: python experiments/bench_msa_operator.py OUT_DIR
+4. MoBA: the Triton gate + top-k against select_moba's reference (identical rows), and its
+   time at 128K (per-head selection, block 128, top-16).
+
+Usage: python experiments/bench_msa_operator.py OUT_DIR [--sections selection operator moba]
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def selection_timing(rows, N=131072):
     scores = torch.randn(1, 4, N, nb, device="cuda")
     sel = torch.empty(1, 4, N, 16, device="cuda", dtype=torch.int32)
     rows.append(dict(N=N, what="top-k kernel alone", **timed(lambda: index_topk._top_blocks[(N, 4, 1)](
-        scores, sel, 0, 4, *scores.stride()[:3], *sel.stride()[:3], K=16, BS=128, NB_PAD=nb))))
+        scores, sel, 0, *scores.stride()[:3], *sel.stride()[:3], K=16, BS=128, NB_PAD=nb))))
     rows.append(dict(N=N, what="torch.topk on the same scores (no causal mask, no ties rule)",
                      **timed(lambda: torch.topk(scores, 16, dim=-1))))
 
@@ -95,20 +98,45 @@ def operator(rows, N):
                      speedup=t["median_ms"] / whole["median_ms"]))
 
 
-def main(out_dir):
+def moba(rows, N=131072):
+    for n, dtype in ((16384, torch.float32), (65536, torch.bfloat16)):
+        q, k, _, _, _ = inputs(n, dtype, seed=n)
+        ref = ml.select_moba(q, k, block_size=128, top_k=16).canonical().indices
+        got = ml.select_moba(q, k, block_size=128, top_k=16, backend="triton").validate().canonical().indices
+        rows.append(dict(check="moba triton selection vs reference", N=n, dtype=str(dtype)[6:],
+                         identical_rows=(ref == got).all(-1).float().mean().item()))
+    q, k, v, _, _ = inputs(N)
+    rows.append(dict(N=N, what="select_moba reference", **timed(lambda: ml.select_moba(q, k, block_size=128, top_k=16), 2)))
+    rows.append(dict(N=N, what="select_moba triton", **timed(
+        lambda: ml.select_moba(q, k, block_size=128, top_k=16, backend="triton"))))
+    rows.append(dict(N=N, what="moba_attention triton (selection + KV-outer per head)", **timed(
+        lambda: ml.moba_attention(q, k, v, block_size=128, top_k=16, backend="triton"))))
+
+
+def main(out_dir, sections):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                cuda=torch.version.cuda, python=platform.python_version(),
-               partial_bytes=kv_outer.PARTIAL_BYTES, score_bytes=index_topk.SCORE_BYTES)
+               partial_bytes=kv_outer.partial_budget(torch.device('cuda')), score_bytes=index_topk.SCORE_BYTES)
     print(json.dumps(env), flush=True)
     rows = ResultRows(out / "bench_msa_operator.json", env)
-    selection_checks(rows)
-    selection_timing(rows)
-    for N in (131072, 1 << 20):
+    if "selection" in sections:
+        selection_checks(rows)
+        selection_timing(rows)
+    for N in (131072, 1 << 20) if "operator" in sections else ():
         operator(rows, N)
         torch.cuda.empty_cache()
+    if "moba" in sections:
+        moba(rows)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/msa_operator")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("--sections", nargs="*", default=["selection", "operator", "moba"],
+                        choices=["selection", "operator", "moba"])
+    args = parser.parse_args()
+    main(args.out_dir, args.sections)

@@ -69,7 +69,7 @@ nb = N // 128
 scores = torch.randn(1, 4, 131072, nb, device="cuda", generator=g)
 sel = torch.empty(1, 4, N, 16, device="cuda", dtype=torch.int32)
 emit(dict(what="top-k kernel alone, 128K rows x 4 groups of 8192 blocks (rows 917504..1M)", **timed(
-    lambda: index_topk._top_blocks[(131072, 4, 1)](scores, sel, N - 131072, 4, *scores.stride()[:3],
+    lambda: index_topk._top_blocks[(131072, 4, 1)](scores, sel, N - 131072, *scores.stride()[:3],
                                                    *sel.stride()[:3], K=16, BS=128, NB_PAD=nb))))
 del scores
 q, k, v = (torch.randn(1, N, h, 128, device="cuda", generator=g, dtype=torch.bfloat16) for h in (64, 4, 4))

@@ -27,6 +27,12 @@ def _check_backend(backend, choices) -> str:
     return backend
 
 
+def _selection_backend(backend: str, q: torch.Tensor) -> str:
+    """Selection follows attention: Triton kernels with a Triton backend (or auto on CUDA)."""
+    triton_path = backend in ("triton", "triton_q_outer") or (backend == "auto" and q.is_cuda)
+    return "triton" if triton_path else "reference"
+
+
 def _pack(out, lse, selection, return_lse: bool, return_selection: bool):
     extra = ([lse] if return_lse else []) + ([selection] if return_selection else [])
     return (out, *extra) if extra else out
@@ -112,11 +118,13 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
                    return_lse: bool = False, return_selection: bool = False):
     """MoBA: per-head mean-pooled key gating (own block forced, counted in ``top_k``),
     then exact attention over the selected blocks. Returns ``out`` then, as asked,
-    ``lse`` and the ``BlockSelection``."""
+    ``lse`` and the ``BlockSelection``. With a Triton backend (or ``"auto"`` on CUDA) the
+    selection runs on the Triton kernels too."""
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     scale = check_scale(scale, D)
     backend = _check_backend(backend, SPARSE_BACKENDS)
-    selection = select_moba(q, k, block_size=block_size, top_k=top_k)
+    selection = select_moba(q, k, block_size=block_size, top_k=top_k,
+                            backend=_selection_backend(backend, q))
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)
 
 
@@ -139,7 +147,6 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
         raise ValueError(f"index_q is on {index_q.device} but q is on {q.device}")
     scale = check_scale(scale, D)
     backend = _check_backend(backend, SPARSE_BACKENDS)
-    triton_path = backend in ("triton", "triton_q_outer") or (backend == "auto" and q.is_cuda)
     selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k,
-                           backend="triton" if triton_path else "reference")
+                           backend=_selection_backend(backend, q))
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)

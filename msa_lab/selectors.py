@@ -65,6 +65,21 @@ def _rows(seq_len: int, chunk: int, device):
         yield start, torch.arange(start, min(start + chunk, seq_len), device=device)
 
 
+SELECT_BACKENDS = ("reference", "triton", "auto")
+
+
+def _use_triton(backend: str, x: torch.Tensor) -> bool:
+    """Resolve a selector's ``backend``; a Triton backend that cannot run raises."""
+    backend = check_choice(backend, "backend", SELECT_BACKENDS)
+    if backend == "auto":
+        backend = "triton" if x.is_cuda else "reference"
+    if backend == "triton":
+        from .kernels.runtime import check_triton_device
+
+        check_triton_device(x, backend)
+    return backend == "triton"
+
+
 def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
     """``[B, num_blocks, Hkv, D]`` mean key of each block (over its real tokens).
 
@@ -79,12 +94,21 @@ def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
     return (sums / counts.view(1, nb, 1, 1)).to(k.dtype)
 
 
-def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int) -> BlockSelection:
+def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
+                backend: str = "reference") -> BlockSelection:
     """MoBA gating: per query head, ``q[t, h] . mean(k[block, group(h)])`` in fp32; the
-    own block is forced and counts toward ``top_k``; one selection per query head."""
+    own block is forced and counts toward ``top_k``; one selection per query head.
+
+    ``backend="triton"`` runs the Triton gate and top-k kernels (same rule; with bf16/fp16
+    inputs the fp32 gate is accumulated in another order, so near-ties can resolve
+    differently); ``"auto"`` picks them on CUDA."""
     B, N, Hq, Hkv, _ = check_qkv(q, k)
     block_size = check_positive_int(block_size, "block_size")
     top_k = check_positive_int(top_k, "top_k")
+    if _use_triton(backend, q):
+        from .kernels.moba_select import moba_select_triton
+
+        return moba_select_triton(q, k, block_size, top_k)
     kmean = block_mean_keys(k, block_size)
     nb = kmean.shape[1]
     parts = []
@@ -111,9 +135,6 @@ def msa_block_scores(index_q: torch.Tensor, index_k: torch.Tensor, positions: to
                                    value=float("-inf"))
 
 
-SELECT_BACKENDS = ("reference", "triton", "auto")
-
-
 def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int = 128,
                top_k: int = 16, backend: str = "reference") -> BlockSelection:
     """MSA index branch: max-pooled causal index logits per block, the local block
@@ -126,13 +147,7 @@ def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int 
     B, N, G, _ = check_index_inputs(index_q, index_k)
     block_size = check_positive_int(block_size, "block_size")
     top_k = check_positive_int(top_k, "top_k")
-    backend = check_choice(backend, "backend", SELECT_BACKENDS)
-    if backend == "auto":
-        backend = "triton" if index_q.is_cuda else "reference"
-    if backend == "triton":
-        from .kernels.runtime import check_triton_device
-
-        check_triton_device(index_q, backend)
+    if _use_triton(backend, index_q):
         from .kernels.index_topk import msa_select_triton
 
         return msa_select_triton(index_q, index_k, block_size, top_k)

@@ -5,9 +5,10 @@ up to its last query's block; for each it computes the causal index logits
 ``index_q . index_k * Di**-0.5`` on the tensor cores and keeps their max per query
 (max pooling: no softmax, no exponentials). Scores go to a buffer for one query chunk.
 
-``_top_blocks``: a program per query row puts the local block in slot 0, then picks the
-``top_k - 1`` best earlier blocks by repeated max, ties to the lower id (the rule of
-``select_top_blocks``; NaN scores count as -inf). Unused slots are -1.
+``_top_blocks``: a program per (query row, selection head) puts the local block in slot 0,
+then picks the ``top_k - 1`` best earlier blocks by repeated max, ties to the lower id (the
+rule of ``select_top_blocks``; NaN scores count as -inf). Unused slots are -1. MoBA's
+selection kernel reuses it on its gate scores.
 
 The score buffer (``[B, G, chunk, num_blocks]`` float32) is bounded by ``SCORE_BYTES``,
 so 1M-token inputs never hold a ``[G, N, N / block]`` matrix at once.
@@ -21,6 +22,7 @@ import triton.language as tl
 
 from ..selection import BlockSelection, num_blocks
 from .runtime import dot_precision, next_pow2
+from .tiles import load_rows
 
 SCORE_BYTES = 4 << 30
 # Measured on an H200 at 1M tokens (docs/kernels.md): 256 query rows per program (half the
@@ -42,10 +44,7 @@ def _block_scores(
     b = tl.program_id(2)
     t = q0 + tl.program_id(0) * BM + tl.arange(0, BM)
     row_ok = t < q1
-    offs_d = tl.arange(0, DI_PAD)
-    d_ok = offs_d < DI
-    iq = tl.load(iq_ptr + b.to(tl.int64) * sqb + t[:, None].to(tl.int64) * sqn + g * sqg + offs_d[None, :],
-                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    iq = load_rows(iq_ptr, b, t, g, sqb, sqn, sqg, row_ok, DI, DI_PAD)
     offs_k = tl.arange(0, BS_PAD)
     cols = tl.arange(0, JB)
     last_blk = (tl.minimum(q0 + (tl.program_id(0) + 1) * BM, q1) - 1) // BS
@@ -56,8 +55,7 @@ def _block_scores(
     for j in range(0, last_blk + 1):
         key = j * BS + offs_k
         key_ok = (offs_k < BS) & (key < N)
-        ik = tl.load(ik_ptr + b.to(tl.int64) * skb + key[:, None].to(tl.int64) * skn + g * skg + offs_d[None, :],
-                     mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+        ik = load_rows(ik_ptr, b, key, g, skb, skn, skg, key_ok, DI, DI_PAD)
         sc = tl.dot(iq, tl.trans(ik), input_precision=PRECISION) * scale
         sc = tl.where(key_ok[None, :] & (key[None, :] <= t[:, None]), sc, float("-inf"))
         tile = tl.where(cols[None, :] == j % JB, tl.max(sc, 1)[:, None], tile)
@@ -69,7 +67,7 @@ def _block_scores(
 
 @triton.jit
 def _top_blocks(
-    score_ptr, sel_ptr, q0, G,
+    score_ptr, sel_ptr, q0,
     ssb, ssg, ssn, sib, sig, sin,
     K: tl.constexpr, BS: tl.constexpr, NB_PAD: tl.constexpr,
 ):
@@ -120,7 +118,7 @@ def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: 
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         _top_blocks[(q1 - q0, G, B)](
-            scores, sel, q0, G,
+            scores, sel, q0,
             scores.stride(0), scores.stride(1), scores.stride(2),
             sel.stride(0), sel.stride(1), sel.stride(2),
             K=top_k, BS=block_size, NB_PAD=next_pow2(nb),

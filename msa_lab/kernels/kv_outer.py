@@ -23,9 +23,11 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
 from .runtime import dot_precision, next_pow2
+from .tiles import load_rows
 
-#: Largest partial buffer (outputs + LSEs) one query chunk may use.
-PARTIAL_BYTES = 4 << 30
+#: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the free device
+#: memory (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
+PARTIAL_BYTES = None
 #: Fill partial buffers with NaN before the kernel runs, so a slot it fails to write shows
 #: up in the merged output (checks only; costs a pass over the buffer).
 POISON_PARTIALS = False
@@ -62,10 +64,8 @@ def _kv_outer_fwd(
     key_ok = (offs_k < BS) & (key_pos < N)
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < D
-    kv_off = b.to(tl.int64) * skb + key_pos[:, None].to(tl.int64) * skn + kvh * skh + offs_d[None, :]
-    kv_mask = key_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+    k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
+    v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
 
     offs_m = tl.arange(0, M)
     tok = offs_m // HPR
@@ -184,6 +184,14 @@ def merge(o_part, lse_part, selection, out, lse, q0: int, launch: Launch) -> Non
     )
 
 
+def partial_budget(device: torch.device) -> int:
+    if PARTIAL_BYTES is not None:
+        return PARTIAL_BYTES
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return 1 << 30
+
+
 def partial_buffers(B: int, C: int, K: int, Hq: int, D: int, dtype, device):
     o_part = torch.empty(B, C, K, Hq, D, device=device, dtype=dtype)
     lse_part = torch.empty(B, C, K, Hq, device=device, dtype=torch.float32)
@@ -206,7 +214,7 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
     per_query = B * K * Hq * (D * q.element_size() + 4)
-    C = query_chunk or max(1, min(N, PARTIAL_BYTES // per_query))
+    C = query_chunk or max(1, min(N, partial_budget(q.device) // per_query))
     for q0 in range(0, N, C):
         q1 = min(N, q0 + C)
         lists = build_query_lists(selection, q0, q1, launch.entries)

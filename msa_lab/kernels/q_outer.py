@@ -16,6 +16,7 @@ import triton.language as tl
 
 from ..selection import BlockSelection
 from .runtime import dot_precision, next_pow2
+from .tiles import load_rows
 
 NUM_WARPS = 4
 
@@ -50,10 +51,8 @@ def _q_outer_fwd(
         if blk >= 0:
             key_pos = blk * BS + offs_k
             key_ok = (offs_k < BS) & (key_pos <= t)
-            kv_off = b.to(tl.int64) * skb + key_pos[:, None].to(tl.int64) * skn + kvh * skh + offs_d[None, :]
-            kv_mask = key_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+            k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
+            v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
             sc = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             sc = tl.where(key_ok[None, :], sc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(sc, 1))

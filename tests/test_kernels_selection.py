@@ -1,4 +1,5 @@
-"""MSA index branch in Triton (interpreted on the CPU in CI) against select_msa's reference."""
+"""Selection kernels in Triton (MSA index branch, MoBA gate; interpreted on the CPU in CI)
+against the reference selectors."""
 
 import pytest
 import torch
@@ -59,3 +60,28 @@ def test_msa_attention_with_triton_uses_the_triton_selection():
 def test_backend_name_is_checked():
     with pytest.raises(ValueError, match="backend must be 'reference' or 'triton' or 'auto'"):
         ml.select_msa(torch.randn(1, 8, 1, 4), torch.randn(1, 8, 1, 4), block_size=4, top_k=1, backend="cuda")
+
+
+MOBA_CASES = [
+    # B, N, Hq, Hkv, D, block, top_k
+    (1, 200, 4, 2, 16, 16, 4),
+    (2, 150, 8, 1, 32, 32, 3),     # GQA 8, partial block
+    (1, 97, 3, 3, 24, 10, 5),      # block and head dim not powers of two
+    (1, 70, 2, 1, 16, 16, 16),     # top_k above the number of blocks
+    (1, 300, 16, 1, 16, 64, 1),    # GQA 16, top_k 1
+]
+
+
+@pytest.mark.parametrize("B,N,Hq,Hkv,D,bs,topk", MOBA_CASES)
+def test_moba_selection_matches_reference(B, N, Hq, Hkv, D, bs, topk):
+    q, k = torch.randn(B, N, Hq, D), torch.randn(B, N, Hkv, D)
+    ref = ml.select_moba(q, k, block_size=bs, top_k=topk)
+    got = ml.select_moba(q, k, block_size=bs, top_k=topk, backend="triton").validate()
+    assert got.per == "head" and got.equals(ref)
+
+
+def test_moba_attention_with_triton_uses_the_triton_selection():
+    q, k, v = torch.randn(1, 120, 8, 16), torch.randn(1, 120, 2, 16), torch.randn(1, 120, 2, 16)
+    out, sel = ml.moba_attention(q, k, v, block_size=16, top_k=3, backend="triton", return_selection=True)
+    assert sel.equals(ml.select_moba(q, k, block_size=16, top_k=3))
+    assert ml.output_error(out, ml.moba_attention(q, k, v, block_size=16, top_k=3)) < 1e-5

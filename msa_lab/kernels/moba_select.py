@@ -1,0 +1,72 @@
+"""MoBA selection in Triton: per query head, the fp32 gate ``q[t, h] . mean(k[block, group(h)])``
+for every earlier block (tensor-core products of the input-dtype values, accumulated in
+fp32), then the shared top-k kernel: own block in slot 0 and counted in top_k, ties to the
+lower id. Block means come from ``block_mean_keys`` (rounded to the input dtype, as MoBA's
+reference does). The gate buffer holds one query chunk (``SCORE_BYTES``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..selection import BlockSelection
+from ..selectors import block_mean_keys
+from .index_topk import _top_blocks
+from .runtime import dot_precision, next_pow2
+from .tiles import load_rows
+
+SCORE_BYTES = 4 << 30
+QUERY_TILE = 128
+BLOCK_TILE = 64
+
+
+@triton.jit
+def _gate_scores(
+    q_ptr, km_ptr, score_ptr, q0, q1, NB,
+    sqb, sqn, sqh, skb, skn, skh, ssb, ssh, ssn,
+    G: tl.constexpr, BS: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, PRECISION: tl.constexpr,
+):
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    t = q0 + tl.program_id(0) * BM + tl.arange(0, BM)
+    row_ok = t < q1
+    q = load_rows(q_ptr, b, t, h, sqb, sqn, sqh, row_ok, D, D_PAD)
+    own = t // BS
+    last_own = (tl.minimum(q0 + (tl.program_id(0) + 1) * BM, q1) - 1) // BS
+    out_rows = score_ptr + b.to(tl.int64) * ssb + h.to(tl.int64) * ssh + (t - q0).to(tl.int64)[:, None] * ssn
+    for j0 in range(0, last_own, BJ):  # only blocks before a query's own block compete
+        blk = j0 + tl.arange(0, BJ)
+        km = load_rows(km_ptr, b, blk, h // G, skb, skn, skh, blk < NB, D, D_PAD)
+        gate = tl.dot(q, tl.trans(km), input_precision=PRECISION)
+        tl.store(out_rows + blk[None, :], gate, mask=row_ok[:, None] & (blk[None, :] < own[:, None]))
+
+
+def moba_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k: int) -> BlockSelection:
+    """The selection of ``select_moba`` computed by the Triton kernels (valid inputs)."""
+    B, N, Hq, D = q.shape
+    G = Hq // k.shape[2]
+    kmean = block_mean_keys(k, block_size).contiguous()
+    nb = kmean.shape[1]
+    q = q.contiguous()
+    sel = torch.empty(B, Hq, N, top_k, device=q.device, dtype=torch.int32)
+    C = max(QUERY_TILE, min(N, SCORE_BYTES // (B * Hq * nb * 4)) // QUERY_TILE * QUERY_TILE)
+    scores = torch.empty(B, Hq, min(C, N), nb, device=q.device, dtype=torch.float32)
+    for q0 in range(0, N, C):
+        q1 = min(N, q0 + C)
+        _gate_scores[(triton.cdiv(q1 - q0, QUERY_TILE), Hq, B)](
+            q, kmean, scores, q0, q1, nb,
+            q.stride(0), q.stride(1), q.stride(2), kmean.stride(0), kmean.stride(1), kmean.stride(2),
+            scores.stride(0), scores.stride(1), scores.stride(2),
+            G=G, BS=block_size, BM=QUERY_TILE, BJ=BLOCK_TILE, D=D, D_PAD=max(16, next_pow2(D)),
+            PRECISION=dot_precision(q.dtype),
+        )
+        _top_blocks[(q1 - q0, Hq, B)](
+            scores, sel, q0,
+            scores.stride(0), scores.stride(1), scores.stride(2),
+            sel.stride(0), sel.stride(1), sel.stride(2),
+            K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
+        )
+    return BlockSelection._trusted(sel, block_size, "head")
