@@ -105,17 +105,20 @@ def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: 
     iq, ik = index_q.contiguous(), index_k.contiguous()
     skg = 0 if ik.shape[2] == 1 else ik.stride(2)  # one shared index key head: stride 0
     sel = torch.empty(B, G, N, top_k, device=iq.device, dtype=torch.int32)
-    C = max(QUERY_TILE, min(N, SCORE_BYTES // (B * G * nb * 4)) // QUERY_TILE * QUERY_TILE)
+    # float32 tiles take twice the shared memory: 128 rows, no pipelining (256 rows with 3
+    # stages asks for 263 KB on an H200, which has 227 KB).
+    rows, stages = (QUERY_TILE, NUM_STAGES) if iq.element_size() <= 2 else (128, 1)
+    C = max(rows, min(N, SCORE_BYTES // (B * G * nb * 4)) // rows * rows)
     scores = torch.empty(B, G, min(C, N), nb, device=iq.device, dtype=torch.float32)
     for q0 in range(0, N, C):
         q1 = min(N, q0 + C)
-        _block_scores[(triton.cdiv(q1 - q0, QUERY_TILE), G, B)](
+        _block_scores[(triton.cdiv(q1 - q0, rows), G, B)](
             iq, ik, scores, N, q0, q1, Di ** -0.5,
             iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0), ik.stride(1), skg,
             scores.stride(0), scores.stride(1), scores.stride(2),
-            BM=QUERY_TILE, JB=BLOCKS_PER_STORE, BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
+            BM=rows, JB=BLOCKS_PER_STORE, BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
             DI=Di, DI_PAD=max(16, next_pow2(Di)), PRECISION=dot_precision(iq.dtype),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+            num_warps=NUM_WARPS, num_stages=stages,
         )
         _top_blocks[(q1 - q0, G, B)](
             scores, sel, q0,
