@@ -17,7 +17,7 @@ from .selection import BlockSelection
 from .selectors import select_moba, select_msa
 from .validation import check_bool, check_index_inputs, check_qkv, check_scale
 
-FULL_BACKENDS = ("reference", "sdpa", "auto")
+FULL_BACKENDS = ("reference", "sdpa", "triton", "auto")
 SPARSE_BACKENDS = ("reference", "flex", "triton", "triton_q_outer", "auto")
 
 
@@ -53,13 +53,21 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
         raise ValueError(f"causal attention needs q length {Nq} <= k length {k.shape[1]}")
     scale = check_scale(scale, D)
     backend = _check_backend(backend, FULL_BACKENDS)
-    if backend == "auto":
-        backend = "reference" if return_lse else "sdpa"
+    if backend == "auto":  # SDPA (cuDNN / FlashAttention) is the fastest exact dense path
+        backend = ("triton" if q.is_cuda else "reference") if return_lse else "sdpa"
     if backend == "sdpa":
         if return_lse:
-            raise ValueError("backend='sdpa' cannot return the LSE; use backend='reference'")
+            raise ValueError("backend='sdpa' cannot return the LSE; use backend='reference' or 'triton'")
         return _full_sdpa(q, k, v, causal, scale)
-    out, lse = attention_reference(q, k, v, scale=scale, causal=causal)
+    if backend == "triton":
+        from .kernels.runtime import check_triton_device
+
+        check_triton_device(q, backend)
+        from .kernels.flash import flash_attention
+
+        out, lse = flash_attention(q, k, v, causal, scale)
+    else:
+        out, lse = attention_reference(q, k, v, scale=scale, causal=causal)
     return _pack(out, lse, None, return_lse, False)
 
 

@@ -117,11 +117,11 @@ def test_selection_that_does_not_fit(qkv):
 
 def test_backend_names(qkv):
     q, k, v = qkv
-    with pytest.raises(ValueError, match="backend must be one of 'reference', 'sdpa', 'auto'; got 'cuda'"):
+    with pytest.raises(ValueError, match="backend must be one of 'reference', 'sdpa', 'triton', 'auto'; got 'cuda'"):
         ml.full_attention(q, k, v, backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of 'reference', 'flex', 'triton', 'triton_q_outer', 'auto'"):
         ml.moba_attention(q, k, v, block_size=16, top_k=2, backend="cutlass")
-    with pytest.raises(ValueError, match="backend='sdpa' cannot return the LSE"):
+    with pytest.raises(ValueError, match="backend='sdpa' cannot return the LSE; use backend='reference' or 'triton'"):
         ml.full_attention(q, k, v, backend="sdpa", return_lse=True)
 
 
