@@ -16,18 +16,16 @@ Usage: python experiments/bench_block_sparse.py OUT_DIR [--sizes N ...] [--gqa-n
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, bench_median  # noqa: E402
+from msa_lab.bench import ResultRows, bench_median, gpu_environment  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
 from msa_lab.kernels.query_lists import build_query_lists  # noqa: E402
 
@@ -122,7 +120,7 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quic
             rows.append(dict(base, method=name, status=f"error: {str(err)[:120]}"))
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, N, device="cuda")
-    row("stage: merge", bench(lambda: kv_outer.merge(o_part, lse_part, sel, out, lse, 0, launch)), 0)
+    row("stage: merge", bench(lambda: kv_outer.merge(o_part, lse_part, sel.indices, out, lse, 0, launch)), 0)
     part_bytes = o_part.numel() * 2 + lse_part.numel() * 4
     rows.append(dict(base, method="bytes", q_bytes=q.numel() * 2, partial_bytes=part_bytes,
                      entries=int(lists.query.numel()), work_items=lists.num_items))
@@ -132,8 +130,7 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quic
 def main(out_dir, sizes, gqa_n, sections):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               cuda=torch.version.cuda, python=platform.python_version())
+    env = gpu_environment()
     print(json.dumps(env), flush=True)
     rows = ResultRows(out / "bench_block_sparse.json", env)
     if "correctness" in sections:

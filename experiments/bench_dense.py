@@ -4,17 +4,15 @@ time against SDPA cuDNN / FlashAttention at MSA's heads (Hq=64, Hkv=4, D=128, bf
 Usage: python experiments/bench_dense.py OUT_DIR
 """
 
-import platform
 import sys
 from pathlib import Path
 
 import torch
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, bench_median  # noqa: E402
+from msa_lab.bench import ResultRows, bench_median, gpu_environment  # noqa: E402
 
 
 def rel_err(out, ref):
@@ -25,9 +23,7 @@ def rel_err(out, ref):
 
 out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results/dense")
 out_dir.mkdir(parents=True, exist_ok=True)
-rows = ResultRows(out_dir / "bench_dense.json", dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                                                     triton=triton.__version__, cuda=torch.version.cuda,
-                                                     python=platform.python_version()))
+rows = ResultRows(out_dir / "bench_dense.json", gpu_environment())
 g = torch.Generator(device="cuda").manual_seed(1)
 for (Nq, Nk, Hq, Hkv, D, causal) in [(4099, 4099, 64, 4, 128, True), (3000, 3000, 8, 8, 64, True),
                                      (3000, 3000, 16, 2, 128, False), (17, 5000, 32, 4, 128, True)]:

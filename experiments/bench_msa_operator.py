@@ -19,17 +19,15 @@ Usage: python experiments/bench_msa_operator.py OUT_DIR [--sections selection op
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, event_timed  # noqa: E402
+from msa_lab.bench import ResultRows, event_timed, gpu_environment  # noqa: E402
 from msa_lab.kernels import index_topk, kv_outer  # noqa: E402
 
 REPEATS = 5
@@ -116,9 +114,8 @@ def moba(rows, N=131072):
 def main(out_dir, sections):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               cuda=torch.version.cuda, python=platform.python_version(),
-               partial_bytes=kv_outer.partial_budget(torch.device('cuda')), score_bytes=index_topk.SCORE_BYTES)
+    env = gpu_environment(partial_bytes=kv_outer.partial_budget(torch.device('cuda')),
+                          score_bytes=index_topk.SCORE_BYTES)
     print(json.dumps(env), flush=True)
     rows = ResultRows(out / "bench_msa_operator.json", env)
     if "selection" in sections:

@@ -13,7 +13,6 @@ Usage: python experiments/check_references_gpu.py OUT_DIR   (needs only torch + 
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows  # noqa: E402
+from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
 
 
 def rel_err(out, ref):
@@ -132,13 +131,7 @@ def coverage_1m(rows, N=1 << 20, Hq=64, Hkv=4, D=128, bs=128, topk=16):
 def main(out_dir):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
-               python=platform.python_version())
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
+    env = gpu_environment()
     print(json.dumps(env), flush=True)
     rows = ResultRows(out / "reference_check_gpu.json", env)
     for step in (agreement, oracle_timings, coverage_1m):

@@ -38,7 +38,7 @@ for tile_rows in (32, 64, 128):
         fn = lambda: kv_outer.attend(q, k, v, sel, lists, o_part, lse_part, 0, D ** -0.5, launch,  # noqa: E731
                                      num_warps=warps, num_stages=1)
         ms = triton.testing.do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
-        kv_outer.merge(o_part, lse_part, sel, out, lse, 0, launch)
+        kv_outer.merge(o_part, lse_part, sel.indices, out, lse, 0, launch)
         err = float((out.float() - ref.float()).norm() / ref.float().norm())
         rows.append(dict(stage="attend", rows=tile_rows, warps=warps, median_ms=ms[0], p20_ms=ms[1],
                          p80_ms=ms[2], useful_tflops=useful / ms[0] / 1e9, rel_err_vs_flex=err))

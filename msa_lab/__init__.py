@@ -6,6 +6,7 @@ method means.
 
 from .attention import block_sparse_attention, full_attention, moba_attention, msa_attention
 from .coverage import CoverageReport, coverage, output_error
+from .decode import KVCache, dense_decode, msa_decode
 from .selection import BlockSelection
 from .selectors import (
     index_from_qk,
@@ -23,13 +24,16 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockSelection",
     "CoverageReport",
+    "KVCache",
     "block_sparse_attention",
     "coverage",
+    "dense_decode",
     "full_attention",
     "index_from_qk",
     "moba_attention",
     "msa_attention",
     "msa_block_scores",
+    "msa_decode",
     "output_error",
     "select_moba",
     "select_msa",

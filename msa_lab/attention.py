@@ -74,6 +74,8 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
 def _full_sdpa(q, k, v, causal, scale):
     Nq, Nk = q.shape[1], k.shape[1]
     mask = None
+    if causal and Nq == 1:  # the last query sees every key: no mask, SDPA's fused kernels
+        causal = False
     if causal and Nq != Nk:  # SDPA's is_causal is top-left aligned; ours is bottom-right
         mask = torch.ones(Nq, Nk, dtype=torch.bool, device=q.device).tril(Nk - Nq)
     out = torch.nn.functional.scaled_dot_product_attention(

@@ -4,7 +4,23 @@ interrupted run keeps every finished row."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
+
+import torch
+
+
+def gpu_environment(**extra) -> dict:
+    """What every result file records: GPU name and library versions."""
+    env = dict(gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+               torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version())
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return dict(env, **extra)
 
 
 class ResultRows(list):

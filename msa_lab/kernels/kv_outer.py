@@ -98,7 +98,7 @@ def _merge_partials(
     o_part_ptr, lse_part_ptr, sel_ptr, out_ptr, lse_ptr,
     C, q0, HQ,
     sob, son, sok, soh, slb, sln, slk,
-    ssb, ssh, ssn, sxb, sxn, sxh, sLb, sLh,
+    ssb, ssh, ssn, sxb, sxn, sxh, sLb, sLh, sLn,
     K: tl.constexpr, HB: tl.constexpr, HPR: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
 ):
     r = tl.program_id(0)
@@ -128,7 +128,8 @@ def _merge_partials(
     x_off = b.to(tl.int64) * sxb + (q0 + i).to(tl.int64) * sxn + heads[:, None] * sxh + offs_d[None, :]
     tl.store(out_ptr + x_off, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
     lse = tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
-    tl.store(lse_ptr + b.to(tl.int64) * sLb + heads.to(tl.int64) * sLh + q0 + i, lse, mask=h_ok)
+    tl.store(lse_ptr + b.to(tl.int64) * sLb + heads.to(tl.int64) * sLh + (q0 + i).to(tl.int64) * sLn, lse,
+             mask=h_ok)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,10 @@ class Launch:
 
 def attend(q, k, v, selection, lists, o_part, lse_part, q0: int, scale: float, launch: Launch,
            num_warps: int = NUM_WARPS, num_stages: int | None = None) -> None:
-    """Write the partial outputs and LSEs of the query rows that ``lists`` cover."""
+    """Write the partial outputs and LSEs of the query rows that ``lists`` cover.
+
+    ``selection`` supplies the block size, the number of selection heads and of blocks; the
+    keys visible are ``k[:, :q.shape[1]]`` (decoding passes a stride-0 view of its query)."""
     if not lists.num_items:
         return
     if num_stages is None:  # float32 tiles need twice the shared memory: no pipelining
@@ -159,7 +163,7 @@ def attend(q, k, v, selection, lists, o_part, lse_part, q0: int, scale: float, l
     _kv_outer_fwd[(lists.num_items,)](
         q, k, v, o_part, lse_part,
         lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
-        q.shape[1], q0, selection.indices.shape[1], selection.num_blocks, scale,
+        q.shape[1], q0, selection.indices.shape[1], -(-q.shape[1] // selection.block_size), scale,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         *o_part.stride()[:4], *lse_part.stride()[:3],
         G=q.shape[2] // k.shape[2], HPR=launch.HPR, QT=launch.QT, M=launch.M,
@@ -169,17 +173,17 @@ def attend(q, k, v, selection, lists, o_part, lse_part, q0: int, scale: float, l
     )
 
 
-def merge(o_part, lse_part, selection, out, lse, q0: int, launch: Launch) -> None:
-    """Combine the partials of query rows ``[q0, q0 + o_part.shape[1])`` into out and lse."""
+def merge(o_part, lse_part, sel, out, lse, q0: int, launch: Launch) -> None:
+    """Combine the partials of query rows ``[q0, q0 + o_part.shape[1])`` into out and lse
+    (``sel``: the selection's block ids, read for which slots hold a partial)."""
     B, C, K, Hq, D = o_part.shape
-    sel = selection.indices
     HB = min(16, next_pow2(Hq))
     _merge_partials[(B * C, triton.cdiv(Hq, HB))](
         o_part, lse_part, sel, out, lse,
         C, q0, Hq,
         *o_part.stride()[:4], *lse_part.stride()[:3],
         sel.stride(0), sel.stride(1), sel.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
+        lse.stride(0), lse.stride(1), lse.stride(2),
         K=K, HB=HB, HPR=launch.HPR, D=D, D_PAD=max(16, next_pow2(D)),
     )
 
@@ -220,5 +224,5 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         lists = build_query_lists(selection, q0, q1, launch.entries)
         o_part, lse_part = partial_buffers(B, q1 - q0, K, Hq, D, q.dtype, q.device)
         attend(q, k, v, selection, lists, o_part, lse_part, q0, scale, launch)
-        merge(o_part, lse_part, selection, out, lse, q0, launch)
+        merge(o_part, lse_part, selection.indices, out, lse, q0, launch)
     return out, lse

@@ -1,0 +1,92 @@
+"""MSA decode step in Triton: one new query per sequence against a KV cache.
+
+1. ``_decode_index_scores``: a program per (run of ``BLOCKS`` key blocks, sequence) reads
+   each cached index-key block once and scores it for all G index queries at once (the
+   groups are the MMA rows), max-pooled per block. Decode is a bytes problem and the index
+   keys are its largest read (``N * Di`` elements per sequence), so they are read once.
+2. ``_top_blocks`` (shared with prefill): local block plus the ``top_k - 1`` best.
+3. Split-K attention over the selected blocks and the LSE reduction: the KV-outer attend
+   and merge kernels, given a stride-0 view of the single query (every work item is one
+   (sequence, group, block) and one query).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..selection import BlockSelection, num_blocks
+from .index_topk import _top_blocks
+from .kv_outer import Launch, attend, merge, partial_buffers
+from .query_lists import QueryLists
+from .runtime import dot_precision, next_pow2
+from .tiles import load_rows
+
+BLOCKS_PER_PROGRAM = 16
+
+
+@triton.jit
+def _decode_index_scores(
+    iq_ptr, ik_ptr, score_ptr, L, NB, scale,
+    sqb, sqg, skb, skn, ssb, ssg,
+    G: tl.constexpr, G_PAD: tl.constexpr, BS: tl.constexpr, BS_PAD: tl.constexpr,
+    DI: tl.constexpr, DI_PAD: tl.constexpr, BLOCKS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    b = tl.program_id(1)
+    groups = tl.arange(0, G_PAD)
+    g_ok = groups < G
+    offs_d = tl.arange(0, DI_PAD)
+    iq = tl.load(iq_ptr + b.to(tl.int64) * sqb + groups[:, None] * sqg + offs_d[None, :],
+                 mask=g_ok[:, None] & (offs_d < DI)[None, :], other=0.0)
+    offs_k = tl.arange(0, BS_PAD)
+    j0 = tl.program_id(0) * BLOCKS
+    for j in range(j0, tl.minimum(j0 + BLOCKS, NB)):
+        key = j * BS + offs_k
+        key_ok = (offs_k < BS) & (key < L)
+        ik = load_rows(ik_ptr, b, key, 0, skb, skn, 0, key_ok, DI, DI_PAD)
+        s = tl.dot(iq, tl.trans(ik), input_precision=PRECISION) * scale
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+        tl.store(score_ptr + b.to(tl.int64) * ssb + groups.to(tl.int64) * ssg + j, tl.max(s, 1), mask=g_ok)
+
+
+def msa_decode_triton(q, index_q, k, v, index_k, block_size: int, top_k: int, scale: float):
+    """``(out [B, 1, Hq, D], lse [B, Hq, 1], block ids int32 [B, G, top_k])`` for the query
+    at position ``L - 1`` of caches ``k, v [B, L, Hkv, D]``, ``index_k [B, L, 1, Di]``."""
+    B, L, Hkv, D = k.shape
+    Hq, G, Di = q.shape[2], index_q.shape[2], index_q.shape[3]
+    nb = num_blocks(L, block_size)
+    iq = index_q.contiguous()
+    scores = torch.empty(B, G, 1, nb, device=q.device, dtype=torch.float32)
+    _decode_index_scores[(triton.cdiv(nb, BLOCKS_PER_PROGRAM), B)](
+        iq, index_k, scores, L, nb, Di ** -0.5,
+        iq.stride(0), iq.stride(2), index_k.stride(0), index_k.stride(1), scores.stride(0), scores.stride(1),
+        G=G, G_PAD=max(16, next_pow2(G)), BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
+        DI=Di, DI_PAD=max(16, next_pow2(Di)), BLOCKS=BLOCKS_PER_PROGRAM, PRECISION=dot_precision(iq.dtype),
+    )
+    ids = torch.empty(B, G, 1, top_k, device=q.device, dtype=torch.int32)
+    _top_blocks[(1, G, B)](
+        scores, ids, L - 1, scores.stride(0), scores.stride(1), scores.stride(2),
+        ids.stride(0), ids.stride(1), 0, K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
+    )
+    # One query at position L - 1: stride-0 views let the prefill kernels index it by position.
+    rows = ids.expand(B, G, L, top_k)
+    # One work item per (sequence, group, slot); an unused slot gets zero queries (and block
+    # 0 as a harmless address). No host sync, so a decode step can be captured in a graph.
+    valid = (ids[:, :, 0] >= 0).flatten()
+    pair = torch.arange(B * G, device=q.device).view(B, G, 1)
+    items = B * G * top_k
+    lists = QueryLists(query=torch.full((items,), L - 1, device=q.device, dtype=torch.int32),
+                       slot=torch.arange(top_k, device=q.device, dtype=torch.int32).repeat(B * G),
+                       work_list=(pair * nb + ids[:, :, 0].clamp_min(0).long()).flatten().to(torch.int32),
+                       work_start=torch.arange(items, device=q.device, dtype=torch.int32),
+                       work_count=valid.to(torch.int32))
+    selection = BlockSelection._trusted(rows, block_size, "group")
+    launch = Launch.for_selection(selection, Hq // Hkv)
+    o_part, lse_part = partial_buffers(B, 1, top_k, Hq, D, q.dtype, q.device)
+    q_at = q.contiguous().expand(B, L, Hq, D)
+    attend(q_at, k, v, selection, lists, o_part, lse_part, L - 1, scale, launch)
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, 1, device=q.device, dtype=torch.float32)
+    merge(o_part, lse_part, rows, out.expand(B, L, Hq, D), lse.expand(B, Hq, L), L - 1, launch)
+    return out, lse, ids[:, :, 0]
