@@ -46,7 +46,8 @@ def correctness(rows):
     for (N, Hq, Hkv, D, bs, topk, per) in [(4099, 64, 4, 128, 128, 16, "group"), (3000, 8, 8, 64, 64, 8, "group"),
                                            (5000, 16, 8, 128, 128, 4, "group"), (4500, 32, 8, 64, 64, 6, "head"),
                                            (2222, 16, 1, 128, 96, 5, "group"), (8192, 32, 4, 128, 128, 16, "head"),
-                                           (16384, 64, 4, 128, 128, 16, "group")]:
+                                           (16384, 64, 4, 128, 128, 16, "group"), (65536, 64, 4, 128, 128, 16, "group"),
+                                           (65536, 32, 8, 128, 128, 8, "head")]:
         q, k, v = (torch.randn(1, N, h, D, device="cuda", generator=g) for h in (Hq, Hkv, Hkv))
         if per == "group":
             sel = ml.select_msa(torch.randn(1, N, Hkv, 64, device="cuda", generator=g),

@@ -26,7 +26,8 @@ out_dir.mkdir(parents=True, exist_ok=True)
 rows = ResultRows(out_dir / "bench_dense.json", gpu_environment())
 g = torch.Generator(device="cuda").manual_seed(1)
 for (Nq, Nk, Hq, Hkv, D, causal) in [(4099, 4099, 64, 4, 128, True), (3000, 3000, 8, 8, 64, True),
-                                     (3000, 3000, 16, 2, 128, False), (17, 5000, 32, 4, 128, True)]:
+                                     (3000, 3000, 16, 2, 128, False), (17, 5000, 32, 4, 128, True),
+                                     (65536, 65536, 64, 4, 128, True)]:
     q = torch.randn(1, Nq, Hq, D, device="cuda", generator=g)
     k, v = (torch.randn(1, Nk, Hkv, D, device="cuda", generator=g) for _ in range(2))
     ref, ref_lse = ml.full_attention(q, k, v, causal=causal, return_lse=True)
