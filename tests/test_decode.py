@@ -59,3 +59,11 @@ def test_cache_checks():
     with pytest.raises(ValueError, match="needs a cache built with index_dim"):
         ml.msa_decode(torch.randn(2, 1, 4, 16), torch.randn(2, 1, 2, 8), ml.KVCache.from_prefill(
             torch.randn(2, 3, 2, 16), torch.randn(2, 3, 2, 16)))
+
+
+def test_half_precision_triton_decode():
+    q, k, v, iq, ik = (x.half() for x in sequence(2, 120, 8, 2, 32, 16))
+    cache = ml.KVCache.from_prefill(k, v, ik)
+    ref = ml.msa_decode(q[:, -1:], iq[:, -1:], cache, block_size=16, top_k=3)
+    out = ml.msa_decode(q[:, -1:], iq[:, -1:], cache, block_size=16, top_k=3, backend="triton")
+    assert out.dtype == torch.float16 and rel_err(out, ref) < 2e-3

@@ -85,3 +85,16 @@ def test_moba_attention_with_triton_uses_the_triton_selection():
     out, sel = ml.moba_attention(q, k, v, block_size=16, top_k=3, backend="triton", return_selection=True)
     assert sel.equals(ml.select_moba(q, k, block_size=16, top_k=3))
     assert ml.output_error(out, ml.moba_attention(q, k, v, block_size=16, top_k=3)) < 1e-5
+
+
+def test_half_precision_inputs_select_the_same_blocks():
+    # fp16 products are exact in fp32; only the summation order differs from the reference,
+    # so a different block needs a near-exact tie.
+    iq, ik = torch.randn(1, 300, 2, 32).half(), torch.randn(1, 300, 1, 32).half()
+    ref = ml.select_msa(iq, ik, block_size=16, top_k=4).canonical().indices
+    got = ml.select_msa(iq, ik, block_size=16, top_k=4, backend="triton").validate().canonical().indices
+    assert (got == ref).all(-1).float().mean() > 0.99
+    q, k = torch.randn(1, 300, 4, 32).half(), torch.randn(1, 300, 2, 32).half()
+    ref = ml.select_moba(q, k, block_size=16, top_k=4).canonical().indices
+    got = ml.select_moba(q, k, block_size=16, top_k=4, backend="triton").validate().canonical().indices
+    assert (got == ref).all(-1).float().mean() > 0.99
