@@ -40,7 +40,8 @@ class KVCache:
         """A cache holding a prefilled prefix, with room for ``max_len`` tokens in all."""
         check_tensor(k, "k", 4, "[batch, seq, kv_heads, dim]")
         B, N, Hkv, D = k.shape
-        cache = cls(B, max_len or N, Hkv, D, index_dim=None if index_k is None else index_k.shape[3],
+        max_len = N if max_len is None else check_positive_int(max_len, "max_len")
+        cache = cls(B, max_len, Hkv, D, index_dim=None if index_k is None else index_k.shape[3],
                     dtype=k.dtype, device=k.device)
         cache.append(k, v, index_k)
         return cache
@@ -55,6 +56,13 @@ class KVCache:
                              f"dim={self.k.shape[3]}], got {tuple(k.shape)} and {tuple(v.shape)}")
         if (index_k is None) != (self.index_k is None):
             raise ValueError("index_k must be given exactly when the cache was built with index_dim")
+        named = {"k": k, "v": v} if index_k is None else {"k": k, "v": v, "index_k": index_k}
+        for name, x in named.items():
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            if x.dtype != self.k.dtype or x.device != self.k.device:
+                raise TypeError(f"{name} must be {self.k.dtype} on {self.k.device} like the cache, "
+                                f"got {x.dtype} on {x.device}")
         if index_k is not None and index_k.shape != (B, T, 1, self.index_k.shape[3]):
             raise ValueError(f"index_k must be [batch={B}, tokens={T}, 1, index_dim={self.index_k.shape[3]}], "
                              f"got {tuple(index_k.shape)}")

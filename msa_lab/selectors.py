@@ -47,7 +47,9 @@ def select_top_blocks(
     # block scoring +inf or NaN cannot displace it.
     ranked_slots = top_k - 1 if force_local else top_k
     candidates = blk < own if force_local else blk <= own
-    key = torch.where(candidates, scores, torch.full_like(scores, float("-inf")))
+    # NaN scores (overflowing inputs) rank last, like -inf, as in the Triton top-k.
+    valid_score = candidates & ~torch.isnan(scores)
+    key = torch.where(valid_score, scores, torch.full_like(scores, float("-inf")))
     # Stable descending sort keeps equal scores in id order: ties go to the lower id.
     # Non-candidates all have larger ids than every candidate, so they rank after them.
     ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., : min(ranked_slots, nb)]
@@ -122,12 +124,14 @@ def msa_block_scores(index_q: torch.Tensor, index_k: torch.Tensor, positions: to
                      block_size: int) -> torch.Tensor:
     """MSA index-branch block scores ``[B, G, C, num_blocks]`` for the query rows at
     ``positions``: the max over each block's visible tokens of
-    ``index_q[t, g] . index_k[j] * Di**-0.5`` (-inf where no token is visible)."""
+    ``index_q[t, g] . index_k[j] * Di**-0.5`` (-inf where no token is visible; NaN logits
+    count as -inf)."""
     B, N, G, Di = index_q.shape
     L = int(positions.max()) + 1
     s = grouped_scores(index_q[:, positions], index_k[:, :L], Di ** -0.5).flatten(1, 2)
-    s = torch.where(torch.arange(L, device=s.device) <= positions.view(-1, 1), s,
-                    torch.full_like(s, float("-inf")))
+    # A NaN logit (overflowing inputs) counts as -inf, as in the Triton kernels' max.
+    visible = (torch.arange(L, device=s.device) <= positions.view(-1, 1)) & ~torch.isnan(s)
+    s = torch.where(visible, s, torch.full_like(s, float("-inf")))
     nb_L = num_blocks(L, block_size)
     s = torch.nn.functional.pad(s, (0, nb_L * block_size - L), value=float("-inf"))
     pooled = s.unflatten(-1, (nb_L, block_size)).amax(-1)

@@ -67,3 +67,13 @@ def test_half_precision_triton_decode():
     ref = ml.msa_decode(q[:, -1:], iq[:, -1:], cache, block_size=16, top_k=3)
     out = ml.msa_decode(q[:, -1:], iq[:, -1:], cache, block_size=16, top_k=3, backend="triton")
     assert out.dtype == torch.float16 and rel_err(out, ref) < 2e-3
+
+
+def test_cache_refuses_other_dtypes_and_bad_max_len():
+    cache = ml.KVCache(1, 8, 1, 16, index_dim=4, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"k must be torch.float16 on cpu like the cache, got torch.float32"):
+        cache.append(torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16).half(), torch.randn(1, 2, 1, 4).half())
+    with pytest.raises(TypeError, match="index_k must be a torch.Tensor"):
+        cache.append(torch.randn(1, 2, 1, 16).half(), torch.randn(1, 2, 1, 16).half(), "str")
+    with pytest.raises(ValueError, match="max_len must be a positive int"):
+        ml.KVCache.from_prefill(torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16), max_len=0)

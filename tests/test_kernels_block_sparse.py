@@ -97,12 +97,34 @@ def test_heavily_chosen_blocks_are_split():
     assert int((lists.work_list == 0).sum()) == math.ceil(256 / 32)
 
 
-def test_cpu_without_interpreter_raises_a_clear_error():
-    code = ("import torch, msa_lab as ml\n"
-            "q = torch.randn(1, 32, 2, 16); k = torch.randn(1, 32, 1, 16)\n"
-            "s = ml.select_window(q, k, block_size=16, top_k=2)\n"
-            "ml.block_sparse_attention(q, k, k, s, backend='triton')\n")
+TRITON_CALL = ("q = torch.randn(1, 32, 2, 16); k = torch.randn(1, 32, 1, 16)\n"
+               "s = ml.select_window(q, k, block_size=16, top_k=2)\n"
+               "ml.block_sparse_attention(q, k, k, s, backend='triton')\n")
+
+
+def assert_clear_no_device_error(code):
+    """Run ``code`` in a fresh interpreter without TRITON_INTERPRET; it must fail with the
+    library's own message, not a driver error."""
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode != 0
     assert "backend='triton' needs a CUDA GPU, or TRITON_INTERPRET=1" in res.stderr
+
+
+def test_cpu_without_interpreter_raises_a_clear_error():
+    assert_clear_no_device_error("import torch, msa_lab as ml\n" + TRITON_CALL)
+
+
+def test_float64_is_refused_by_triton_backends():
+    q, k, v = make_qkv(1, 32, 2, 1, 16, torch.float64)
+    sel = ml.select_window(q, k, block_size=16, top_k=2)
+    for call in (lambda: ml.block_sparse_attention(q, k, v, sel, backend="triton"),
+                 lambda: ml.full_attention(q, k, v, backend="triton"),
+                 lambda: ml.select_moba(q, k, block_size=16, top_k=2, backend="triton")):
+        with pytest.raises(TypeError, match="supports float16, bfloat16 and float32 inputs.*use backend='reference'"):
+            call()
+
+
+def test_interpreter_set_after_the_kernels_were_defined_gives_the_clear_error():
+    assert_clear_no_device_error("import os, torch, msa_lab as ml\nimport msa_lab.kernels\n"
+                                 "os.environ['TRITON_INTERPRET'] = '1'\n" + TRITON_CALL)

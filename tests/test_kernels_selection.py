@@ -98,3 +98,13 @@ def test_half_precision_inputs_select_the_same_blocks():
     ref = ml.select_moba(q, k, block_size=16, top_k=4).canonical().indices
     got = ml.select_moba(q, k, block_size=16, top_k=4, backend="triton").validate().canonical().indices
     assert (got == ref).all(-1).float().mean() > 0.99
+
+
+def test_nan_logits_count_as_minus_inf_in_both_backends():
+    iq, ik = torch.randn(1, 64, 1, 4), torch.randn(1, 64, 1, 4)
+    ik[0, 3] = float("nan")  # one NaN token: block 0 scores by its other tokens
+    ik[0, 8:16] = float("nan")  # a whole NaN block: scores -inf, ranks last
+    ref = ml.select_msa(iq, ik, block_size=8, top_k=4)
+    got = ml.select_msa(iq, ik, block_size=8, top_k=4, backend="triton")
+    assert got.equals(ref)
+    assert not bool((ref.indices[0, 0, 40:] == 1).any())  # 4+ candidates better than block 1

@@ -1,3 +1,5 @@
-"""Triton kernels. Import lazily: ``TRITON_INTERPRET=1`` must be set before this package is
-first imported for the kernels to run on the CPU (the interpreter is chosen when a kernel
-is defined)."""
+"""Triton kernels, imported lazily by the backends. ``TRITON_INTERPRET=1`` must be set
+before this package is first imported for the kernels to run on the CPU: the interpreter is
+chosen when a kernel is defined, so every kernel module is defined here, at once."""
+
+from . import decode, flash, index_topk, kv_outer, moba_select, q_outer  # noqa: F401

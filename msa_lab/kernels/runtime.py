@@ -6,10 +6,14 @@ import torch
 
 
 def interpreted() -> bool:
-    """True when the kernels were defined under ``TRITON_INTERPRET=1`` (they run on the CPU)."""
-    import triton
+    """True when msa_lab's kernels were defined under ``TRITON_INTERPRET=1`` (they run on
+    the CPU). Triton decides this when a kernel is defined, so a variable set later has no
+    effect: the kernels themselves are asked."""
+    from triton.runtime.jit import JITFunction
 
-    return bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs") else False
+    from .tiles import load_rows
+
+    return not isinstance(load_rows, JITFunction)
 
 
 def check_triton_device(x: torch.Tensor, backend: str) -> None:
@@ -17,6 +21,9 @@ def check_triton_device(x: torch.Tensor, backend: str) -> None:
         import triton  # noqa: F401
     except ImportError as err:
         raise RuntimeError(f"backend={backend!r} needs the triton package: {err}") from None
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"backend={backend!r} supports float16, bfloat16 and float32 inputs, got {x.dtype}; "
+                        "use backend='reference' for float64")
     if x.is_cuda or interpreted():
         return
     raise RuntimeError(
