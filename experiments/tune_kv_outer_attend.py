@@ -35,8 +35,8 @@ for tile_rows in (32, 64, 128):
     launch = kv_outer.Launch(16, QT, tile_rows, 4096 // 16 // QT * QT)
     lists = build_query_lists(sel, 0, N, launch.entries)
     for warps in (2, 4, 8):
-        fn = lambda: kv_outer.attend(q, k, v, sel, lists, o_part, lse_part, 0, D ** -0.5, launch,  # noqa: E731
-                                     num_warps=warps, num_stages=1)
+        fn = lambda: kv_outer.attend(q, k, v, lists, o_part, lse_part, 0, D ** -0.5, bs, Hkv,  # noqa: E731
+                                     launch, num_warps=warps, num_stages=1)
         ms = triton.testing.do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
         kv_outer.merge(o_part, lse_part, sel.indices, out, lse, 0, launch)
         err = float((out.float() - ref.float()).norm() / ref.float().norm())

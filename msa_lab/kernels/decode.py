@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..selection import BlockSelection, num_blocks
+from ..selection import num_blocks
 from .index_topk import _top_blocks
 from .kv_outer import Launch, attend, merge, partial_buffers
 from .query_lists import QueryLists
@@ -81,11 +81,10 @@ def msa_decode_triton(q, index_q, k, v, index_k, block_size: int, top_k: int, sc
                        work_list=(pair * nb + ids[:, :, 0].clamp_min(0).long()).flatten().to(torch.int32),
                        work_start=torch.arange(items, device=q.device, dtype=torch.int32),
                        work_count=valid.to(torch.int32))
-    selection = BlockSelection._trusted(rows, block_size, "group")
-    launch = Launch.for_selection(selection, Hq // Hkv)
+    launch = Launch.for_rows("group", Hq // Hkv)
     o_part, lse_part = partial_buffers(B, 1, top_k, Hq, D, q.dtype, q.device)
     q_at = q.contiguous().expand(B, L, Hq, D)
-    attend(q_at, k, v, selection, lists, o_part, lse_part, L - 1, scale, launch)
+    attend(q_at, k, v, lists, o_part, lse_part, L - 1, scale, block_size, G, launch)
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, 1, device=q.device, dtype=torch.float32)
     merge(o_part, lse_part, rows, out.expand(B, L, Hq, D), lse.expand(B, Hq, L), L - 1, launch)

@@ -143,18 +143,21 @@ class Launch:
     entries: int
 
     @classmethod
-    def for_selection(cls, selection: BlockSelection, group_size: int) -> "Launch":
-        HPR = group_size if selection.per == "group" else 1
+    def for_rows(cls, per: str, group_size: int) -> "Launch":
+        """``per``: ``"group"`` (a selection row serves the group's ``group_size`` query
+        heads, packed into the tile) or ``"head"`` (one query head per row)."""
+        HPR = group_size if per == "group" else 1
         QT = max(1, ROWS_PER_TILE // HPR)
         return cls(HPR, QT, max(16, next_pow2(QT * HPR)), max(QT, ROWS_PER_ITEM // HPR // QT * QT))
 
 
-def attend(q, k, v, selection, lists, o_part, lse_part, q0: int, scale: float, launch: Launch,
-           num_warps: int = NUM_WARPS, num_stages: int | None = None) -> None:
+def attend(q, k, v, lists, o_part, lse_part, q0: int, scale: float, block_size: int,
+           selection_heads: int, launch: Launch, num_warps: int = NUM_WARPS,
+           num_stages: int | None = None) -> None:
     """Write the partial outputs and LSEs of the query rows that ``lists`` cover.
 
-    ``selection`` supplies the block size, the number of selection heads and of blocks; the
-    keys visible are ``k[:, :q.shape[1]]`` (decoding passes a stride-0 view of its query)."""
+    ``selection_heads``: the selection's head count (its ``Hs``, which numbers the lists);
+    the keys visible are ``k[:, :q.shape[1]]`` (decoding passes a stride-0 view of its query)."""
     if not lists.num_items:
         return
     if num_stages is None:  # float32 tiles need twice the shared memory: no pipelining
@@ -163,11 +166,11 @@ def attend(q, k, v, selection, lists, o_part, lse_part, q0: int, scale: float, l
     _kv_outer_fwd[(lists.num_items,)](
         q, k, v, o_part, lse_part,
         lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
-        q.shape[1], q0, selection.indices.shape[1], -(-q.shape[1] // selection.block_size), scale,
+        q.shape[1], q0, selection_heads, -(-q.shape[1] // block_size), scale,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         *o_part.stride()[:4], *lse_part.stride()[:3],
         G=q.shape[2] // k.shape[2], HPR=launch.HPR, QT=launch.QT, M=launch.M,
-        BS=selection.block_size, BS_PAD=max(16, next_pow2(selection.block_size)),
+        BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
         D=D, D_PAD=max(16, next_pow2(D)), PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
@@ -210,7 +213,7 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """``(out [B, N, Hq, D] in q.dtype, lse [B, Hq, N] float32)`` for valid inputs."""
     B, N, Hq, D = q.shape
     K = selection.top_k
-    launch = Launch.for_selection(selection, Hq // k.shape[2])
+    launch = Launch.for_rows(selection.per, Hq // k.shape[2])
     q, k, v = (x.contiguous() for x in (q, k, v))
     if not selection.indices.is_contiguous():
         selection = BlockSelection._trusted(selection.indices.contiguous(), selection.block_size,
@@ -223,6 +226,7 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q1 = min(N, q0 + C)
         lists = build_query_lists(selection, q0, q1, launch.entries)
         o_part, lse_part = partial_buffers(B, q1 - q0, K, Hq, D, q.dtype, q.device)
-        attend(q, k, v, selection, lists, o_part, lse_part, q0, scale, launch)
+        attend(q, k, v, lists, o_part, lse_part, q0, scale, selection.block_size,
+               selection.indices.shape[1], launch)
         merge(o_part, lse_part, selection.indices, out, lse, q0, launch)
     return out, lse
