@@ -1,5 +1,5 @@
-"""``msa-lab`` command line: ``msa-lab demo`` (more subcommands arrive with sweeps,
-figures and training)."""
+"""``msa-lab`` command line: ``demo`` (full vs MoBA vs MSA on generated data), ``sweep``
+(run or resume a benchmark grid from a config) and ``figures`` (draw a sweep's results)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,31 @@ def _demo(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .bench.config import load_config
+    from .bench.sweep import run_sweep
+
+    config = load_config(args.config, check_device=not args.dry_run)
+    if args.dry_run:
+        for p in config.points:
+            print(p.point_id, p.describe())
+        print(f"{len(config.points)} points; the config is valid")
+        return 0
+    path = run_sweep(args.config, args.out, retry_failed=args.retry_failed,
+                     max_minutes=args.max_minutes, progress=not args.quiet)
+    print(f"results: {path}\ndraw them with: msa-lab figures {path.parent}")
+    return 0
+
+
+def _figures(args) -> int:
+    from .viz.sweeps import write_sweep_figures
+
+    paths = write_sweep_figures(args.results, args.out, formats=args.format)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="msa-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +64,21 @@ def main(argv=None) -> int:
     demo.add_argument("--device", default="cpu", help="cpu or cuda")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_demo)
+    sweep = sub.add_parser("sweep", help="run or resume a benchmark sweep from a YAML config")
+    sweep.add_argument("config", help="a config file, e.g. experiments/configs/tiny_cpu.yaml")
+    sweep.add_argument("--out", default=None, help="output folder (default: results/sweeps/<name>)")
+    sweep.add_argument("--retry-failed", action="store_true", help="re-run points that failed or ran out of memory")
+    sweep.add_argument("--max-minutes", type=float, default=None,
+                       help="start no new point after this many minutes (re-run to resume)")
+    sweep.add_argument("--dry-run", action="store_true", help="check the config and list its points")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(run=_sweep)
+    figures = sub.add_parser("figures", help="draw the figures of sweep results (html, png, svg, pdf)")
+    figures.add_argument("results", nargs="+", help="results folders or results.jsonl files")
+    figures.add_argument("--out", required=True, help="folder for the figures")
+    figures.add_argument("--format", nargs="+", default=["html"], choices=["html", "png", "svg", "pdf"],
+                         help="formats to write (png/svg/pdf need kaleido and Chrome/Chromium)")
+    figures.set_defaults(run=_figures)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -32,7 +32,7 @@ def _compiled_flex():
     return torch.compile(_flex.flex_attention, dynamic=False)
 
 
-def _run_flex(q, k, v, block_mask, scale):
+def run_flex(q, k, v, block_mask, scale):
     kwargs = dict(block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     if hasattr(_flex, "AuxRequest"):
         kwargs["return_aux"] = _flex.AuxRequest(lse=True)
@@ -100,6 +100,6 @@ def block_sparse_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       selection: BlockSelection, scale: float):
     """``(out [B, N, Hq, D], lse [B, Hq, N] float32)`` for a valid selection."""
     block_mask = selection_block_mask(selection, q.shape[2])
-    out, lse = _run_flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+    out, lse = run_flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                          block_mask, scale)
     return out.transpose(1, 2), lse.float()

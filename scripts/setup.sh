@@ -12,5 +12,5 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     # With torch 2.13 pin triton 3.9 (an unpinned triton may resolve to an older one).
     "$VENV/bin/pip" install --quiet "torch==2.13.0" "triton==3.9.0"
 fi
-"$VENV/bin/pip" install --quiet -e ".[dev]"
+"$VENV/bin/pip" install --quiet -e ".[dev,export]"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

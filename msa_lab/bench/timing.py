@@ -1,10 +1,98 @@
-"""GPU timing per the benchmark protocol: CUDA events, after a warm-up, medians with spread."""
+"""Timing per the benchmark protocol: warm-up first, then repeats timed with CUDA events
+(or CUDA-graph replays, or the wall clock on the CPU); medians with their spread."""
 
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
+
+#: Bytes written between timed CUDA runs so no run starts with the previous run's data in
+#: L2 (the H100/H200 L2 is 50 MB): the same effect as rotating inputs.
+L2_FLUSH_BYTES = 256 << 20
+#: Short calls are repeated until about this much time is spent (and at most MAX_REPEATS).
+TARGET_SECONDS = 1.0
+MAX_REPEATS = 2000
+#: Floor for slow calls (a dense 1M-token prefill takes ~38 s on an H200): a spread needs
+#: more than one run.
+MIN_REPEATS = 3
+
+
+def _summary(times_ms: list[float], how: str) -> dict:
+    ordered = sorted(times_ms)
+    quart = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+    median = statistics.median(ordered)
+    return dict(median_ms=median, min_ms=ordered[0], max_ms=ordered[-1], p25_ms=quart[0],
+                p75_ms=quart[2], spread_pct=100.0 * (quart[2] - quart[0]) / median if median else 0.0,
+                repeats=len(ordered), timing=how)
+
+
+def _cuda_graph(fn):
+    """``fn`` captured in a CUDA graph (after a warm-up run): replays skip launch
+    overheads, as a decode loop would."""
+    fn()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # capture needs a side stream warmed up first
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    return graph.replay
+
+
+def time_call(fn, device: str, *, repeats: int = 20, max_seconds: float = 120.0,
+              cuda_graph: bool = False) -> dict:
+    """Time ``fn()``: one warm-up run (compilation, autotuning, caches), then at least
+    ``repeats`` timed runs; more for short calls (about ``TARGET_SECONDS`` in all), fewer
+    for slow ones so that a point stays near ``max_seconds`` (never fewer than
+    ``MIN_REPEATS``). The first timed run sizes the count; the result says how many ran.
+
+    Returns median, min, max, quartiles (ms), ``spread_pct`` (interquartile range over the
+    median), ``repeats`` and ``timing`` (how the runs were timed)."""
+    if device != "cuda":
+        fn()
+
+        def wall_ms():
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+
+        times = [wall_ms()]
+        times += [wall_ms() for _ in range(_repeat_count(times[0] / 1e3, repeats, max_seconds) - 1)]
+        return _summary(times, "wall clock")
+    if cuda_graph:
+        fn = _cuda_graph(fn)
+    else:
+        fn()
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    events = []
+
+    def timed_run():
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        events.append((start, end))
+
+    timed_run()
+    torch.cuda.synchronize()
+    for _ in range(_repeat_count(events[0][0].elapsed_time(events[0][1]) / 1e3, repeats, max_seconds) - 1):
+        timed_run()
+    torch.cuda.synchronize()
+    return _summary([s.elapsed_time(e) for s, e in events], "cuda graph replay" if cuda_graph else "cuda events")
+
+
+def _repeat_count(first_seconds: float, repeats: int, max_seconds: float) -> int:
+    first_seconds = max(first_seconds, 1e-6)
+    if first_seconds * repeats > max_seconds:
+        return max(MIN_REPEATS, int(max_seconds / first_seconds))
+    return min(MAX_REPEATS, max(repeats, int(TARGET_SECONDS / first_seconds)))
 
 
 def bench_median(fn, warmup_ms: int = 100, rep_ms: int = 500) -> dict:

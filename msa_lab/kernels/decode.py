@@ -50,35 +50,44 @@ def _decode_index_scores(
         tl.store(score_ptr + b.to(tl.int64) * ssb + groups.to(tl.int64) * ssg + j, tl.max(s, 1), mask=g_ok)
 
 
-def msa_decode_triton(q, index_q, k, v, index_k, block_size: int, top_k: int, scale: float):
-    """``(out [B, 1, Hq, D], lse [B, Hq, 1], block ids int32 [B, G, top_k])`` for the query
-    at position ``L - 1`` of caches ``k, v [B, L, Hkv, D]``, ``index_k [B, L, 1, Di]``."""
-    B, L, Hkv, D = k.shape
-    Hq, G, Di = q.shape[2], index_q.shape[2], index_q.shape[3]
+def decode_selection(index_q, index_k, block_size: int, top_k: int):
+    """Block ids ``int32 [B, G, top_k]`` (-1 padded, the local block first) for the query at
+    position ``L - 1`` of the cached index keys ``index_k [B, L, 1, Di]``."""
+    B, L = index_k.shape[:2]
+    G, Di = index_q.shape[2], index_q.shape[3]
     nb = num_blocks(L, block_size)
     iq = index_q.contiguous()
-    scores = torch.empty(B, G, 1, nb, device=q.device, dtype=torch.float32)
+    scores = torch.empty(B, G, 1, nb, device=iq.device, dtype=torch.float32)
     _decode_index_scores[(triton.cdiv(nb, BLOCKS_PER_PROGRAM), B)](
         iq, index_k, scores, L, nb, Di ** -0.5,
         iq.stride(0), iq.stride(2), index_k.stride(0), index_k.stride(1), scores.stride(0), scores.stride(1),
         G=G, G_PAD=max(16, next_pow2(G)), BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
         DI=Di, DI_PAD=max(16, next_pow2(Di)), BLOCKS=BLOCKS_PER_PROGRAM, PRECISION=dot_precision(iq.dtype),
     )
-    ids = torch.empty(B, G, 1, top_k, device=q.device, dtype=torch.int32)
+    ids = torch.empty(B, G, 1, top_k, device=iq.device, dtype=torch.int32)
     _top_blocks[(1, G, B)](
         scores, ids, L - 1, scores.stride(0), scores.stride(1), scores.stride(2),
         ids.stride(0), ids.stride(1), 0, K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
     )
+    return ids[:, :, 0]
+
+
+def decode_attention(q, k, v, ids, block_size: int, scale: float):
+    """``(out [B, 1, Hq, D], lse [B, Hq, 1])``: split-K attention of the query at position
+    ``L - 1`` over its selected blocks ``ids [B, G, top_k]`` of ``k, v [B, L, Hkv, D]``."""
+    B, L, Hkv, D = k.shape
+    Hq, G, top_k = q.shape[2], ids.shape[1], ids.shape[2]
+    nb = num_blocks(L, block_size)
     # One query at position L - 1: stride-0 views let the prefill kernels index it by position.
-    rows = ids.expand(B, G, L, top_k)
+    rows = ids.unsqueeze(2).expand(B, G, L, top_k)
     # One work item per (sequence, group, slot); an unused slot gets zero queries (and block
     # 0 as a harmless address). No host sync, so a decode step can be captured in a graph.
-    valid = (ids[:, :, 0] >= 0).flatten()
+    valid = (ids >= 0).flatten()
     pair = torch.arange(B * G, device=q.device).view(B, G, 1)
     items = B * G * top_k
     lists = QueryLists(query=torch.full((items,), L - 1, device=q.device, dtype=torch.int32),
                        slot=torch.arange(top_k, device=q.device, dtype=torch.int32).repeat(B * G),
-                       work_list=(pair * nb + ids[:, :, 0].clamp_min(0).long()).flatten().to(torch.int32),
+                       work_list=(pair * nb + ids.clamp_min(0).long()).flatten().to(torch.int32),
                        work_start=torch.arange(items, device=q.device, dtype=torch.int32),
                        work_count=valid.to(torch.int32))
     launch = Launch.for_rows("group", Hq // Hkv)
@@ -88,4 +97,12 @@ def msa_decode_triton(q, index_q, k, v, index_k, block_size: int, top_k: int, sc
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, 1, device=q.device, dtype=torch.float32)
     merge(o_part, lse_part, rows, out.expand(B, L, Hq, D), lse.expand(B, Hq, L), L - 1, launch)
-    return out, lse, ids[:, :, 0]
+    return out, lse
+
+
+def msa_decode_triton(q, index_q, k, v, index_k, block_size: int, top_k: int, scale: float):
+    """``(out [B, 1, Hq, D], lse [B, Hq, 1], block ids int32 [B, G, top_k])`` for the query
+    at position ``L - 1`` of caches ``k, v [B, L, Hkv, D]``, ``index_k [B, L, 1, Di]``."""
+    ids = decode_selection(index_q, index_k, block_size, top_k)
+    out, lse = decode_attention(q, k, v, ids, block_size, scale)
+    return out, lse, ids

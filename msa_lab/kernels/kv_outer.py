@@ -199,6 +199,12 @@ def partial_budget(device: torch.device) -> int:
     return 1 << 30
 
 
+def chunk_rows(B: int, N: int, K: int, Hq: int, D: int, dtype: torch.dtype, device) -> int:
+    """Query rows per chunk: as many as the partial budget holds."""
+    per_query = B * K * Hq * (D * dtype.itemsize + 4)
+    return max(1, min(N, partial_budget(torch.device(device)) // per_query))
+
+
 def partial_buffers(B: int, C: int, K: int, Hq: int, D: int, dtype, device):
     o_part = torch.empty(B, C, K, Hq, D, device=device, dtype=dtype)
     lse_part = torch.empty(B, C, K, Hq, device=device, dtype=torch.float32)
@@ -220,8 +226,7 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                             selection.per)
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
-    per_query = B * K * Hq * (D * q.element_size() + 4)
-    C = query_chunk or max(1, min(N, partial_budget(q.device) // per_query))
+    C = query_chunk or chunk_rows(B, N, K, Hq, D, q.dtype, q.device)
     for q0 in range(0, N, C):
         q1 = min(N, q0 + C)
         lists = build_query_lists(selection, q0, q1, launch.entries)

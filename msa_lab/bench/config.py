@@ -1,0 +1,275 @@
+"""Sweep configs: a YAML file (or a dict) describing a grid of benchmark points.
+
+Everything is checked before any work starts: an unknown field (with the closest known
+name suggested), an unknown method, a backend the method or mode cannot use, an
+impossible shape (heads not divisible by KV heads) or a device that is not there raises
+``ValueError`` naming the field. ``docs/sweeps.md`` documents every field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+#: Backends per (mode, method). "sdpa_cudnn" / "sdpa_flash" pin PyTorch SDPA's backend;
+#: "sdpa" lets PyTorch choose. Sparse attention backends are those of block_sparse_attention.
+SPARSE_BACKENDS = ("triton", "triton_q_outer", "flex", "reference")
+DENSE_BACKENDS = ("sdpa_cudnn", "sdpa_flash", "sdpa", "triton", "reference")
+BACKENDS = {
+    "prefill": {"full": DENSE_BACKENDS, "msa": SPARSE_BACKENDS, "moba": SPARSE_BACKENDS,
+                "oracle": SPARSE_BACKENDS, "random": SPARSE_BACKENDS, "window": SPARSE_BACKENDS},
+    "decode": {"full": DENSE_BACKENDS, "msa": ("triton", "reference")},
+}
+#: Methods whose selection is part of the operator (timed); the others are given selections.
+LEARNED_SELECTORS = ("msa", "moba")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+GRID_FIELDS = ("seq_len", "batch", "num_heads", "num_kv_heads", "head_dim", "index_dim",
+               "block_size", "top_k", "dtype")
+TOP_FIELDS = ("name", "description", "mode", "device", "repeats", "max_seconds_per_point",
+              "seed", "cuda_graph", "grid", "methods")
+METHOD_FIELDS = ("method", "backend", "selection_backend", "per", "stages", "max_seq_len", "grid")
+SELECTION_BACKENDS = ("auto", "triton", "reference")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One benchmark point: a method entry at one grid cell."""
+
+    mode: str
+    method: str
+    backend: str
+    selection_backend: str
+    per: str
+    stages: bool
+    max_seq_len: int | None
+    seq_len: int
+    batch: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    index_dim: int | None
+    block_size: int | None
+    top_k: int | None
+    dtype: str
+
+    @property
+    def params(self) -> dict:
+        """What identifies the point (its row columns and the resume key)."""
+        keys = ("mode", "method", "backend", "selection_backend", "per", *GRID_FIELDS)
+        return {k: getattr(self, k) for k in keys}
+
+    @property
+    def point_id(self) -> str:
+        return hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def sparse(self) -> bool:
+        return self.method != "full"
+
+    def describe(self) -> str:
+        return (f"{self.mode} {self.method}/{self.backend} N={self.seq_len} B={self.batch} "
+                f"H={self.num_heads}/{self.num_kv_heads} D={self.head_dim} bs={self.block_size} "
+                f"k={self.top_k} {self.dtype}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    mode: str
+    device: str
+    points: tuple[Point, ...]
+    description: str = ""
+    repeats: int = 20
+    max_seconds_per_point: float = 120.0
+    seed: int = 0
+    cuda_graph: bool = False
+    source: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def _unknown(keys, allowed, where: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{where}: unknown field {key!r}{hint} (known: {', '.join(allowed)})")
+
+
+def _as_list(value, where: str) -> list:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError(f"{where} must not be an empty list")
+    return values
+
+
+def _int(value, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{where} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _choice(value, where: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def _check_grid(grid, where: str) -> dict:
+    if not isinstance(grid, dict):
+        raise ValueError(f"{where} must be a mapping of grid fields to values or lists")
+    _unknown(grid, GRID_FIELDS, where)
+    out = {}
+    for key, value in grid.items():
+        values = _as_list(value, f"{where}.{key}")
+        if key == "dtype":
+            out[key] = [_choice(v, f"{where}.dtype", tuple(DTYPES)) for v in values]
+        else:
+            out[key] = [_int(v, f"{where}.{key}") for v in values]
+    return out
+
+
+def _unused_fields(method: str) -> tuple[str, ...]:
+    """Grid fields a method does not read (recorded as null, so they make no new points)."""
+    if method == "full":
+        return ("index_dim", "block_size", "top_k")
+    return () if method == "msa" else ("index_dim",)
+
+
+def _check_device(device: str, points: list[Point], cuda_graph: bool) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but no CUDA device is visible; use device: cpu")
+    if device == "cpu" and cuda_graph:
+        raise ValueError("cuda_graph: true needs device: cuda")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    for p in points:
+        triton_used = p.backend in ("triton", "triton_q_outer") or p.selection_backend == "triton"
+        if device == "cpu" and triton_used and not interpreted:
+            raise ValueError(f"methods[{p.method}/{p.backend}]: Triton on device: cpu needs "
+                             "TRITON_INTERPRET=1 (slow; for tiny checks only)")
+        if device == "cpu" and p.backend in ("sdpa_cudnn", "sdpa_flash"):
+            raise ValueError(f"methods[{p.method}]: backend {p.backend!r} is a CUDA kernel; "
+                             "use 'sdpa' or 'reference' with device: cpu")
+        if cuda_graph and "reference" in (p.backend, p.selection_backend):
+            raise ValueError(f"methods[{p.method}/{p.backend}]: the reference path syncs with the "
+                             "host and cannot be captured in a CUDA graph; set cuda_graph: false")
+
+
+def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
+    """Check a config mapping and expand it into points. ``check_device=False`` skips
+    the check that the device (and Triton) can run here, e.g. to inspect a GPU config
+    on a laptop."""
+    if not isinstance(raw, dict):
+        raise ValueError("a sweep config must be a mapping with name, mode, device, grid and methods")
+    _unknown(raw, TOP_FIELDS, "config")
+    for key in ("name", "mode", "device", "grid", "methods"):
+        if key not in raw:
+            raise ValueError(f"config: missing required field {key!r}")
+    name = raw["name"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"name must be letters, digits, '_', '-' or '.', got {name!r}")
+    mode = _choice(raw["mode"], "mode", tuple(BACKENDS))
+    device = _choice(raw["device"], "device", ("cuda", "cpu"))
+    repeats = _int(raw.get("repeats", 20), "repeats")
+    budget = raw.get("max_seconds_per_point", 120.0)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise ValueError(f"max_seconds_per_point must be a number > 0, got {budget!r}")
+    seed = _int(raw.get("seed", 0), "seed", minimum=0)
+    cuda_graph = raw.get("cuda_graph", False)
+    if not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph must be true or false, got {cuda_graph!r}")
+    if cuda_graph and mode != "decode":
+        raise ValueError("cuda_graph: true is for mode: decode (a prefill call is long enough "
+                         "that launch overheads do not matter)")
+    base = _check_grid(raw["grid"], "grid")
+    missing = [f for f in GRID_FIELDS if f not in base and f != "index_dim"]
+    if missing:
+        raise ValueError(f"grid: missing field(s) {', '.join(missing)}")
+    base.setdefault("index_dim", base["head_dim"])
+    methods = raw["methods"]
+    if not isinstance(methods, list) or not methods:
+        raise ValueError("methods must be a non-empty list of {method: ..., backend: ...} entries")
+
+    points: list[Point] = []
+    for i, entry in enumerate(methods):
+        where = f"methods[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a mapping with method and backend, got {entry!r}")
+        _unknown(entry, METHOD_FIELDS, where)
+        for key in ("method", "backend"):
+            if key not in entry:
+                raise ValueError(f"{where}: missing required field {key!r}")
+        method = _choice(entry["method"], f"{where}.method", tuple(BACKENDS[mode]))
+        backend = _choice(entry["backend"], f"{where}.backend ({mode} {method})", BACKENDS[mode][method])
+        sel_backend = _choice(entry.get("selection_backend", "auto"), f"{where}.selection_backend",
+                              SELECTION_BACKENDS)
+        if sel_backend == "auto":
+            sel_backend = "triton" if device == "cuda" and method in LEARNED_SELECTORS else "reference"
+        if method not in LEARNED_SELECTORS and sel_backend == "triton":
+            raise ValueError(f"{where}.selection_backend: {method!r} selections have no Triton "
+                             "kernel; use 'reference' or 'auto'")
+        if method == "full":
+            sel_backend = "none"
+        default_per = "head" if method == "moba" else ("group" if method != "full" else "none")
+        per = entry.get("per", default_per)
+        if method in ("oracle", "random", "window"):
+            _choice(per, f"{where}.per", ("group", "head"))
+        elif per != default_per:
+            raise ValueError(f"{where}.per: {method!r} selects per {default_per}; got {per!r}")
+        stages = entry.get("stages", method != "full")
+        if not isinstance(stages, bool):
+            raise ValueError(f"{where}.stages must be true or false, got {stages!r}")
+        max_len = entry.get("max_seq_len")
+        if max_len is not None:
+            max_len = _int(max_len, f"{where}.max_seq_len")
+        grid = dict(base, **_check_grid(entry.get("grid", {}), f"{where}.grid"))
+        unused = _unused_fields(method)
+        seen = set()
+        for values in itertools.product(*(grid[f] for f in GRID_FIELDS)):
+            cell = dict(zip(GRID_FIELDS, values), **dict.fromkeys(unused))
+            if cell["num_heads"] % cell["num_kv_heads"]:
+                raise ValueError(f"{where}: num_heads {cell['num_heads']} is not a multiple of "
+                                 f"num_kv_heads {cell['num_kv_heads']} (GQA needs Hq = G * Hkv)")
+            point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell)
+            if point.point_id not in seen:  # grid fields the method ignores collapse
+                seen.add(point.point_id)
+                points.append(point)
+    ids = [p.point_id for p in points]
+    if len(set(ids)) != len(ids):
+        dup = next(p for p in points if ids.count(p.point_id) > 1)
+        raise ValueError(f"methods: the point {dup.describe()} appears twice")
+    if check_device:
+        _check_device(device, points, cuda_graph)
+    return SweepConfig(name=name, mode=mode, device=device, points=tuple(points),
+                       description=str(raw.get("description", "")), repeats=repeats,
+                       max_seconds_per_point=float(budget), seed=seed, cuda_graph=cuda_graph,
+                       source=raw)
+
+
+def load_config(path, *, check_device: bool = True) -> SweepConfig:
+    """Read and check a YAML (or JSON) sweep config."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return parse_config(raw, check_device=check_device)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -1,0 +1,272 @@
+"""Figures of sweep results (rows from ``msa_lab.bench.load_results``): latency, speedup
+over dense, TFLOP/s, stage breakdown and roofline. Each is a function of the rows alone.
+
+A series is one (method, backend) plus whatever other parameter varies in the rows
+(block size, top_k, GQA ratio, ...), so a grid sweep draws one line per grid cell.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..bench.analysis import PUBLISHED, totals, with_speedups
+from ..bench.store import load_results
+from .export import save_figure, static_export_session
+from .theme import TEMPLATE, method_color
+
+METHOD_NAMES = {"full": "full", "msa": "MSA", "moba": "MoBA", "oracle": "oracle", "random": "random",
+                "window": "window"}
+BACKEND_NAMES = {"sdpa_cudnn": "SDPA cuDNN", "sdpa_flash": "SDPA FlashAttention", "sdpa": "SDPA",
+                 "triton_q_outer": "Triton Q-outer", "flex": "FlexAttention", "reference": "reference"}
+#: Parameters that may vary between series (seq_len is the x axis).
+SERIES_PARAMS = ("batch", "num_heads", "num_kv_heads", "head_dim", "index_dim", "block_size", "top_k",
+                 "dtype", "per", "selection_backend", "gpu")
+SHORT = {"batch": "B", "num_heads": "Hq", "num_kv_heads": "Hkv", "head_dim": "D", "index_dim": "Di",
+         "block_size": "bs", "top_k": "k", "selection_backend": "sel", "per": "per", "dtype": "", "gpu": ""}
+STAGE_COLORS = {"selection": "#0072B2", "metadata": "#E69F00", "attention": "#009E73", "merge": "#CC79A7"}
+STAGE_SYMBOLS = {"total": "circle", "selection": "square", "metadata": "diamond", "attention": "triangle-up",
+                 "merge": "x"}
+
+
+def backend_name(method: str, backend: str) -> str:
+    if backend == "triton":
+        return "Triton flash" if method == "full" else "Triton KV-outer"
+    return BACKEND_NAMES.get(backend, backend)
+
+
+def _dash(method: str, backend: str) -> str:
+    if method == "full":
+        return {"sdpa_cudnn": "solid", "sdpa": "solid", "sdpa_flash": "dash", "triton": "dot"}.get(backend, "dashdot")
+    return {"triton": "solid", "triton_q_outer": "dash", "flex": "dot"}.get(backend, "dashdot")
+
+
+def _varying(rows) -> list[str]:
+    """Parameters that take several values within one (method, backend)."""
+    values: dict[tuple, set] = defaultdict(set)
+    for r in rows:
+        for c in SERIES_PARAMS:
+            values[(r["method"], r["backend"], c)].add(r.get(c))
+    return [c for c in SERIES_PARAMS if any(len(v) > 1 for (_, _, col), v in values.items() if col == c)]
+
+
+def _series(rows, stage: str = "total") -> dict[tuple, list[dict]]:
+    """Rows of one stage grouped by (method, backend, varying params), sorted by seq_len."""
+    rows = [r for r in rows if r.get("stage") == stage and r.get("status") == "ok"]
+    vary = _varying(rows)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["backend"], *(r.get(c) for c in vary))].append(r)
+    for group in groups.values():
+        group.sort(key=lambda r: r["seq_len"])
+    return {key: groups[key] for key in sorted(groups, key=lambda k: (k[0] != "full", *map(str, k)))}
+
+
+def _label(key: tuple, rows) -> str:
+    method, backend, *rest = key
+    vary = _varying([r for r in rows if r.get("status") == "ok"])
+    extra = " ".join(f"{SHORT[c]}={v}" if SHORT[c] else str(v) for c, v in zip(vary, rest))
+    return f"{METHOD_NAMES.get(method, method)} · {backend_name(method, backend)}" + (f" · {extra}" if extra else "")
+
+
+def _mode_rows(rows, mode: str):
+    found = [r for r in rows if r.get("mode") == mode]
+    if not found:
+        raise ValueError(f"no rows of mode {mode!r} in these results")
+    return found
+
+
+def tokens_label(n: int) -> str:
+    """4096 -> "4K", 1048576 -> "1M", 1000 -> "1000"."""
+    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _length_axis(mode: str, rows) -> dict:
+    title = "context length (tokens)" if mode == "decode" else "sequence length N (tokens)"
+    lengths = sorted({r["seq_len"] for r in rows})
+    return dict(type="log", title=title, tickvals=lengths, ticktext=[tokens_label(n) for n in lengths])
+
+
+def _gpu(rows) -> str:
+    gpus = sorted({r.get("gpu") for r in rows if r.get("gpu")})
+    return ", ".join(g if g != "none" else "CPU" for g in gpus)
+
+
+def latency_figure(rows, mode: str = "prefill", show_bound: bool = True) -> go.Figure:
+    """Median time of the whole operator against length (log-log), one line per series;
+    dotted: the roofline bound of the cost model (``show_bound``). Hover shows spread."""
+    rows = _mode_rows(rows, mode)
+    fig = go.Figure()
+    for key, group in _series(rows).items():
+        method, backend = key[:2]
+        label = _label(key, rows)
+        color = method_color(method)
+        fig.add_scatter(
+            x=[r["seq_len"] for r in group], y=[r["median_ms"] for r in group], name=label,
+            legendgroup=label, mode="lines+markers", line=dict(color=color, dash=_dash(method, backend)),
+            error_y=dict(type="data", symmetric=False, array=[r["p75_ms"] - r["median_ms"] for r in group],
+                         arrayminus=[r["median_ms"] - r["p25_ms"] for r in group], thickness=1),
+            customdata=[[r["repeats"], r["spread_pct"]] for r in group],
+            hovertemplate="N=%{x:,}<br>%{y:.4g} ms (median of %{customdata[0]}, IQR %{customdata[1]:.1f} %)"
+                          "<extra>" + label + "</extra>")
+        if show_bound and all(r.get("bound_ms") for r in group):
+            fig.add_scatter(x=[r["seq_len"] for r in group], y=[r["bound_ms"] for r in group],
+                            name=f"bound: {label}", legendgroup=label, showlegend=False, mode="lines",
+                            line=dict(color=color, dash="dot", width=1), opacity=0.6,
+                            hovertemplate="roofline bound %{y:.4g} ms<extra>" + label + "</extra>")
+    what = "Decode step latency" if mode == "decode" else "Prefill latency"
+    fig.update_layout(template=TEMPLATE, title=f"{what} ({_gpu(rows)})", xaxis=_length_axis(mode, rows),
+                      yaxis=dict(type="log", title="median time (ms)"),
+                      legend=dict(title="solid/dashed: measured · dotted: roofline bound" if show_bound else None))
+    return fig
+
+
+def speedup_figure(rows, mode: str = "prefill", published: bool = True) -> go.Figure:
+    """Speedup of every operator over the fastest dense SDPA backend at the same length,
+    with the published numbers (SPEC) as reference marks."""
+    rows = _mode_rows(rows, mode)
+    sped = [r for r in with_speedups(rows) if "speedup" in r]
+    if not sped:
+        raise ValueError("no dense SDPA baseline in these results: add method full with an sdpa backend")
+    fig = go.Figure()
+    for key, group in _series(sped).items():
+        method, backend = key[:2]
+        if method == "full" and backend != "triton":
+            continue
+        label = _label(key, sped)
+        fig.add_scatter(x=[r["seq_len"] for r in group], y=[r["speedup"] for r in group], name=label,
+                        mode="lines+markers", line=dict(color=method_color(method), dash=_dash(method, backend)),
+                        customdata=[[r["median_ms"], r["dense_ms"], r["dense_backend"]] for r in group],
+                        hovertemplate="N=%{x:,}<br>%{y:.2f}x: %{customdata[0]:.4g} ms vs dense "
+                                      "%{customdata[1]:.4g} ms (%{customdata[2]})<extra>" + label + "</extra>")
+    fig.add_hline(y=1, line=dict(color="#888", width=1, dash="dash"))
+    if published:
+        lengths = [r["seq_len"] for r in sped]
+        for mark in (m for m in PUBLISHED if m["mode"] == mode and min(lengths) <= m["seq_len"] <= max(lengths)):
+            fig.add_scatter(x=[mark["seq_len"]], y=[mark["speedup"]], mode="markers", name=mark["label"],
+                            marker=dict(symbol="star", size=13, color=method_color(mark["method"]),
+                                        line=dict(color="white", width=1)),
+                            hovertemplate=mark["label"] + "<extra>published</extra>")
+    fig.update_layout(template=TEMPLATE, title=f"Speedup over dense attention (fastest SDPA backend, {_gpu(rows)})",
+                      xaxis=_length_axis(mode, rows), yaxis=dict(type="log", title="speedup (dense time / time)"))
+    return fig
+
+
+def throughput_figure(rows, mode: str = "prefill") -> go.Figure:
+    """Useful TFLOP/s (the FLOPs on the selected tokens plus the selection's own) and
+    dense-equivalent TFLOP/s (the FLOPs dense causal attention would spend), side by side;
+    dashed: the matmul peak measured in the run."""
+    rows = _mode_rows(rows, mode)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("useful TFLOP/s", "dense-equivalent TFLOP/s"),
+                        horizontal_spacing=0.1)
+    for key, group in _series(rows).items():
+        method, backend = key[:2]
+        label = _label(key, rows)
+        style = dict(color=method_color(method), dash=_dash(method, backend))
+        for col, field in ((1, "tflops_useful"), (2, "tflops_dense_equiv")):
+            fig.add_scatter(x=[r["seq_len"] for r in group], y=[r[field] for r in group], name=label,
+                            legendgroup=label, showlegend=col == 1, mode="lines+markers", line=style,
+                            hovertemplate="N=%{x:,}<br>%{y:.1f} TFLOP/s<extra>" + label + "</extra>", row=1, col=col)
+    peaks = {r["dtype"]: r["peak_tflops"].get(r["dtype"]) for r in rows if r.get("peak_tflops")}
+    for dtype, peak in peaks.items():
+        if peak:
+            fig.add_hline(y=peak, line=dict(color="#888", dash="dash", width=1), row=1, col=1,
+                          annotation_text=f"{dtype} matmul peak {peak:.0f}", annotation_position="bottom right")
+    fig.update_xaxes(**_length_axis(mode, rows))
+    fig.update_yaxes(type="log", title_text="TFLOP/s", col=1)
+    fig.update_yaxes(type="log", col=2)
+    fig.update_layout(template=TEMPLATE, title=f"Throughput ({_gpu(rows)})")
+    return fig
+
+
+def stage_figure(rows, method: str = "msa", backend: str = "triton", mode: str = "prefill") -> go.Figure:
+    """Where the time goes: each stage's share of the summed stage times, stacked, per
+    length (hover: milliseconds)."""
+    rows = [r for r in _mode_rows(rows, mode) if r["method"] == method and r["backend"] == backend]
+    stages = [s for s in ("selection", "metadata", "attention", "merge")
+              if any(r.get("stage") == s and r.get("status") == "ok" for r in rows)]
+    if not stages:
+        raise ValueError(f"no stage timings for {method}/{backend} ({mode}); set stages: true in the config")
+    fig = go.Figure()
+    lengths = sorted({r["seq_len"] for r in rows if r.get("stage") in stages and r.get("status") == "ok"})
+    for stage in stages:
+        at = {r["seq_len"]: r["median_ms"] for r in rows if r.get("stage") == stage and r.get("status") == "ok"}
+        fig.add_bar(x=[tokens_label(n) for n in lengths], y=[at.get(n, 0.0) for n in lengths], name=stage,
+                    marker_color=STAGE_COLORS[stage], customdata=[at.get(n, 0.0) for n in lengths],
+                    hovertemplate="%{customdata:.4g} ms (%{y:.1f} %)<extra>" + stage + "</extra>")
+    fig.update_layout(template=TEMPLATE, barmode="stack", barnorm="percent", legend_traceorder="reversed",
+                      title=f"Stage breakdown: {METHOD_NAMES.get(method, method)} · {backend_name(method, backend)} "
+                            f"({_gpu(rows)})",
+                      xaxis=dict(title=_length_axis(mode, rows)["title"], type="category"),
+                      yaxis=dict(title="share of the stage times (%)", range=[0, 100]))
+    return fig
+
+
+def roofline_figure(rows, mode: str = "prefill") -> go.Figure:
+    """Roofline: achieved TFLOP/s against arithmetic intensity (useful FLOPs per minimal
+    byte of the cost model), one marker per (series, stage, length); the lines are the
+    matmul peak and the copy bandwidth measured in the run. A point on the line runs at
+    the bound of its design; the gap below it is what a better kernel could win."""
+    rows = [r for r in _mode_rows(rows, mode) if r.get("status") == "ok" and r.get("min_bytes") and r.get("useful_flop")]
+    if not rows:
+        raise ValueError("no rows with a cost model in these results")
+    fig = go.Figure()
+    for stage in STAGE_SYMBOLS:
+        for key, group in _series(rows, stage).items():
+            method, backend = key[:2]
+            label = _label(key, rows)
+            fig.add_scatter(
+                x=[r["useful_flop"] / r["min_bytes"] for r in group], y=[r["tflops_useful"] for r in group],
+                mode="markers", name=f"{label} · {stage}", legendgroup=label,
+                marker=dict(symbol=STAGE_SYMBOLS[stage], color=method_color(method), size=8,
+                            line=dict(width=1, color="white")),
+                customdata=[[r["seq_len"], r["pct_of_bound"]] for r in group],
+                hovertemplate="N=%{customdata[0]:,}<br>%{y:.1f} TFLOP/s at %{x:.1f} FLOP/B<br>"
+                              "%{customdata[1]:.0f} % of its bound<extra>" + f"{label} · {stage}</extra>")
+    intensities = [r["useful_flop"] / r["min_bytes"] for r in rows]
+    lo, hi = min(intensities) / 2, max(intensities) * 2
+    bandwidth = max(r["copy_tb_per_s"] for r in rows)
+    for dtype, peak in sorted({(r["dtype"], r["peak_tflops"][r["dtype"]]) for r in rows}):
+        ridge = peak / bandwidth
+        xs = [lo, ridge, hi] if lo < ridge < hi else [lo, hi]
+        fig.add_scatter(x=xs, y=[min(peak, x * bandwidth) for x in xs], mode="lines", name=f"roof ({dtype})",
+                        line=dict(color="#444", width=1.5), hoverinfo="skip")
+    fig.update_layout(template=TEMPLATE, title=f"Roofline ({_gpu(rows)}; copy {bandwidth:.2f} TB/s)",
+                      xaxis=dict(type="log", title="arithmetic intensity (useful FLOP per minimal byte)"),
+                      yaxis=dict(type="log", title="achieved useful TFLOP/s"))
+    return fig
+
+
+def write_sweep_figures(results, out_dir, formats=("html",)) -> list[Path]:
+    """Every figure that the results support, written to ``out_dir`` in each format
+    (html opens offline; png/svg/pdf for papers). Returns the files written."""
+    paths = list(results) if isinstance(results, (list, tuple)) else [results]
+    rows = load_results(*paths)
+    if not totals(rows):
+        raise ValueError("no finished points in these results")
+    out = Path(out_dir)
+    figures = {}
+    for mode in sorted({r["mode"] for r in rows}):
+        prefix = f"{mode}_"
+        figures[prefix + "latency"] = latency_figure(rows, mode)
+        if any("speedup" in r for r in with_speedups([r for r in rows if r["mode"] == mode])):
+            figures[prefix + "speedup"] = speedup_figure(rows, mode)
+        figures[prefix + "throughput"] = throughput_figure(rows, mode)
+        figures[prefix + "roofline"] = roofline_figure(rows, mode)
+        staged = defaultdict(set)  # a breakdown needs two stages or more
+        for r in rows:
+            if r["mode"] == mode and r.get("stage") not in ("total", "stages") and r.get("status") == "ok":
+                staged[(r["method"], r["backend"])].add(r["stage"])
+        for method, backend in sorted(k for k, v in staged.items() if len(v) > 1):
+            figures[f"{prefix}stages_{method}_{backend}"] = stage_figure(rows, method, backend, mode)
+    written = []
+    with static_export_session(formats):
+        for name, fig in figures.items():
+            written += save_figure(fig, out / name, formats)
+    return written
