@@ -34,7 +34,13 @@ def _sweep(args) -> int:
             print(p.point_id, p.describe())
         print(f"{len(config.points)} points; the config is valid")
         return 0
-    path = run_sweep(args.config, args.out, retry_failed=args.retry_failed,
+    redo = None
+    if args.redo:
+        bad = [item for item in args.redo if "=" not in item]
+        if bad:
+            raise ValueError(f"--redo takes KEY=VALUE filters, got {bad[0]!r}")
+        redo = dict(item.split("=", 1) for item in args.redo)
+    path = run_sweep(args.config, args.out, retry_failed=args.retry_failed, redo=redo,
                      max_minutes=args.max_minutes, progress=not args.quiet)
     print(f"results: {path}\ndraw them with: msa-lab figures {path.parent}")
     return 0
@@ -68,6 +74,8 @@ def main(argv=None) -> int:
     sweep.add_argument("config", help="a config file, e.g. experiments/configs/tiny_cpu.yaml")
     sweep.add_argument("--out", default=None, help="output folder (default: results/sweeps/<name>)")
     sweep.add_argument("--retry-failed", action="store_true", help="re-run points that failed or ran out of memory")
+    sweep.add_argument("--redo", nargs="+", metavar="KEY=VALUE",
+                       help="re-measure finished points matching all filters, e.g. --redo method=msa seq_len=1048576")
     sweep.add_argument("--max-minutes", type=float, default=None,
                        help="start no new point after this many minutes (re-run to resume)")
     sweep.add_argument("--dry-run", action="store_true", help="check the config and list its points")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SweepConfig, load_config
+from .config import Point, SweepConfig, load_config
 from .costs import Ceilings, dense_equiv_flop, measure_ceilings, stage_costs
 from .results import gpu_environment
 from .store import ResultStore
@@ -106,12 +106,25 @@ def run_point(p, config: SweepConfig, base: dict, ceilings: Ceilings) -> list[di
     return rows
 
 
+def matching(points, redo: dict) -> set[str]:
+    """Ids of the points whose parameters match every ``key: value`` of ``redo``; values
+    are compared as text and a comma separates alternatives, so ``{"seq_len":
+    "524288,1048576"}`` works from the command line."""
+    known = Point.__dataclass_fields__
+    for key in redo:
+        if key not in known:
+            raise ValueError(f"redo: unknown point field {key!r} (known: {', '.join(known)})")
+    wanted = {k: str(v).split(",") for k, v in redo.items()}
+    return {p.point_id for p in points if all(str(getattr(p, k)) in v for k, v in wanted.items())}
+
+
 def run_sweep(config: SweepConfig | str | Path, out_dir=None, *, retry_failed: bool = False,
-              max_minutes: float | None = None, progress: bool = True) -> Path:
+              redo: dict | None = None, max_minutes: float | None = None, progress: bool = True) -> Path:
     """Run (or resume) a sweep; returns the results file. ``out_dir`` defaults to
     ``results/sweeps/<name>``; ``max_minutes`` stops before starting a point past that
     time (a re-run resumes); ``retry_failed`` re-runs points recorded as errors, OOMs or
-    unsupported."""
+    unsupported; ``redo`` (e.g. ``{"method": "msa"}``) re-measures the finished points it
+    matches, e.g. after a kernel change (their new rows replace the old ones)."""
     from tqdm.auto import tqdm
 
     if not isinstance(config, SweepConfig):
@@ -124,7 +137,7 @@ def run_sweep(config: SweepConfig | str | Path, out_dir=None, *, retry_failed: b
     if source is not None and source.resolve() != (out / "config.yaml").resolve():
         shutil.copyfile(source, out / "config.yaml")
     store = ResultStore(out / "results.jsonl")
-    done = store.finished(retry_failed=retry_failed)
+    done = store.finished(retry_failed=retry_failed) - (matching(config.points, redo) if redo else set())
     todo = [p for p in config.points if p.point_id not in done]
     # Short points first, so a stopped sweep still has every method at the lengths it reached.
     todo.sort(key=lambda p: (p.seq_len, p.batch))

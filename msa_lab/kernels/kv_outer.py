@@ -25,8 +25,8 @@ from .query_lists import build_query_lists
 from .runtime import dot_precision, next_pow2
 from .tiles import load_rows
 
-#: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the free device
-#: memory (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
+#: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
+#: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
 PARTIAL_BYTES = None
 #: Fill partial buffers with NaN before the kernel runs, so a slot it fails to write shows
 #: up in the merged output (checks only; costs a pass over the buffer).
@@ -195,7 +195,10 @@ def partial_budget(device: torch.device) -> int:
     if PARTIAL_BYTES is not None:
         return PARTIAL_BYTES
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] // 2
+        # Free device memory plus what PyTorch's allocator holds unused: mem_get_info alone
+        # shrinks after each call (the last buffers stay cached), so chunking would drift.
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return (torch.cuda.mem_get_info(device)[0] + unused) // 2
     return 1 << 30
 
 
@@ -227,11 +230,12 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
     C = query_chunk or chunk_rows(B, N, K, Hq, D, q.dtype, q.device)
+    # One buffer for every chunk: a new one per chunk would hold two at once.
+    o_part, lse_part = partial_buffers(B, min(C, N), K, Hq, D, q.dtype, q.device)
     for q0 in range(0, N, C):
         q1 = min(N, q0 + C)
         lists = build_query_lists(selection, q0, q1, launch.entries)
-        o_part, lse_part = partial_buffers(B, q1 - q0, K, Hq, D, q.dtype, q.device)
-        attend(q, k, v, lists, o_part, lse_part, q0, scale, selection.block_size,
+        attend(q, k, v, lists, o_part[:, :q1 - q0], lse_part[:, :q1 - q0], q0, scale, selection.block_size,
                selection.indices.shape[1], launch)
-        merge(o_part, lse_part, selection.indices, out, lse, q0, launch)
+        merge(o_part[:, :q1 - q0], lse_part[:, :q1 - q0], selection.indices, out, lse, q0, launch)
     return out, lse
