@@ -94,8 +94,19 @@ def _check_step(q: torch.Tensor, cache: KVCache):
 
 
 def dense_decode(q: torch.Tensor, cache: KVCache, *, scale: float | None = None, backend: str = "auto"):
-    """Attention of ``q [B, 1, Hq, D]`` (the token at ``cache.length - 1``) to every cached key."""
+    """Attention of ``q [B, 1, Hq, D]`` (the token at ``cache.length - 1``) to every cached key.
+
+    ``backend``: ``"sdpa"`` (PyTorch's fused kernels; what ``"auto"`` picks), ``"triton"``
+    (flash-decoding: the keys split over programs, partials merged by the LSE rule) or
+    ``"reference"``."""
     _check_step(q, cache)
+    if backend == "triton":
+        from .kernels.runtime import check_triton_device
+
+        check_triton_device(q, backend)
+        from .kernels.decode import dense_decode_triton
+
+        return dense_decode_triton(q, cache.keys(), cache.values(), check_scale(scale, q.shape[3]))[0]
     return full_attention(q, cache.keys(), cache.values(), scale=scale, backend=backend)
 
 

@@ -34,8 +34,10 @@ def test_step_by_step_decode_equals_prefill_rows(backend, B, N, Hq, Hkv, D, Di, 
         assert torch.equal(ids[..., 0], torch.full_like(ids[..., 0], t // bs))  # local block first
 
 
-def test_dense_decode_equals_last_row_of_full_attention():
-    q, k, v, _, _ = sequence(2, 77, 8, 2, 16, 8)
+@pytest.mark.parametrize("B, L, Hq, Hkv", [(2, 77, 8, 2), (1, 1000, 16, 1), (3, 200, 3, 3)])
+def test_dense_decode_equals_last_row_of_full_attention(B, L, Hq, Hkv):
+    # L = 1000 with one KV head: 16 key splits of 64 (the last one partial) to merge
+    q, k, v, _, _ = sequence(B, L, Hq, Hkv, 16, 8)
     cache = ml.KVCache.from_prefill(k, v)
     full = ml.full_attention(q, k, v)
     for backend in ("reference", "sdpa", "triton"):

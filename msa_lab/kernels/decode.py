@@ -106,3 +106,80 @@ def msa_decode_triton(q, index_q, k, v, index_k, block_size: int, top_k: int, sc
     ids = decode_selection(index_q, index_k, block_size, top_k)
     out, lse = decode_attention(q, k, v, ids, block_size, scale)
     return out, lse, ids
+
+
+#: Dense decoding (flash-decoding): the keys are cut into splits, one program per (split,
+#: KV head, sequence), so a single query still fills the GPU; about this many programs.
+DENSE_PROGRAMS = 1024
+DENSE_KEYS_PER_TILE = 64
+
+
+@triton.jit
+def _dense_decode_split(
+    q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr, L, keys_per_split, scale,
+    sqb, sqh, skb, skn, skh, sob, sok, soh, slb, slk,
+    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    BN: tl.constexpr, PRECISION: tl.constexpr,
+):
+    split = tl.program_id(0)
+    kvh = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_g = tl.arange(0, G_PAD)
+    heads = kvh * G + offs_g
+    g_ok = offs_g < G
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + heads[:, None] * sqh + offs_d[None, :],
+                mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    qk_scale = scale * 1.4426950408889634  # exp2 domain
+    m = tl.full([G_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D_PAD], tl.float32)
+    start = split * keys_per_split
+    end = tl.minimum(start + keys_per_split, L)
+    offs_n = tl.arange(0, BN)
+    for j in range(start, end, BN):  # every split holds at least one key: m turns finite at once
+        keys = j + offs_n
+        ok = keys < end
+        k = load_rows(k_ptr, b, keys, kvh, skb, skn, skh, ok, D, D_PAD)
+        v = load_rows(v_ptr, b, keys, kvh, skb, skn, skh, ok, D, D_PAD)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = tl.where(ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m = m_new
+    o_off = b.to(tl.int64) * sob + split * sok + heads[:, None] * soh + offs_d[None, :]
+    tl.store(o_part_ptr + o_off, (acc / l[:, None]).to(o_part_ptr.dtype.element_ty),
+             mask=g_ok[:, None] & d_ok[None, :])
+    tl.store(lse_part_ptr + b.to(tl.int64) * slb + split * slk + heads, (m + tl.log2(l)) * 0.6931471805599453,
+             mask=g_ok)
+
+
+def dense_decode_triton(q, k, v, scale: float):
+    """``(out [B, 1, Hq, D], lse [B, Hq, 1])``: the query against every key of
+    ``k, v [B, L, Hkv, D]``, split over the keys and merged by the LSE rule (the KV-outer
+    merge kernel, each split a slot)."""
+    B, L, Hkv, D = k.shape
+    Hq = q.shape[2]
+    G = Hq // Hkv
+    splits = max(1, min(triton.cdiv(L, DENSE_KEYS_PER_TILE), DENSE_PROGRAMS // (B * Hkv)))
+    per_split = triton.cdiv(triton.cdiv(L, splits), DENSE_KEYS_PER_TILE) * DENSE_KEYS_PER_TILE
+    splits = triton.cdiv(L, per_split)  # no empty split
+    q = q.contiguous()
+    o_part, lse_part = partial_buffers(B, 1, splits, Hq, D, q.dtype, q.device)
+    _dense_decode_split[(splits, Hkv, B)](
+        q, k, v, o_part, lse_part, L, per_split, scale,
+        q.stride(0), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        o_part.stride(0), o_part.stride(2), o_part.stride(3), lse_part.stride(0), lse_part.stride(2),
+        G=G, G_PAD=max(16, next_pow2(G)), D=D, D_PAD=max(16, next_pow2(D)), BN=DENSE_KEYS_PER_TILE,
+        PRECISION=dot_precision(q.dtype),
+    )
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, 1, device=q.device, dtype=torch.float32)
+    # Merge reads which slots hold a partial from a selection row (unit stride along slots).
+    every_slot = torch.zeros(1, 1, 1, splits, device=q.device, dtype=torch.int32).expand(B, Hkv, 1, splits)
+    merge(o_part, lse_part, every_slot, out, lse, 0, Launch.for_rows("group", G))
+    return out, lse

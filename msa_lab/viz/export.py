@@ -9,6 +9,7 @@ exports (about 0.2 s a figure instead of 3 s).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -68,6 +69,9 @@ def save_figure(fig: go.Figure, path, formats=("html",), *, width: int = WIDTH, 
             fig.write_html(target, include_plotlyjs="directory", full_html=True)
         else:
             _kaleido()
-            fig.write_image(target, format=fmt, width=width, height=height, scale=PNG_SCALE if fmt == "png" else 1)
+            with warnings.catch_warnings():  # plotly notes that a running server ignores kopts
+                warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+                fig.write_image(target, format=fmt, width=width, height=height,
+                                scale=PNG_SCALE if fmt == "png" else 1)
         written.append(target)
     return written

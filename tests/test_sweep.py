@@ -1,0 +1,293 @@
+"""Sweep runner: config checks, resume, failures as rows, cost model, figures."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import msa_lab as ml
+from msa_lab.bench import analysis, costs, sweep, timing
+from msa_lab.bench.config import load_config, parse_config
+from msa_lab.bench.store import ResultStore, load_results
+
+ROOT = Path(__file__).parent.parent
+TINY_GRID = dict(seq_len=[200, 333], batch=1, num_heads=4, num_kv_heads=2, head_dim=16, index_dim=8,
+                 block_size=32, top_k=3, dtype="fp32")
+
+
+def config(**changes):
+    raw = dict(name="t", mode="prefill", device="cpu", repeats=2, max_seconds_per_point=0.2,
+               grid=dict(TINY_GRID),
+               methods=[{"method": "full", "backend": "sdpa"}, {"method": "msa", "backend": "reference"},
+                        {"method": "moba", "backend": "reference"}, {"method": "random", "backend": "reference"}])
+    raw.update(changes)
+    return raw
+
+
+@pytest.fixture(autouse=True)
+def quick_timing(monkeypatch):
+    monkeypatch.setattr(timing, "TARGET_SECONDS", 0.005)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(repeat=3), "'repeat'; did you mean 'repeats'"),
+    (dict(grid=dict(TINY_GRID, seqlen=[5])), "grid: unknown field 'seqlen'; did you mean 'seq_len'"),
+    (dict(grid={k: v for k, v in TINY_GRID.items() if k != "top_k"}), "grid: missing field(s) top_k"),
+    (dict(methods=[{"method": "nsa", "backend": "triton"}]), "methods[0].method"),
+    (dict(methods=[{"method": "full", "backend": "flex"}]), "methods[0].backend (prefill full)"),
+    (dict(methods=[{"method": "msa", "backend": "reference", "stage": True}]), "did you mean 'stages'"),
+    (dict(mode="decode", methods=[{"method": "moba", "backend": "triton"}]), "methods[0].method"),
+    (dict(grid=dict(TINY_GRID, num_kv_heads=3)), "not a multiple of num_kv_heads 3"),
+    (dict(grid=dict(TINY_GRID, dtype="fp8")), "grid.dtype"),
+    (dict(grid=dict(TINY_GRID, block_size=0)), "grid.block_size must be an int >= 1"),
+    (dict(grid=dict(TINY_GRID, top_k=[])), "grid.top_k must not be an empty list"),
+    (dict(cuda_graph=True), "cuda_graph"),
+    (dict(methods=[{"method": "msa", "backend": "reference"}] * 2), "appears twice"),
+    (dict(methods=[{"method": "oracle", "backend": "reference", "selection_backend": "triton"}]),
+     "methods[0].selection_backend"),
+    (dict(methods=[{"method": "moba", "backend": "reference", "per": "group"}]), "methods[0].per"),
+    (dict(name="a b"), "name must be"),
+    (dict(max_seconds_per_point=0), "max_seconds_per_point"),
+])
+def test_bad_configs_fail_before_any_work_naming_the_field(change, field):
+    with pytest.raises(ValueError) as err:
+        parse_config(config(**change))
+    assert field in str(err.value)
+
+
+def test_device_checks(monkeypatch):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda'"):
+            parse_config(config(device="cuda"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"methods\[msa/triton\].*TRITON_INTERPRET=1"):
+        parse_config(config(methods=[{"method": "msa", "backend": "triton"}]))
+    with pytest.raises(ValueError, match="CUDA kernel"):
+        parse_config(config(methods=[{"method": "full", "backend": "sdpa_cudnn"}]))
+    # A GPU config can still be read (and listed) on a laptop.
+    assert len(load_config(ROOT / "experiments/configs/prefill_1m.yaml", check_device=False).points) == 72
+
+
+def test_grid_expansion_and_ignored_fields():
+    cfg = parse_config(config(grid=dict(TINY_GRID, block_size=[32, 64], top_k=[2, 3])))
+    by_method = {m: [p for p in cfg.points if p.method == m] for m in ("full", "msa", "moba")}
+    assert len(by_method["full"]) == 2  # block size and top_k do not make new dense points
+    assert by_method["full"][0].block_size is None and by_method["moba"][0].index_dim is None
+    assert len(by_method["msa"]) == 2 * 2 * 2
+    assert by_method["moba"][0].per == "head" and by_method["msa"][0].per == "group"
+    assert len({p.point_id for p in cfg.points}) == len(cfg.points)
+
+
+def test_every_shipped_config_is_valid():
+    names = sorted(p.name for p in (ROOT / "experiments/configs").glob("*.yaml"))
+    assert {"tiny_cpu.yaml", "prefill_1m.yaml", "decode_1m.yaml", "block_topk_grid.yaml", "gqa_grid.yaml"} <= set(names)
+    for name in names:
+        assert load_config(ROOT / "experiments/configs" / name, check_device=False).points
+
+
+REQUIRED = ("method", "backend", "batch", "seq_len", "num_heads", "num_kv_heads", "head_dim", "block_size",
+            "top_k", "dtype", "gpu", "torch", "triton", "git_revision", "median_ms", "min_ms", "max_ms",
+            "spread_pct", "repeats", "dense_equiv_flop", "useful_flop", "tflops_useful", "tflops_dense_equiv",
+            "bound_ms", "pct_of_bound", "peak_mem_gb", "status", "stage")
+
+
+def test_sweep_writes_tidy_rows_with_stages_and_resumes(tmp_path):
+    cfg = parse_config(config())
+    path = sweep.run_sweep(cfg, tmp_path, progress=False)
+    rows = load_results(path)
+    totals = analysis.totals(rows)
+    assert len(totals) == len(cfg.points) == 8
+    for r in totals:
+        assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["repeats"] >= 2
+    stages = {(r["method"], r["stage"]) for r in rows if r["stage"] != "total"}
+    assert {("msa", "selection"), ("msa", "attention"), ("moba", "selection"), ("random", "attention")} <= stages
+    assert ("random", "selection") not in stages  # a given selection is not timed
+    before = path.read_text()
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    assert path.read_text() == before  # nothing left to run
+    sweep.run_sweep(cfg, tmp_path, progress=False, redo={"method": "msa", "seq_len": "200,999"})
+    assert len(path.read_text().splitlines()) == len(before.splitlines()) + 3  # total + 2 stages
+    assert len(analysis.totals(load_results(path))) == 8
+
+
+def test_interrupted_sweep_keeps_finished_points(tmp_path, monkeypatch):
+    cfg = parse_config(config())
+    real = sweep.run_point
+    calls = []
+
+    def interrupted(p, *args):
+        calls.append(p.point_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(p, *args)
+
+    monkeypatch.setattr(sweep, "run_point", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, tmp_path, progress=False)
+    assert len(analysis.totals(load_results(tmp_path))) == 2
+    monkeypatch.setattr(sweep, "run_point", real)
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    ids = [r["point_id"] for r in analysis.totals(load_results(tmp_path))]
+    assert sorted(ids) == sorted(p.point_id for p in cfg.points)
+
+
+def test_oom_and_unsupported_points_are_rows_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    cfg = parse_config(config())
+    real = sweep.build_workload
+    bug = [True]
+
+    def failing(p, device, seed):
+        if p.method == "msa" and p.seq_len == 333:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 270.00 GiB")
+        if p.method == "moba" and p.seq_len == 200:
+            raise ValueError("block_size must divide ...")
+        if bug[0] and p.method == "random" and p.seq_len == 200:
+            raise KeyError("a bug")
+        return real(p, device, seed)
+
+    monkeypatch.setattr(sweep, "build_workload", failing)
+    with pytest.raises(KeyError):  # a bug is not a result: it stops the sweep
+        sweep.run_sweep(cfg, tmp_path, progress=False)
+    bug[0] = False
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    status = {(r["method"], r["seq_len"]): r["status"] for r in analysis.totals(load_results(tmp_path), "oom")}
+    assert status == {("msa", 333): "oom"}
+    unsupported = analysis.totals(load_results(tmp_path), "unsupported")
+    assert [(r["method"], r["seq_len"]) for r in unsupported] == [("moba", 200)]
+    assert "block_size" in unsupported[0]["message"]
+    assert len(analysis.totals(load_results(tmp_path))) == 6  # the others finished
+    monkeypatch.setattr(sweep, "build_workload", real)
+    sweep.run_sweep(cfg, tmp_path, progress=False, retry_failed=True)  # the failed points, again
+    assert len(analysis.totals(load_results(tmp_path))) == 8
+
+
+def test_max_seq_len_points_are_recorded_as_skipped(tmp_path):
+    cfg = parse_config(config(methods=[{"method": "full", "backend": "reference", "max_seq_len": 256}]))
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    rows = {r["seq_len"]: r for r in load_results(tmp_path)}
+    assert rows[200]["status"] == "ok" and rows[333]["status"] == "skipped" and "max_seq_len" in rows[333]["message"]
+
+
+def test_results_loader_skips_a_cut_line_and_keeps_the_latest_measurement(tmp_path):
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.append(dict(point_id="a", stage="total", median_ms=2.0, status="ok"))
+    store.append(dict(point_id="a", stage="attention", median_ms=1.0, status="ok"))
+    store.append(dict(point_id="a", stage="total", median_ms=1.5, status="ok"))  # re-measured
+    with store.path.open("a") as f:
+        f.write('{"point_id": "b", "stage": "tot')  # interrupted write
+    rows = load_results(tmp_path)
+    assert rows == [dict(point_id="a", stage="total", median_ms=1.5, status="ok")]
+
+
+def test_time_call_repeats(monkeypatch):
+    fast = timing.time_call(lambda: None, "cpu", repeats=20, max_seconds=10)
+    assert fast["repeats"] >= 20 and fast["timing"] == "wall clock"
+    import time as _time
+
+    slow = timing.time_call(lambda: _time.sleep(0.03), "cpu", repeats=20, max_seconds=0.05)
+    assert slow["repeats"] == timing.MIN_REPEATS and slow["median_ms"] >= 30
+
+
+@pytest.mark.parametrize("N, bs, K", [(333, 32, 3), (4096, 128, 16), (1000, 64, 1), (100, 128, 4)])
+def test_cost_model_counts_the_tokens_selectors_really_select(N, bs, K):
+    q, k = torch.randn(1, N, 4, 8), torch.randn(1, N, 2, 8)
+    selections = [ml.select_moba(q, k, block_size=bs, top_k=K),
+                  ml.select_msa(torch.randn(1, N, 2, 8), torch.randn(1, N, 1, 8), block_size=bs, top_k=K),
+                  ml.select_random(q, k, block_size=bs, top_k=K), ml.select_window(q, k, block_size=bs, top_k=K),
+                  ml.select_oracle(q, k, block_size=bs, top_k=K, force_local=True)]
+    for sel in selections:
+        rows = sel.indices.shape[0] * sel.indices.shape[1]
+        assert sel.tokens_per_query().sum() == rows * costs.selected_tokens(N, bs, K)
+        assert (sel.indices >= 0).sum() == rows * costs.selected_blocks(N, bs, K)
+
+
+def test_cost_model_flops_follow_the_protocol():
+    cfg = load_config(ROOT / "experiments/configs/prefill_1m.yaml", check_device=False)
+    p = next(p for p in cfg.points if p.method == "msa" and p.backend == "triton" and p.seq_len == 1 << 20)
+    full = next(p for p in cfg.points if p.method == "full" and p.seq_len == 1 << 20)
+    N = 1 << 20
+    assert costs.dense_equiv_flop(p) == 4 * 64 * 128 * N * N / 2
+    stage = costs.stage_costs(p)
+    index = 2 * 4 * 128 * N * N / 2
+    assert stage["selection"].flop == index
+    assert stage["attention"].flop == 4 * 64 * 128 * costs.selected_tokens(N, 128, 16)
+    assert stage["total"].flop == index + stage["attention"].flop
+    # the published compute ratio: dense / (attention + index) approaches 28.4x at 1M
+    assert 27 < costs.dense_equiv_flop(full) / stage["total"].flop < 29
+    ceilings = costs.Ceilings({"bf16": 700.0}, 4.0)
+    bound, limit = ceilings.bound_ms(stage["merge"], "bf16")
+    assert limit == "memory" and bound == pytest.approx(stage["merge"].bytes / 4e12 * 1e3)
+
+
+def test_speedups_use_the_fastest_sdpa_backend():
+    base = dict(gpu="g", mode="prefill", batch=1, seq_len=8, num_heads=4, num_kv_heads=2, head_dim=16,
+                dtype="bf16", stage="total", status="ok")
+    rows = [dict(base, method="full", backend="sdpa_cudnn", median_ms=10.0),
+            dict(base, method="full", backend="sdpa_flash", median_ms=8.0),
+            dict(base, method="full", backend="triton", median_ms=4.0),  # not a baseline
+            dict(base, method="msa", backend="triton", median_ms=2.0),
+            dict(base, method="msa", backend="triton", median_ms=1.0, seq_len=16)]  # no baseline there
+    sped = {(r["backend"], r["seq_len"]): r for r in analysis.with_speedups(rows)}
+    assert sped[("triton", 8)]["speedup"] == 4.0 and sped[("triton", 8)]["dense_backend"] == "sdpa_flash"
+    assert "speedup" not in sped[("triton", 16)]
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    cfg = parse_config(config(methods=config()["methods"] + [{"method": "oracle", "backend": "reference"}]))
+    timing.TARGET_SECONDS, saved = 0.005, timing.TARGET_SECONDS
+    try:
+        return sweep.run_sweep(cfg, out, progress=False)
+    finally:
+        timing.TARGET_SECONDS = saved
+
+
+def test_figures_from_results(tiny_results, tmp_path):
+    from msa_lab.viz import sweeps as figs
+
+    rows = load_results(tiny_results)
+    for fig in (figs.latency_figure(rows), figs.speedup_figure(rows), figs.throughput_figure(rows),
+                figs.stage_figure(rows, "msa", "reference"), figs.roofline_figure(rows)):
+        assert fig.data and fig.layout.template.layout.font.family  # the house style is applied
+    assert {t.name for t in figs.latency_figure(rows).data} >= {"MSA · reference", "full · SDPA"}
+    with pytest.raises(ValueError, match="no rows of mode 'decode'"):
+        figs.latency_figure(rows, mode="decode")
+    with pytest.raises(ValueError, match="no dense SDPA baseline"):
+        figs.speedup_figure([r for r in rows if r["method"] != "full"])
+    written = figs.write_sweep_figures(tiny_results, tmp_path / "figs")
+    names = {p.name for p in written}
+    assert {"prefill_latency.html", "prefill_speedup.html", "prefill_stages_msa_reference.html"} <= names
+    assert (tmp_path / "figs" / "plotly.min.js").is_file()
+
+
+def test_static_export(tiny_results, tmp_path):
+    pytest.importorskip("kaleido")
+    import shutil
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chrome/Chromium for kaleido")
+    from msa_lab.viz.sweeps import write_sweep_figures
+
+    written = write_sweep_figures(tiny_results, tmp_path, formats=("png", "svg"))
+    png = next(p for p in written if p.name == "prefill_latency.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert b"<svg" in next(p for p in written if p.suffix == ".svg").read_bytes()[:400]
+
+
+def test_cli_sweep_dry_run_and_errors(tmp_path):
+    cli = [sys.executable, "-m", "msa_lab.cli"]
+    done = subprocess.run(cli + ["sweep", str(ROOT / "experiments/configs/tiny_cpu.yaml"), "--dry-run"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "14 points; the config is valid" in done.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "experiments/configs/tiny_cpu.yaml").read_text().replace("top_k:", "topk:"))
+    done = subprocess.run(cli + ["sweep", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown field 'topk'; did you mean 'top_k'" in done.stderr
+    done = subprocess.run(cli + ["sweep", str(ROOT / "experiments/configs/tiny_cpu.yaml"), "--redo", "method"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "KEY=VALUE" in done.stderr
