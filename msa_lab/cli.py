@@ -49,7 +49,7 @@ def _sweep(args) -> int:
 def _figures(args) -> int:
     from .viz.sweeps import write_sweep_figures
 
-    paths = write_sweep_figures(args.results, args.out, formats=args.format)
+    paths = write_sweep_figures(args.results, args.out, formats=args.format, prefix=args.prefix)
     for path in paths:
         print(path)
     return 0
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     figures.add_argument("--out", required=True, help="folder for the figures")
     figures.add_argument("--format", nargs="+", default=["html"], choices=["html", "png", "svg", "pdf"],
                          help="formats to write (png/svg/pdf need kaleido and Chrome/Chromium)")
+    figures.add_argument("--prefix", default="", help="start every file name with this (several sweeps, one folder)")
     figures.set_defaults(run=_figures)
     args = parser.parse_args(argv)
     try:

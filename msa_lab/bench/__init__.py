@@ -1,6 +1,24 @@
-"""Benchmark helpers: GPU timing per the SPEC protocol and result rows written as they come."""
+"""Benchmarks: GPU timing per the SPEC protocol, sweep configs and the runner, the cost
+model, result files written as rows arrive, and tables of speedups."""
 
+from .analysis import speedup_table, with_speedups
+from .config import load_config, parse_config
 from .results import ResultRows, gpu_environment
-from .timing import bench_median, event_timed
+from .store import checkout_path, load_results
+from .sweep import run_sweep
+from .timing import bench_median, event_timed, time_call
 
-__all__ = ["ResultRows", "bench_median", "event_timed", "gpu_environment"]
+__all__ = [
+    "ResultRows",
+    "bench_median",
+    "checkout_path",
+    "event_timed",
+    "gpu_environment",
+    "load_config",
+    "load_results",
+    "parse_config",
+    "run_sweep",
+    "speedup_table",
+    "time_call",
+    "with_speedups",
+]

@@ -54,3 +54,14 @@ def load_results(*paths) -> list[dict]:
                     del latest[old]
             latest[key] = row
     return list(latest.values())
+
+
+def checkout_path(*parts) -> Path:
+    """A path inside the msa_lab checkout, e.g. ``checkout_path("experiments", "results",
+    "sweeps", "prefill_1m_h200")``: the committed configs and GPU results ship with the git
+    checkout (``pip install -e .``), not with a wheel."""
+    path = Path(__file__).resolve().parents[2].joinpath(*parts)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: committed results and configs come with a git checkout "
+                         "of msa_lab installed with pip install -e .")
+    return path

@@ -48,7 +48,8 @@ def _cuda_graph(fn):
 def time_call(fn, device: str, *, repeats: int = 20, max_seconds: float = 120.0,
               cuda_graph: bool = False) -> dict:
     """Time ``fn()``: one warm-up run (compilation, autotuning, caches), then at least
-    ``repeats`` timed runs; more for short calls (about ``TARGET_SECONDS`` in all), fewer
+    ``repeats`` timed runs; more for short calls (about ``TARGET_SECONDS`` in all, at most a
+    quarter of ``max_seconds``), fewer
     for slow ones so that a point stays near ``max_seconds`` (never fewer than
     ``MIN_REPEATS``). The first timed run sizes the count; the result says how many ran.
 
@@ -92,7 +93,8 @@ def _repeat_count(first_seconds: float, repeats: int, max_seconds: float) -> int
     first_seconds = max(first_seconds, 1e-6)
     if first_seconds * repeats > max_seconds:
         return max(MIN_REPEATS, int(max_seconds / first_seconds))
-    return min(MAX_REPEATS, max(repeats, int(TARGET_SECONDS / first_seconds)))
+    target = min(TARGET_SECONDS, max_seconds / 4)  # a point has several stages to time
+    return min(MAX_REPEATS, max(repeats, int(target / first_seconds)))
 
 
 def bench_median(fn, warmup_ms: int = 100, rep_ms: int = 500) -> dict:

@@ -54,21 +54,22 @@ def _varying(rows) -> list[str]:
     return [c for c in SERIES_PARAMS if any(len(v) > 1 for (_, _, col), v in values.items() if col == c)]
 
 
-def _series(rows, stage: str = "total") -> dict[tuple, list[dict]]:
-    """Rows of one stage grouped by (method, backend, varying params), sorted by seq_len."""
+def _series(rows, stage: str = "total", x: str = "seq_len") -> dict[tuple, list[dict]]:
+    """Rows of one stage grouped by (method, backend, varying params other than ``x``),
+    sorted by ``x``."""
     rows = [r for r in rows if r.get("stage") == stage and r.get("status") == "ok"]
-    vary = _varying(rows)
+    vary = [c for c in _varying(rows) if c != x]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["backend"], *(r.get(c) for c in vary))].append(r)
     for group in groups.values():
-        group.sort(key=lambda r: r["seq_len"])
+        group.sort(key=lambda r: r[x])
     return {key: groups[key] for key in sorted(groups, key=lambda k: (k[0] != "full", *map(str, k)))}
 
 
-def _label(key: tuple, rows) -> str:
+def _label(key: tuple, rows, x: str = "seq_len") -> str:
     method, backend, *rest = key
-    vary = _varying([r for r in rows if r.get("status") == "ok"])
+    vary = [c for c in _varying([r for r in rows if r.get("status") == "ok"]) if c != x]
     extra = " ".join(f"{SHORT[c]}={v}" if SHORT[c] else str(v) for c, v in zip(vary, rest))
     return f"{METHOD_NAMES.get(method, method)} · {backend_name(method, backend)}" + (f" · {extra}" if extra else "")
 
@@ -195,25 +196,28 @@ def throughput_figure(rows, mode: str = "prefill") -> go.Figure:
     return fig
 
 
-def stage_figure(rows, method: str = "msa", backend: str = "triton", mode: str = "prefill") -> go.Figure:
+def stage_figure(rows, method: str = "msa", backend: str = "triton", mode: str = "prefill",
+                 x: str = "seq_len") -> go.Figure:
     """Where the time goes: each stage's share of the summed stage times, stacked, per
-    length (hover: milliseconds)."""
-    rows = [r for r in _mode_rows(rows, mode) if r["method"] == method and r["backend"] == backend]
-    stages = [s for s in ("selection", "metadata", "attention", "merge")
-              if any(r.get("stage") == s and r.get("status") == "ok" for r in rows)]
+    length (or per value of another grid parameter ``x``; hover: milliseconds)."""
+    rows = [r for r in _mode_rows(rows, mode) if r["method"] == method and r["backend"] == backend
+            and r.get("status") == "ok"]
+    stages = [s for s in ("selection", "metadata", "attention", "merge") if any(r.get("stage") == s for r in rows)]
     if not stages:
         raise ValueError(f"no stage timings for {method}/{backend} ({mode}); set stages: true in the config")
+    values = sorted({r[x] for r in rows if r.get("stage") in stages})
+    text = tokens_label if x == "seq_len" else str
     fig = go.Figure()
-    lengths = sorted({r["seq_len"] for r in rows if r.get("stage") in stages and r.get("status") == "ok"})
     for stage in stages:
-        at = {r["seq_len"]: r["median_ms"] for r in rows if r.get("stage") == stage and r.get("status") == "ok"}
-        fig.add_bar(x=[tokens_label(n) for n in lengths], y=[at.get(n, 0.0) for n in lengths], name=stage,
-                    marker_color=STAGE_COLORS[stage], customdata=[at.get(n, 0.0) for n in lengths],
+        at = {r[x]: r["median_ms"] for r in rows if r.get("stage") == stage}
+        fig.add_bar(x=[text(v) for v in values], y=[at.get(v, 0.0) for v in values], name=stage,
+                    marker_color=STAGE_COLORS[stage], customdata=[at.get(v, 0.0) for v in values],
                     hovertemplate="%{customdata:.4g} ms (%{y:.1f} %)<extra>" + stage + "</extra>")
+    axis_title = _length_axis(mode, rows)["title"] if x == "seq_len" else GRID_AXES[x]
     fig.update_layout(template=TEMPLATE, barmode="stack", barnorm="percent", legend_traceorder="reversed",
                       title=f"Stage breakdown: {METHOD_NAMES.get(method, method)} · {backend_name(method, backend)} "
                             f"({_gpu(rows)})",
-                      xaxis=dict(title=_length_axis(mode, rows)["title"], type="category"),
+                      xaxis=dict(title=axis_title, type="category"),
                       yaxis=dict(title="share of the stage times (%)", range=[0, 100]))
     return fig
 
@@ -254,9 +258,38 @@ def roofline_figure(rows, mode: str = "prefill") -> go.Figure:
     return fig
 
 
-def write_sweep_figures(results, out_dir, formats=("html",)) -> list[Path]:
+GRID_AXES = {"block_size": "block size (tokens)", "top_k": "top_k (blocks per query)",
+             "num_kv_heads": "KV heads Hkv (GQA group size = Hq / Hkv)", "head_dim": "head dim",
+             "batch": "batch", "num_heads": "query heads", "index_dim": "index dim"}
+
+
+def grid_figure(rows, x: str, mode: str = "prefill") -> go.Figure:
+    """Median time of the whole operator against one grid parameter (block size, top_k,
+    KV heads, ...), one line per (method, backend, other varying parameters)."""
+    if x not in GRID_AXES:
+        raise ValueError(f"x must be one of {', '.join(GRID_AXES)}; got {x!r}")
+    rows = [r for r in _mode_rows(rows, mode) if r.get(x) is not None]
+    fig = go.Figure()
+    for key, group in _series(rows, x=x).items():
+        method, backend = key[:2]
+        label = _label(key, rows, x)
+        fig.add_scatter(x=[r[x] for r in group], y=[r["median_ms"] for r in group], name=label,
+                        mode="lines+markers", line=dict(color=method_color(method), dash=_dash(method, backend)),
+                        customdata=[[r["seq_len"], r["num_heads"] // r["num_kv_heads"]] for r in group],
+                        hovertemplate=x + "=%{x}<br>%{y:.4g} ms (N=%{customdata[0]:,}, G=%{customdata[1]})"
+                                      "<extra>" + label + "</extra>")
+    values = sorted({r[x] for r in rows})
+    lengths = ", ".join(tokens_label(n) for n in sorted({r["seq_len"] for r in rows}))
+    fig.update_layout(template=TEMPLATE, title=f"Time against {x} (N = {lengths}, {_gpu(rows)})",
+                      xaxis=dict(type="log", title=GRID_AXES[x], tickvals=values, ticktext=[str(v) for v in values]),
+                      yaxis=dict(type="log", title="median time (ms)"))
+    return fig
+
+
+def write_sweep_figures(results, out_dir, formats=("html",), prefix: str = "") -> list[Path]:
     """Every figure that the results support, written to ``out_dir`` in each format
-    (html opens offline; png/svg/pdf for papers). Returns the files written."""
+    (html opens offline; png/svg/pdf for papers), file names starting with ``prefix``.
+    Returns the files written."""
     paths = list(results) if isinstance(results, (list, tuple)) else [results]
     rows = load_results(*paths)
     if not totals(rows):
@@ -264,20 +297,26 @@ def write_sweep_figures(results, out_dir, formats=("html",)) -> list[Path]:
     out = Path(out_dir)
     figures = {}
     for mode in sorted({r["mode"] for r in rows}):
-        prefix = f"{mode}_"
-        figures[prefix + "latency"] = latency_figure(rows, mode)
-        if any("speedup" in r for r in with_speedups([r for r in rows if r["mode"] == mode])):
-            figures[prefix + "speedup"] = speedup_figure(rows, mode)
-        figures[prefix + "throughput"] = throughput_figure(rows, mode)
-        figures[prefix + "roofline"] = roofline_figure(rows, mode)
+        tag = f"{mode}_"
+        mode_rows = [r for r in rows if r["mode"] == mode]
+        if len({r["seq_len"] for r in mode_rows}) > 1:  # a length sweep
+            figures[tag + "latency"] = latency_figure(rows, mode)
+            if any("speedup" in r for r in with_speedups(mode_rows)):
+                figures[tag + "speedup"] = speedup_figure(rows, mode)
+            figures[tag + "throughput"] = throughput_figure(rows, mode)
+        for x in (c for c in _varying([r for r in mode_rows if r.get("status") == "ok"]) if c in GRID_AXES):
+            figures[f"{tag}grid_{x}"] = grid_figure(rows, x, mode)
+        figures[tag + "roofline"] = roofline_figure(rows, mode)
         staged = defaultdict(set)  # a breakdown needs two stages or more
         for r in rows:
             if r["mode"] == mode and r.get("stage") not in ("total", "stages") and r.get("status") == "ok":
                 staged[(r["method"], r["backend"])].add(r["stage"])
+        grid_x = [c for c in _varying(mode_rows) if c in GRID_AXES]
+        x = "seq_len" if len({r["seq_len"] for r in mode_rows}) > 1 or not grid_x else grid_x[0]
         for method, backend in sorted(k for k, v in staged.items() if len(v) > 1):
-            figures[f"{prefix}stages_{method}_{backend}"] = stage_figure(rows, method, backend, mode)
+            figures[f"{tag}stages_{method}_{backend}"] = stage_figure(rows, method, backend, mode, x)
     written = []
     with static_export_session(formats):
         for name, fig in figures.items():
-            written += save_figure(fig, out / name, formats)
+            written += save_figure(fig, out / f"{prefix}{name}", formats)
     return written
