@@ -124,8 +124,22 @@ def _sample_positions(seq_len: int, rows, seed: int, device) -> torch.Tensor:
     return torch.randperm(seq_len, generator=gen)[:rows].sort().values.to(device)
 
 
-def _recall(mass: torch.Tensor, ids: torch.Tensor, group_size: int, per: str) -> torch.Tensor:
-    """Mass on the selected blocks: ``mass [B, Hq, C, nb]``, ``ids [B, Hs, C, K]``."""
+def oracle_blocks(mass: torch.Tensor, positions: torch.Tensor, *, block_size: int, top_k: int,
+                  per: str, group_size: int) -> torch.Tensor:
+    """The oracle's block ids ``[B, Hs, C, top_k]`` for rows at ``positions`` from their true
+    block mass ``[B, Hq, C, nb]``: the ``top_k`` blocks with the most mass (summed over the
+    group's heads for per-group selections), no block forced."""
+    score = mass.unflatten(1, (-1, group_size)).sum(2) if per == "group" else mass
+    return select_top_blocks(score, positions, block_size=block_size, top_k=top_k, force_local=False)
+
+
+def block_overlap(ids: torch.Tensor, oracle_ids: torch.Tensor, num_blocks: int, top_k: int) -> torch.Tensor:
+    """|selected ∩ oracle| / top_k per row."""
+    return (_block_one_hot(ids, num_blocks) & _block_one_hot(oracle_ids, num_blocks)).sum(-1) / top_k
+
+
+def recall_of_blocks(mass: torch.Tensor, ids: torch.Tensor, group_size: int, per: str) -> torch.Tensor:
+    """Mass on the selected blocks ``[B, Hq, C]``: ``mass [B, Hq, C, nb]``, ``ids [B, Hs, C, K]``."""
     if per == "group":
         ids = ids.repeat_interleave(group_size, dim=1)
     valid = ids >= 0
@@ -169,18 +183,14 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
             mass = masses[sel.block_size]
             key = (sel.block_size, sel.top_k, sel.per)
             if key not in oracles:
-                score = mass.unflatten(1, (Hkv, G)).sum(2) if sel.per == "group" else mass
-                oracles[key] = select_top_blocks(score, pos, block_size=sel.block_size,
-                                                 top_k=sel.top_k, force_local=False)
+                oracles[key] = oracle_blocks(mass, pos, block_size=sel.block_size, top_k=sel.top_k,
+                                             per=sel.per, group_size=G)
             oracle_ids = oracles[key]
             ids = sel.indices[:, :, pos]
-            nb = mass.shape[-1]
-            both = (_block_one_hot(ids, nb) & _block_one_hot(oracle_ids, nb)).sum(-1)
-            overlap = both / sel.top_k
             recall, oracle_recall, overlaps = acc[name]
-            recall.append(_recall(mass, ids, G, sel.per).float().cpu())
-            oracle_recall.append(_recall(mass, oracle_ids, G, sel.per).float().cpu())
-            overlaps.append(overlap.float().cpu())
+            recall.append(recall_of_blocks(mass, ids, G, sel.per).float().cpu())
+            oracle_recall.append(recall_of_blocks(mass, oracle_ids, G, sel.per).float().cpu())
+            overlaps.append(block_overlap(ids, oracle_ids, mass.shape[-1], sel.top_k).float().cpu())
 
     reports = {
         name: CoverageReport(

@@ -96,6 +96,12 @@ def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
     return (sums / counts.view(1, nb, 1, 1)).to(k.dtype)
 
 
+def moba_gate(q: torch.Tensor, mean_keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """MoBA's gate ``[B, Hq, C, num_blocks]`` for the query rows at ``positions``:
+    ``q[t, h] . mean_keys[block, group(h)]`` in fp32 (``mean_keys`` from ``block_mean_keys``)."""
+    return grouped_scores(q[:, positions], mean_keys, 1.0).flatten(1, 2)
+
+
 def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
                 backend: str = "reference") -> BlockSelection:
     """MoBA gating: per query head, ``q[t, h] . mean(k[block, group(h)])`` in fp32; the
@@ -115,8 +121,7 @@ def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int
     nb = kmean.shape[1]
     parts = []
     for _, pos in _rows(N, query_chunk_size(nb, B, Hq), q.device):
-        gate = grouped_scores(q[:, pos], kmean, 1.0).flatten(1, 2)  # [B, Hq, C, nb]
-        parts.append(select_top_blocks(gate, pos, block_size=block_size, top_k=top_k))
+        parts.append(select_top_blocks(moba_gate(q, kmean, pos), pos, block_size=block_size, top_k=top_k))
     return BlockSelection._trusted(torch.cat(parts, 2), block_size, "head")
 
 

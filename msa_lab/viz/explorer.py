@@ -1,0 +1,217 @@
+"""Coverage explorer: widgets pick the selector, block size, top_k, head or group, length
+and data pattern; the selection map, the recall histogram and the summary numbers update
+in place (Plotly ``FigureWidget`` traces are replaced, the output is not re-rendered).
+
+It stays interactive at long lengths by measuring ``rows`` query rows spread evenly over
+the sequence (exact normalisers, as ``coverage(rows=...)``): the true block mass of those
+rows is computed once per (data, block size), a selector's scores once per (data,
+selector, block size), and a new ``top_k`` or head only re-ranks cached scores. So the map
+is drawn from those rows too: its cells are the share of each query block's measured rows
+that selected each key block.
+
+    from msa_lab.viz.explorer import CoverageExplorer
+    CoverageExplorer(seq_lens=(4096, 16384))      # the last line of a notebook cell
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import plotly.graph_objects as go
+import torch
+
+from ..coverage import CoverageReport, block_overlap, oracle_blocks, recall_of_blocks
+from ..data import PATTERNS, structured_qkv
+from ..reference import block_mass
+from ..selection import num_blocks
+from ..selectors import block_mean_keys, index_from_qk, moba_gate, msa_block_scores, select_top_blocks
+from ..validation import check_choice, check_positive_int
+from .theme import TEMPLATE, method_color
+
+METHODS = ("msa", "moba", "oracle", "window", "random")
+#: Heat-map cells at most per axis: longer selections are aggregated into coarser bins.
+MAP_CELLS = 256
+
+
+def rows_block_map(ids: torch.Tensor, positions: torch.Tensor, block_size: int, num_key_blocks: int,
+                   cells: int = MAP_CELLS) -> torch.Tensor:
+    """``[query bins, key bins]`` share of the rows of each query bin that selected each key
+    bin, for one head's ids ``[C, K]`` at ``positions [C]``; bins group whole blocks so that
+    neither axis has more than ``cells`` bins (a 1M-token map is 256 x 256 at most)."""
+    per_bin = -(-num_key_blocks // cells)
+    bins = -(-num_key_blocks // per_bin)
+    valid = ids >= 0
+    qbin = (positions.long() // block_size // per_bin).view(-1, 1).expand_as(ids)
+    kbin = torch.where(valid, ids.long(), torch.zeros_like(ids, dtype=torch.long)) // per_bin
+    # A row counts once per key bin, however many of its blocks fall in that bin.
+    hit = torch.zeros(ids.shape[0], bins, dtype=torch.bool, device=ids.device)
+    hit[torch.arange(ids.shape[0], device=ids.device).view(-1, 1).expand_as(ids)[valid], kbin[valid]] = True
+    counts = torch.zeros(bins, bins, device=ids.device).index_add_(0, qbin[:, 0], hit.float())
+    rows = torch.bincount(qbin[:, 0], minlength=bins).float().clamp_min(1)
+    return (counts / rows.view(-1, 1)).cpu(), per_bin
+
+
+class CoverageExplorer:
+    """An ipywidgets explorer of selection coverage on generated data (``msa_lab.data``).
+
+    ``seq_lens``, ``patterns`` and ``block_sizes`` are the choices offered; ``rows`` the
+    query rows measured per setting. MSA uses the group-mean query and the group's keys as
+    its index branch (``index_from_qk``), a stand-in for a trained indexer."""
+
+    def __init__(self, *, seq_lens=(4096, 16384), patterns=("mixed", *PATTERNS), block_sizes=(64, 128, 256, 512),
+                 num_heads: int = 8, num_kv_heads: int = 4, head_dim: int = 64, rows: int = 512,
+                 top_k: int = 8, device="cpu", seed: int = 0):
+        import ipywidgets as w
+
+        self.num_heads = check_positive_int(num_heads, "num_heads")
+        self.num_kv_heads = check_positive_int(num_kv_heads, "num_kv_heads")
+        self.head_dim = check_positive_int(head_dim, "head_dim")
+        self.rows = check_positive_int(rows, "rows")
+        for n in seq_lens:
+            check_positive_int(n, "seq_lens[i]")
+        for bs in block_sizes:
+            check_positive_int(bs, "block_sizes[i]")
+        for p in patterns:
+            check_choice(p, "patterns[i]", ("mixed", *PATTERNS))
+        self.device, self.seed = device, seed
+        style = dict(description_width="80px")
+        self.method = w.Dropdown(options=METHODS, value="msa", description="method", style=style)
+        self.block_size = w.Dropdown(options=list(block_sizes), value=128 if 128 in block_sizes else block_sizes[0],
+                                     description="block", style=style)
+        self.top_k = w.IntSlider(value=top_k, min=1, max=32, description="top_k", style=style,
+                                 continuous_update=False)
+        self.head = w.IntSlider(value=0, min=0, max=self.num_heads - 1, description="head", style=style,
+                                continuous_update=False)
+        self.seq_len = w.Dropdown(options=list(seq_lens), value=seq_lens[0], description="tokens", style=style)
+        self.pattern = w.Dropdown(options=list(patterns), value=patterns[0], description="data", style=style)
+        self.summary = w.HTML()
+        self.map = go.FigureWidget(layout=dict(template=TEMPLATE, height=430, width=470,
+                                               margin=dict(l=60, r=10, t=40, b=50)))
+        self.map.add_heatmap(z=[[0]], colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="share"),
+                             hovertemplate="query bin %{y}<br>key bin %{x}<br>share %{z:.2f}<extra></extra>")
+        self.map.add_scatter(x=[], y=[], mode="markers", name="oracle miss",
+                             marker=dict(symbol="x", color="#D55E00", size=6))
+        self.map.update_layout(xaxis_title="key block", yaxis_title="query block", yaxis_autorange="reversed",
+                               showlegend=False)
+        self.hist = go.FigureWidget(layout=dict(template=TEMPLATE, height=430, width=430,
+                                                margin=dict(l=60, r=10, t=40, b=50)))
+        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name="selection",
+                                marker_color=method_color("msa"), opacity=0.8)
+        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name="oracle",
+                                marker_color=method_color("oracle"), opacity=0.45)
+        self.hist.update_layout(barmode="overlay", xaxis_title="recall of a row", yaxis_title="rows",
+                                xaxis_range=[0, 1.01], legend=dict(x=0.02, y=0.98))
+        controls = [self.method, self.block_size, self.top_k, self.head, self.seq_len, self.pattern]
+        for c in controls:
+            c.observe(self._changed, names="value")
+        self.widget = w.VBox([w.HBox([w.VBox(controls[:3]), w.VBox(controls[3:])]),
+                              w.HBox([self.map, self.hist]), self.summary])
+        self.last_update_s = None
+        self.update()
+
+    # Cached computations: each depends only on what its arguments name.
+    @functools.lru_cache(maxsize=8)
+    def _data(self, pattern: str, seq_len: int):
+        data = structured_qkv(seq_len=seq_len, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                              head_dim=self.head_dim, patterns=pattern, seed=self.seed, device=self.device)
+        positions = torch.linspace(0, seq_len - 1, min(self.rows, seq_len), device=self.device).round().long()
+        return data, positions.unique()
+
+    @functools.lru_cache(maxsize=16)
+    def _mass(self, pattern: str, seq_len: int, block_size: int) -> torch.Tensor:
+        data, pos = self._data(pattern, seq_len)
+        return block_mass(data.q, data.k, pos, block_size=block_size, scale=self.head_dim ** -0.5)
+
+    @functools.lru_cache(maxsize=32)
+    def _scores(self, method: str, pattern: str, seq_len: int, block_size: int):
+        """Per-row block scores ``[B, Hs, R, nb]`` of a selector, or None for the window."""
+        # (the oracle ranks the true mass: see _ids)
+        data, pos = self._data(pattern, seq_len)
+        if method == "msa":
+            index_q, index_k = index_from_qk(data.q, data.k)
+            return msa_block_scores(index_q, index_k, pos, block_size)
+        if method == "moba":
+            return moba_gate(data.q, block_mean_keys(data.k, block_size), pos)
+        if method == "random":
+            gen = torch.Generator(device=self.device).manual_seed(self.seed)
+            return torch.rand(1, self.num_kv_heads, pos.numel(), num_blocks(seq_len, block_size),
+                              generator=gen, device=self.device)
+        return None
+
+    def _ids(self, method, pattern, seq_len, block_size, top_k):
+        _, pos = self._data(pattern, seq_len)
+        if method == "oracle":  # the most true mass per group, as coverage()'s oracle
+            return oracle_blocks(self._mass(pattern, seq_len, block_size), pos, block_size=block_size,
+                                 top_k=top_k, per="group", group_size=self.num_heads // self.num_kv_heads)
+        scores = self._scores(method, pattern, seq_len, block_size)
+        if scores is None:  # window: the own block and the top_k - 1 before it
+            own = (pos // block_size).view(-1, 1)
+            ids = own - torch.arange(top_k, device=pos.device)
+            return torch.where(ids >= 0, ids, torch.full_like(ids, -1)).to(torch.int32).expand(
+                1, self.num_kv_heads, -1, -1)
+        return select_top_blocks(scores, pos, block_size=block_size, top_k=top_k)
+
+    def report(self) -> CoverageReport:
+        """The coverage of the current setting (on the measured rows)."""
+        return self._measure()[0]
+
+    def _measure(self):
+        method, bs, k = self.method.value, self.block_size.value, self.top_k.value
+        pattern, n = self.pattern.value, self.seq_len.value
+        _, pos = self._data(pattern, n)
+        mass = self._mass(pattern, n, bs)
+        ids = self._ids(method, pattern, n, bs, k)
+        per = "head" if method == "moba" else "group"
+        G = self.num_heads // self.num_kv_heads
+        oracle = oracle_blocks(mass, pos, block_size=bs, top_k=k, per=per, group_size=G)
+        return CoverageReport(
+            recall=recall_of_blocks(mass, ids, G, per).float().cpu(),
+            oracle_recall=recall_of_blocks(mass, oracle, G, per).float().cpu(),
+            overlap=block_overlap(ids, oracle, mass.shape[-1], k).float().cpu(),
+            positions=pos.cpu(), per=per, group_size=G, block_size=bs, top_k=k, threshold=0.9), ids, oracle
+
+    def update(self) -> None:
+        start = time.perf_counter()
+        report, ids, oracle = self._measure()
+        G = report.group_size
+        head = self.head.value
+        row = head if report.per == "head" else head // G
+        nb = num_blocks(self.seq_len.value, report.block_size)
+        share, per_bin = rows_block_map(ids[0, row], report.positions, report.block_size, nb)
+        oracle_share, _ = rows_block_map(oracle[0, row], report.positions, report.block_size, nb)
+        qb, kb = torch.nonzero((oracle_share > 0) & (share == 0), as_tuple=True)
+        unit = "block" if per_bin == 1 else f"bin of {per_bin} blocks"
+        name = self.method.value
+        with self.map.batch_update():
+            self.map.data[0].z = share.tolist()
+            self.map.data[1].x, self.map.data[1].y = kb.tolist(), qb.tolist()
+            self.map.layout.title = (f"{name}: {'head' if report.per == 'head' else 'group'} {row}, "
+                                     f"x = oracle miss")
+            self.map.layout.xaxis.title, self.map.layout.yaxis.title = f"key {unit}", f"query {unit}"
+        recall = report.recall[0, head]
+        with self.hist.batch_update():
+            self.hist.data[0].x = recall.tolist()
+            self.hist.data[0].name = name
+            self.hist.data[0].marker.color = method_color(name)
+            self.hist.data[1].x = report.oracle_recall[0, head].tolist()
+            self.hist.layout.title = f"Recall of head {head}'s rows"
+        s = report.summary()
+        self.last_update_s = time.perf_counter() - start
+        self.summary.value = (
+            f"<b>{name}</b>, block {report.block_size}, top_k {report.top_k}, "
+            f"{self.seq_len.value:,} tokens ({self.pattern.value}), {report.positions.numel():,} query rows "
+            f"x {self.num_heads} heads measured: "
+            f"recall mean <b>{s['recall']['mean']:.3f}</b> (p5 {s['recall']['p5']:.3f}, "
+            f"{100 * s['recall']['share_below_0.9']:.1f} % of rows under 0.9), "
+            f"oracle {s['oracle_recall']['mean']:.3f}, vs oracle {s['relative_recall']['mean']:.3f}, "
+            f"overlap {s['overlap']['mean']:.3f}; head {head}: {float(recall.mean()):.3f}. "
+            f"<span style='color:#888'>({1000 * self.last_update_s:.0f} ms)</span>")
+
+    def _changed(self, _change) -> None:
+        self.update()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -1,0 +1,67 @@
+"""The coverage explorer: widgets drive in-place figure updates; its numbers are coverage()'s."""
+
+import pytest
+import torch
+
+import msa_lab as ml
+from msa_lab.data import structured_qkv
+from msa_lab.viz.explorer import CoverageExplorer, rows_block_map
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    return CoverageExplorer(seq_lens=(1000, 2048), block_sizes=(64, 128), num_heads=4, num_kv_heads=2,
+                            head_dim=32, rows=200, top_k=4)
+
+
+def test_widgets_update_the_figures_in_place(explorer):
+    heat, hist, summary = explorer.map.data[0], explorer.hist.data[0], explorer.summary.value
+    z0, x0 = heat.z, hist.x
+    explorer.top_k.value = 2
+    assert explorer.map.data[0] is heat and explorer.hist.data[0] is hist  # same traces, new data
+    assert heat.z != z0 and hist.x != x0 and explorer.summary.value != summary
+    for name, value in (("method", "moba"), ("head", 3), ("block_size", 64), ("seq_len", 2048),
+                        ("pattern", "needle"), ("method", "window"), ("method", "oracle"), ("method", "random")):
+        before = explorer.summary.value
+        getattr(explorer, name).value = value
+        assert explorer.summary.value != before, name
+    explorer.method.value = "oracle"
+    report = explorer.report()  # the oracle is its own best: same group recall, full overlap
+    group = report.recall.unflatten(1, (2, 2)).sum(2)
+    assert torch.allclose(group, report.oracle_recall.unflatten(1, (2, 2)).sum(2), atol=1e-6)
+    assert "vs oracle 1.000" in explorer.summary.value
+
+
+@pytest.mark.parametrize("method", ["msa", "moba", "window"])
+def test_explorer_numbers_equal_coverage_on_the_same_rows(explorer, method):
+    explorer.seq_len.value, explorer.pattern.value, explorer.block_size.value = 1000, "mixed", 64
+    explorer.top_k.value, explorer.method.value = 3, method
+    got = explorer.report()
+    data = structured_qkv(seq_len=1000, num_heads=4, num_kv_heads=2, head_dim=32, patterns="mixed", seed=0)
+    if method == "msa":
+        sel = ml.select_msa(*ml.index_from_qk(data.q, data.k), block_size=64, top_k=3)
+    elif method == "moba":
+        sel = ml.select_moba(data.q, data.k, block_size=64, top_k=3)
+    else:
+        sel = ml.select_window(data.q, data.k, block_size=64, top_k=3)
+    ref = ml.coverage(data.q, data.k, sel, rows=got.positions)
+    assert torch.allclose(got.recall, ref.recall, atol=1e-5)
+    assert torch.allclose(got.oracle_recall, ref.oracle_recall, atol=1e-5)
+    assert torch.allclose(got.overlap, ref.overlap)
+
+
+def test_rows_block_map_aggregates_long_selections():
+    sel = ml.select_window(torch.randn(1, 5000, 2, 16), torch.randn(1, 5000, 1, 16), block_size=10, top_k=3)
+    full = sel.block_map(max_elements=1 << 30)[0, 0]
+    share, per_bin = rows_block_map(sel.indices[0, 0], torch.arange(5000), 10, 500, cells=500)
+    assert per_bin == 1 and torch.allclose(share, full)
+    coarse, per_bin = rows_block_map(sel.indices[0, 0], torch.arange(5000), 10, 500, cells=64)
+    assert per_bin == 8 and coarse.shape == (63, 63) and coarse.max() <= 1
+    assert torch.allclose(coarse.diagonal(), torch.ones(63))  # every row selects its own bin
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="patterns"):
+        CoverageExplorer(patterns=("spiral",))
+    with pytest.raises(ValueError, match="rows"):
+        CoverageExplorer(rows=0)
