@@ -1,5 +1,6 @@
 """``msa-lab`` command line: ``demo`` (full vs MoBA vs MSA on generated data), ``sweep``
-(run or resume a benchmark grid from a config) and ``figures`` (draw a sweep's results)."""
+(run or resume a benchmark or coverage grid from a config) and ``figures`` (rebuild the
+paper figures from committed results, or draw a sweep's results)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,21 @@ def _sweep(args) -> int:
 
 
 def _figures(args) -> int:
+    if not args.results:  # the paper figures, from committed results
+        from .viz.paper import write_paper_figures
+
+        paths = write_paper_figures(args.out or "figures/paper", args.format or ("png", "svg", "pdf"),
+                                    results_dir=args.results_dir, only=args.only, progress=not args.quiet)
+        for path in paths:
+            print(path)
+        return 0
+    if args.only or args.results_dir:
+        raise ValueError("--only and --results-dir are for the paper figures (msa-lab figures without results)")
+    if args.out is None:
+        raise ValueError("--out: give a folder for the figures of these results")
     from .viz.sweeps import write_sweep_figures
 
-    paths = write_sweep_figures(args.results, args.out, formats=args.format, prefix=args.prefix)
+    paths = write_sweep_figures(args.results, args.out, formats=args.format or ("html",), prefix=args.prefix)
     for path in paths:
         print(path)
     return 0
@@ -81,11 +94,17 @@ def main(argv=None) -> int:
     sweep.add_argument("--dry-run", action="store_true", help="check the config and list its points")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(run=_sweep)
-    figures = sub.add_parser("figures", help="draw the figures of sweep results (html, png, svg, pdf)")
-    figures.add_argument("results", nargs="+", help="results folders or results.jsonl files")
-    figures.add_argument("--out", required=True, help="folder for the figures")
-    figures.add_argument("--format", nargs="+", default=["html"], choices=["html", "png", "svg", "pdf"],
-                         help="formats to write (png/svg/pdf need kaleido and Chrome/Chromium)")
+    figures = sub.add_parser("figures", help="rebuild every paper figure from committed results, or draw the "
+                                             "figures of given sweep results")
+    figures.add_argument("results", nargs="*", help="results folders or results.jsonl files (none: the paper figures)")
+    figures.add_argument("--out", default=None, help="folder for the figures (paper figures: figures/paper)")
+    figures.add_argument("--format", nargs="+", default=None, choices=["html", "png", "svg", "pdf"],
+                         help="formats to write (default: png svg pdf for the paper figures, html for results; "
+                              "png/svg/pdf need kaleido and Chrome/Chromium)")
+    figures.add_argument("--only", nargs="+", metavar="NAME", help="paper figures: only these (names in figures.md)")
+    figures.add_argument("--results-dir", default=None,
+                         help="paper figures: the sweeps folder to read (default: experiments/results/sweeps)")
+    figures.add_argument("--quiet", action="store_true", help="no progress bar")
     figures.add_argument("--prefix", default="", help="start every file name with this (several sweeps, one folder)")
     figures.set_defaults(run=_figures)
     args = parser.parse_args(argv)

@@ -6,7 +6,10 @@
   heads for per-group selections), with the same block size and ``top_k``;
 - relative recall: recall / oracle recall, row by row;
 - block overlap: |selected ∩ oracle| / top_k (so early rows, which have fewer than
-  ``top_k`` candidate blocks, cannot reach 1).
+  ``top_k`` candidate blocks, cannot reach 1);
+- recall by distance: of the true mass that lies ``d`` blocks behind the query's own
+  block (``d`` in octaves 0, 1, 2-3, 4-7, ...), the share on selected blocks; it shows
+  whether a selector loses far context or near context.
 
 Everything is computed blockwise in query chunks, optionally on sampled rows with exact
 normalisers, so it never builds an ``N x N`` tensor and works at 1M tokens.
@@ -15,6 +18,7 @@ normalisers, so it never builds an ``N x N`` tensor and works at 1M tokens.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +50,9 @@ def _stats(x: torch.Tensor, threshold: float | None = None) -> dict:
 class CoverageReport:
     """Per-row coverage of one selection. Tensors are float32 on the CPU:
     ``recall``, ``oracle_recall``: ``[B, Hq, R]``; ``overlap``: ``[B, Hs, R]``;
-    ``positions``: the ``R`` query positions measured."""
+    ``positions``: the ``R`` query positions measured; ``mass_by_distance`` and
+    ``kept_by_distance``: ``[num_distance_bins]`` float64 sums over rows and heads of the
+    true mass, and of the selected mass, at each block distance octave."""
 
     recall: torch.Tensor
     oracle_recall: torch.Tensor
@@ -57,6 +63,8 @@ class CoverageReport:
     block_size: int
     top_k: int
     threshold: float
+    mass_by_distance: torch.Tensor
+    kept_by_distance: torch.Tensor
 
     @property
     def relative_recall(self) -> torch.Tensor:
@@ -95,6 +103,42 @@ class CoverageReport:
         keep = counts > 0
         return centres[keep], (sums[keep] / counts[keep])
 
+    @classmethod
+    def from_block_mass(cls, mass: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor, *, per: str,
+                        group_size: int, block_size: int, top_k: int, threshold: float = 0.9,
+                        oracle_ids: torch.Tensor | None = None) -> CoverageReport:
+        """The report of block ids ``[B, Hs, R, K]`` for rows at ``positions`` from their true
+        block mass ``[B, Hq, R, nb]`` (``oracle_ids``: the oracle's ids, if already known)."""
+        if oracle_ids is None:
+            oracle_ids = oracle_blocks(mass, positions, block_size=block_size, top_k=top_k, per=per,
+                                       group_size=group_size)
+        where = dict(block_size=block_size, group_size=group_size, per=per)
+        return cls(
+            recall=recall_of_blocks(mass, ids, group_size, per).float().cpu(),
+            oracle_recall=recall_of_blocks(mass, oracle_ids, group_size, per).float().cpu(),
+            overlap=block_overlap(ids, oracle_ids, mass.shape[-1], top_k).float().cpu(),
+            positions=positions.cpu(), per=per, group_size=group_size, block_size=block_size, top_k=top_k,
+            threshold=threshold, mass_by_distance=mass_by_distance(mass, None, positions, **where),
+            kept_by_distance=mass_by_distance(mass, ids, positions, **where))
+
+    @staticmethod
+    def concat(reports) -> CoverageReport:
+        """One report from reports of the same selection on disjoint rows (query chunks)."""
+        first, *_ = reports
+        cat = {f: torch.cat([getattr(r, f) for r in reports], -1)
+               for f in ("recall", "oracle_recall", "overlap", "positions")}
+        summed = {f: sum(getattr(r, f) for r in reports) for f in ("mass_by_distance", "kept_by_distance")}
+        return dataclasses.replace(first, **cat, **summed)
+
+    def by_distance(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """``(labels, recall, mass share)`` per block-distance octave that holds any mass:
+        the share of the true mass at that distance that was selected, and the share of
+        all true mass that lies at that distance."""
+        mass, kept = self.mass_by_distance, self.kept_by_distance
+        keep = mass > 0
+        labels = [label for label, k in zip(distance_labels(mass.numel()), keep.tolist()) if k]
+        return labels, (kept[keep] / mass[keep]), (mass[keep] / mass.sum())
+
     def __repr__(self) -> str:
         s = self.summary()
         r, rel, ov = s["recall"], s["relative_recall"], s["overlap"]
@@ -122,6 +166,38 @@ def _sample_positions(seq_len: int, rows, seed: int, device) -> torch.Tensor:
         return torch.arange(seq_len, device=device)
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(seq_len, generator=gen)[:rows].sort().values.to(device)
+
+
+def distance_octave(distance: torch.Tensor) -> torch.Tensor:
+    """Block distance ``d >= 0`` to its octave: 0 -> 0, 1 -> 1, 2-3 -> 2, 4-7 -> 3, ..."""
+    d = distance.clamp_min(0)
+    return torch.where(d > 0, torch.floor(torch.log2(d.clamp_min(1).double())).long() + 1, 0)
+
+
+def distance_labels(num_bins: int) -> list[str]:
+    """Labels of the octaves of ``distance_octave``, in blocks: '0', '1', '2-3', '4-7', ..."""
+    labels = ["0", "1"]
+    labels += [f"{2 ** (b - 1)}-{2 ** b - 1}" for b in range(2, num_bins)]
+    return labels[:num_bins]
+
+
+def mass_by_distance(mass: torch.Tensor, ids: torch.Tensor | None, positions: torch.Tensor, *,
+                     block_size: int, group_size: int, per: str) -> torch.Tensor:
+    """``float64 [num_octaves]``: true mass ``[B, Hq, C, nb]`` of rows at ``positions`` summed
+    per distance octave (query block minus key block), over every block (``ids=None``) or
+    only over the selected ones (``ids [B, Hs, C, K]``)."""
+    nb = mass.shape[-1]
+    distance = positions.view(-1, 1) // block_size - torch.arange(nb, device=mass.device)
+    octave = distance_octave(distance)  # [C, nb]; future blocks hold no mass
+    if ids is not None:
+        chosen = _block_one_hot(ids, nb)
+        if per == "group":
+            chosen = chosen.repeat_interleave(group_size, dim=1)
+        mass = mass * chosen
+    per_block = mass.double().sum(dim=(0, 1))  # [C, nb]
+    bins = distance_octave(torch.tensor(max(nb - 1, 0))).item() + 1
+    return torch.zeros(bins, dtype=torch.float64, device=mass.device).index_add_(
+        0, octave.flatten(), per_block.flatten()).cpu()
 
 
 def oracle_blocks(mass: torch.Tensor, positions: torch.Tensor, *, block_size: int, top_k: int,
@@ -174,7 +250,7 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
     block_sizes = sorted({sel.block_size for sel in named.values()})
     chunk = query_chunk_size(N, B, Hq)
 
-    acc = {name: ([], [], []) for name in named}
+    parts = {name: [] for name in named}
     for start in range(0, positions.numel(), chunk):
         pos = positions[start:start + chunk]
         masses = {bs: block_mass(q, k, pos, block_size=bs, scale=scale) for bs in block_sizes}
@@ -185,22 +261,10 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
             if key not in oracles:
                 oracles[key] = oracle_blocks(mass, pos, block_size=sel.block_size, top_k=sel.top_k,
                                              per=sel.per, group_size=G)
-            oracle_ids = oracles[key]
-            ids = sel.indices[:, :, pos]
-            recall, oracle_recall, overlaps = acc[name]
-            recall.append(recall_of_blocks(mass, ids, G, sel.per).float().cpu())
-            oracle_recall.append(recall_of_blocks(mass, oracle_ids, G, sel.per).float().cpu())
-            overlaps.append(block_overlap(ids, oracle_ids, mass.shape[-1], sel.top_k).float().cpu())
-
-    reports = {
-        name: CoverageReport(
-            recall=torch.cat(r, -1), oracle_recall=torch.cat(o, -1),
-            overlap=torch.cat(ov, -1), positions=positions.cpu(), per=named[name].per,
-            group_size=G, block_size=named[name].block_size, top_k=named[name].top_k,
-            threshold=threshold,
-        )
-        for name, (r, o, ov) in acc.items()
-    }
+            parts[name].append(CoverageReport.from_block_mass(
+                mass, sel.indices[:, :, pos], pos, per=sel.per, group_size=G, block_size=sel.block_size,
+                top_k=sel.top_k, threshold=threshold, oracle_ids=oracles[key]))
+    reports = {name: CoverageReport.concat(chunks) for name, chunks in parts.items()}
     return reports[None] if None in reports else reports
 
 

@@ -20,7 +20,13 @@ from .attention import block_sparse_attention, full_attention
 from .coverage import coverage, output_error
 from .data import structured_qkv
 from .selectors import index_from_qk, select_moba, select_msa, select_oracle, select_random, select_window
-from .viz import recall_by_position_figure, recall_distribution_figure, selection_map_figure, write_html
+from .viz import (
+    recall_by_distance_figure,
+    recall_by_position_figure,
+    recall_distribution_figure,
+    selection_map_figure,
+    write_html,
+)
 
 COLUMNS = ("method", "per", "tokens_per_query", "density", "output_error", "recall_mean",
            "recall_p5", "rows_below_0.9", "recall_vs_oracle", "overlap_with_oracle")
@@ -89,6 +95,7 @@ def run_demo(*, out_dir="results/demo", seq_len: int = 8192, num_heads: int = 8,
     figs = [
         recall_by_position_figure(reports),
         recall_distribution_figure(reports),
+        recall_by_distance_figure(reports),
         selection_map_figure(selections["msa"], head=group_of_needle, oracle=selections["oracle"],
                              title=f"MSA selection, group {group_of_needle} "
                                    f"({data.patterns[group_of_needle]}); x = oracle block never chosen"),

@@ -75,40 +75,43 @@ def attention_reference(
     causal: bool = True,
     selection: BlockSelection | None = None,
     query_chunk: int | None = None,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention; returns ``(out [B, Nq, Hq, D] in q.dtype, lse [B, Hq, Nq])``.
 
     Causal masking is bottom-right aligned: query ``i`` sits at position
     ``Nk - Nq + i``. With ``selection``, only keys in the selected blocks of each
     query's row are visible (plus causality). LSE is the natural log of the softmax
-    normaliser of the scaled scores.
+    normaliser of the scaled scores. ``positions`` (causal self-attention, ``Nq == Nk``):
+    only those query rows, out ``[B, R, Hq, D]`` (e.g. sampled rows at long lengths).
     """
     B, Nq, Hq, D = q.shape
     Nk, Hkv = k.shape[1], k.shape[2]
     G = Hq // Hkv
     offset = Nk - Nq
+    rows = torch.arange(Nq, device=q.device) if positions is None else positions.to(q.device).long()
     chunk = query_chunk or query_chunk_size(Nk, B, Hq)
     nb = num_blocks(Nk, selection.block_size) if selection is not None else 0
     dt = compute_dtype(q)
     vv = v.to(dt)
     outs, lses = [], []
-    for start in range(0, Nq, chunk):
-        stop = min(start + chunk, Nq)
-        pos = torch.arange(start, stop, device=q.device) + offset
-        L = stop + offset if causal else Nk  # keys past the chunk's last query are masked
-        s = grouped_scores(q[:, start:stop], k[:, :L], scale)  # [B, Hkv, G, C, L]
-        allowed = torch.ones(1, 1, 1, stop - start, L, dtype=torch.bool, device=q.device)
+    for start in range(0, rows.numel(), chunk):
+        idx = rows[start:start + chunk]
+        pos = idx + offset
+        L = int(pos.max()) + 1 if causal else Nk  # keys past the chunk's last query are masked
+        s = grouped_scores(q[:, idx], k[:, :L], scale)  # [B, Hkv, G, C, L]
+        allowed = torch.ones(1, 1, 1, idx.numel(), L, dtype=torch.bool, device=q.device)
         if causal:
             allowed = allowed & (torch.arange(L, device=q.device) <= pos.view(-1, 1))
         if selection is not None:
             allowed = allowed & _selection_token_mask(
-                selection.indices[:, :, start:stop], selection.per, G,
+                selection.indices[:, :, idx], selection.per, G,
                 selection.block_size, nb, L,
             )
         p, lse = _softmax_stats(s, allowed)
         o = torch.einsum("bgxcl,blgd->bcgxd", p, vv[:, :L])
-        outs.append(o.reshape(B, stop - start, Hq, D))
-        lses.append(lse.reshape(B, Hq, stop - start))
+        outs.append(o.reshape(B, idx.numel(), Hq, D))
+        lses.append(lse.reshape(B, Hq, idx.numel()))
     return torch.cat(outs, 1).to(q.dtype), torch.cat(lses, -1)
 
 

@@ -19,7 +19,7 @@ def test_demo_writes_results_and_prints_a_table(tmp_path, capsys):
     assert summary["config"]["seq_len"] == 700 and summary["environment"]["torch"]
     assert (out / "coverage.csv").read_text().startswith("method,")
     html = (out / "demo.html").read_text()
-    assert html.count("Plotly.newPlot") == 4
+    assert html.count("Plotly.newPlot") == 5  # by position, distribution, by distance, two maps
 
 
 def test_bad_arguments_exit_with_a_named_error(tmp_path, capsys):

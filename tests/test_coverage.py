@@ -1,5 +1,6 @@
 import itertools
 import math
+import sys
 
 import pytest
 import torch
@@ -141,3 +142,32 @@ def test_references_never_build_n_by_n(monkeypatch):
         ml.full_attention(q, k, v)
         ml.coverage(q, k, {"msa": sel, "oracle": oracle})
     assert probe.largest < N * N // 8, probe.largest
+
+
+def test_recall_by_distance_of_a_window_is_one_inside_and_zero_outside():
+    q, k, _ = make_qkv(1, 640, 4, 2, 16)
+    rep = ml.coverage(q, k, ml.select_window(q, k, block_size=10, top_k=4))
+    labels, recall, share = rep.by_distance()
+    assert labels[:4] == ["0", "1", "2-3", "4-7"]
+    assert torch.allclose(recall[:3], torch.ones(3, dtype=torch.float64))  # distances 0-3: all kept
+    assert torch.all(recall[3:] == 0)  # distance 4 and more: nothing kept
+    assert math.isclose(float(share.sum()), 1.0, rel_tol=1e-9)
+
+
+def test_recall_by_distance_adds_up_to_the_mean_recall():
+    q, k, _ = make_qkv(2, 300, 6, 3, 8)
+    rep = ml.coverage(q, k, ml.select_moba(q, k, block_size=16, top_k=4), rows=77, seed=3)
+    # sum over distances of (kept mass) / (all mass) = mean recall, each row's mass summing to 1
+    assert math.isclose(float(rep.kept_by_distance.sum() / rep.mass_by_distance.sum()),
+                        float(rep.recall.double().mean()), rel_tol=1e-5)
+
+
+def test_report_of_query_chunks_concatenates(monkeypatch):
+    q, k, _ = make_qkv(1, 260, 4, 2, 8)
+    sel = ml.select_msa(*ml.index_from_qk(q, k), block_size=16, top_k=3)
+    whole = ml.coverage(q, k, sel)
+    monkeypatch.setattr(sys.modules["msa_lab.coverage"], "query_chunk_size", lambda *a: 37)  # 8 chunks
+    chunked = ml.coverage(q, k, sel)
+    for field in ("recall", "oracle_recall", "overlap", "positions"):
+        assert torch.allclose(getattr(chunked, field).double(), getattr(whole, field).double(), atol=1e-6)
+    assert torch.allclose(chunked.kept_by_distance, whole.kept_by_distance, rtol=1e-6)

@@ -266,12 +266,11 @@ def test_figures_from_results(tiny_results, tmp_path):
 
 
 def test_static_export(tiny_results, tmp_path):
-    pytest.importorskip("kaleido")
-    import shutil
-
-    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
-        pytest.skip("no Chrome/Chromium for kaleido")
+    from msa_lab.viz.export import static_export_available
     from msa_lab.viz.sweeps import write_sweep_figures
+
+    if not static_export_available():
+        pytest.skip("needs kaleido and Chrome/Chromium")
 
     written = write_sweep_figures(tiny_results, tmp_path, formats=("png", "svg"))
     png = next(p for p in written if p.name == "prefill_latency.png")

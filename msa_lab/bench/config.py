@@ -27,12 +27,18 @@ BACKENDS = {
     "prefill": {"full": DENSE_BACKENDS, "msa": SPARSE_BACKENDS, "moba": SPARSE_BACKENDS,
                 "oracle": SPARSE_BACKENDS, "random": SPARSE_BACKENDS, "window": SPARSE_BACKENDS},
     "decode": {"full": DENSE_BACKENDS, "msa": ("triton", "reference")},
+    # Coverage of a selection against full attention; the backend computes the outputs
+    # whose relative error is reported.
+    "coverage": {m: ("reference",) for m in ("msa", "moba", "oracle", "random", "window")},
 }
 #: Methods whose selection is part of the operator (timed); the others are given selections.
 LEARNED_SELECTORS = ("msa", "moba")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GRID_FIELDS = ("seq_len", "batch", "num_heads", "num_kv_heads", "head_dim", "index_dim",
-               "block_size", "top_k", "dtype")
+               "block_size", "top_k", "dtype", "pattern", "rows")
+#: Coverage-only grid fields: the generated data's pattern and the query rows measured.
+COVERAGE_FIELDS = ("pattern", "rows")
+COVERAGE_DEFAULTS = {"pattern": "mixed", "rows": 1024}
 TOP_FIELDS = ("name", "description", "mode", "device", "repeats", "max_seconds_per_point",
               "seed", "cuda_graph", "grid", "methods")
 METHOD_FIELDS = ("method", "backend", "selection_backend", "per", "stages", "max_seq_len", "grid")
@@ -59,11 +65,14 @@ class Point:
     block_size: int | None
     top_k: int | None
     dtype: str
+    pattern: str | None = None
+    rows: int | None = None
 
     @property
     def params(self) -> dict:
         """What identifies the point (its row columns and the resume key)."""
-        keys = ("mode", "method", "backend", "selection_backend", "per", *GRID_FIELDS)
+        fields = GRID_FIELDS if self.mode == "coverage" else tuple(f for f in GRID_FIELDS if f not in COVERAGE_FIELDS)
+        keys = ("mode", "method", "backend", "selection_backend", "per", *fields)
         return {k: getattr(self, k) for k in keys}
 
     @property
@@ -136,16 +145,21 @@ def _check_grid(grid, where: str) -> dict:
         values = _as_list(value, f"{where}.{key}")
         if key == "dtype":
             out[key] = [_choice(v, f"{where}.dtype", tuple(DTYPES)) for v in values]
+        elif key == "pattern":
+            from ..data import PATTERNS
+
+            out[key] = [_choice(v, f"{where}.pattern", ("mixed", *PATTERNS)) for v in values]
         else:
             out[key] = [_int(v, f"{where}.{key}") for v in values]
     return out
 
 
-def _unused_fields(method: str) -> tuple[str, ...]:
-    """Grid fields a method does not read (recorded as null, so they make no new points)."""
+def _unused_fields(method: str, mode: str) -> tuple[str, ...]:
+    """Grid fields a method does not read (recorded as null, so they make no new points);
+    in coverage mode MSA's index branch is the main Q/K (``index_from_qk``)."""
     if method == "full":
         return ("index_dim", "block_size", "top_k")
-    return () if method == "msa" else ("index_dim",)
+    return () if method == "msa" and mode != "coverage" else ("index_dim",)
 
 
 def _check_device(device: str, points: list[Point], cuda_graph: bool) -> None:
@@ -194,10 +208,16 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         raise ValueError("cuda_graph: true is for mode: decode (a prefill call is long enough "
                          "that launch overheads do not matter)")
     base = _check_grid(raw["grid"], "grid")
-    missing = [f for f in GRID_FIELDS if f not in base and f != "index_dim"]
+    if mode != "coverage":
+        extra = [f for f in COVERAGE_FIELDS if f in base]
+        if extra:
+            raise ValueError(f"grid: {', '.join(extra)} only apply to mode: coverage")
+    missing = [f for f in GRID_FIELDS if f not in base and f != "index_dim" and f not in COVERAGE_FIELDS]
     if missing:
         raise ValueError(f"grid: missing field(s) {', '.join(missing)}")
     base.setdefault("index_dim", base["head_dim"])
+    for field_name, default in COVERAGE_DEFAULTS.items():
+        base.setdefault(field_name, [default if mode == "coverage" else None])
     methods = raw["methods"]
     if not isinstance(methods, list) or not methods:
         raise ValueError("methods must be a non-empty list of {method: ..., backend: ...} entries")
@@ -217,6 +237,9 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
                               SELECTION_BACKENDS)
         if sel_backend == "auto":
             sel_backend = "triton" if device == "cuda" and method in LEARNED_SELECTORS else "reference"
+        if mode == "coverage" and sel_backend == "triton":
+            raise ValueError(f"{where}.selection_backend: coverage measures the reference selectors "
+                             "(the Triton ones pick the same blocks); use 'reference' or 'auto'")
         if method not in LEARNED_SELECTORS and sel_backend == "triton":
             raise ValueError(f"{where}.selection_backend: {method!r} selections have no Triton "
                              "kernel; use 'reference' or 'auto'")
@@ -228,14 +251,14 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
             _choice(per, f"{where}.per", ("group", "head"))
         elif per != default_per:
             raise ValueError(f"{where}.per: {method!r} selects per {default_per}; got {per!r}")
-        stages = entry.get("stages", method != "full")
+        stages = entry.get("stages", method != "full" and mode != "coverage")
         if not isinstance(stages, bool):
             raise ValueError(f"{where}.stages must be true or false, got {stages!r}")
         max_len = entry.get("max_seq_len")
         if max_len is not None:
             max_len = _int(max_len, f"{where}.max_seq_len")
         grid = dict(base, **_check_grid(entry.get("grid", {}), f"{where}.grid"))
-        unused = _unused_fields(method)
+        unused = _unused_fields(method, mode)
         seen = set()
         for values in itertools.product(*(grid[f] for f in GRID_FIELDS)):
             cell = dict(zip(GRID_FIELDS, values), **dict.fromkeys(unused))

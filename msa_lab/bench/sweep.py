@@ -23,7 +23,7 @@ from .costs import Ceilings, dense_equiv_flop, measure_ceilings, stage_costs
 from .results import gpu_environment
 from .store import ResultStore
 from .timing import time_call
-from .workloads import build_workload
+from .workloads import build_workload, measure_coverage
 
 STAGE_ORDER = ("total", "selection", "metadata", "attention", "merge")
 
@@ -50,7 +50,7 @@ def _free(device: str) -> None:
 
 def _row(base: dict, p, stage: str, timing: dict | None, ceilings: Ceilings, peak_bytes, status="ok",
          message="") -> dict:
-    cost = stage_costs(p).get(stage)
+    cost = None if p.mode == "coverage" else stage_costs(p).get(stage)
     row = dict(base, stage=stage, status=status, message=message)
     if cost is not None:
         row.update(useful_flop=cost.flop, min_bytes=cost.bytes)
@@ -85,6 +85,12 @@ def run_point(p, config: SweepConfig, base: dict, ceilings: Ceilings) -> list[di
     try:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        if p.mode == "coverage":
+            metrics = measure_coverage(p, device, config.seed)
+            peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+            finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            return [dict(base, stage="total", status="ok", message="", **metrics, peak_mem_gb=peak,
+                         finished_at=finished)]
         workload = build_workload(p, device, config.seed)
         timing = time_call(workload.total, device, **kw)
         peak = torch.cuda.max_memory_allocated() if cuda else None
@@ -147,10 +153,12 @@ def run_sweep(config: SweepConfig | str | Path, out_dir=None, *, retry_failed: b
     print(f"{config.name}: {len(todo)} of {len(config.points)} points to run "
           f"({len(config.points) - len(todo)} already in {store.path})", flush=True)
     base = dict(sweep=config.name, device=config.device, **gpu_environment())
-    dtypes = sorted({p.dtype for p in todo})
-    ceilings = measure_ceilings(config.device, dtypes)
-    base.update(peak_tflops={k: round(v, 1) for k, v in ceilings.matmul_tflops.items()},
-                copy_tb_per_s=round(ceilings.copy_tb_per_s, 3))
+    if config.mode == "coverage":  # nothing is timed: no ceilings to measure
+        ceilings = Ceilings({}, 0.0)
+    else:
+        ceilings = measure_ceilings(config.device, sorted({p.dtype for p in todo}))
+        base.update(peak_tflops={k: round(v, 1) for k, v in ceilings.matmul_tflops.items()},
+                    copy_tb_per_s=round(ceilings.copy_tb_per_s, 3))
     start = time.monotonic()
     bar = tqdm(todo, desc=config.name, unit="point", disable=not progress, dynamic_ncols=True)
     for i, p in enumerate(bar):

@@ -174,3 +174,52 @@ def _decode_workload(p: Point, device: str, seed: int) -> Workload:
                                                       D ** -0.5)}
 
     return Workload(total, stages)
+
+
+def measure_coverage(p: Point, device: str, seed: int) -> dict:
+    """Coverage of one selector on generated data (``msa_lab.data``, the point's pattern):
+    recall, recall relative to the oracle, block overlap and output error on ``p.rows``
+    query rows spread evenly over the sequence (exact normalisers; nothing N x N), with
+    per-head, per-group and per-position breakdowns. MSA's index branch is the main Q/K
+    (``index_from_qk``): coverage of the mechanism, not of a trained indexer."""
+    import time
+
+    from ..coverage import coverage, output_error
+    from ..data import structured_qkv
+    from ..reference import attention_reference
+    from ..selectors import index_from_qk
+
+    data = structured_qkv(batch=p.batch, seq_len=p.seq_len, num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
+                          head_dim=p.head_dim, patterns=p.pattern, seed=seed, dtype=p.torch_dtype, device=device)
+    q, k, v = data.q, data.k, data.v
+    bs, K = p.block_size, p.top_k
+    start = time.perf_counter()
+    if p.method == "msa":
+        selection = select_msa(*index_from_qk(q, k), block_size=bs, top_k=K)
+    elif p.method == "moba":
+        selection = select_moba(q, k, block_size=bs, top_k=K)
+    elif p.method == "oracle":
+        selection = select_oracle(q, k, block_size=bs, top_k=K, per=p.per, force_local=True)
+    elif p.method == "random":
+        selection = select_random(q, k, block_size=bs, top_k=K, per=p.per, seed=seed)
+    else:
+        selection = select_window(q, k, block_size=bs, top_k=K, per=p.per)
+    select_s = time.perf_counter() - start
+    positions = torch.linspace(0, p.seq_len - 1, min(p.rows, p.seq_len), device=device).round().long().unique()
+    report = coverage(q, k, selection, rows=positions)
+    scale = p.head_dim ** -0.5
+    sparse, _ = attention_reference(q, k, v, scale=scale, selection=selection, positions=positions)
+    dense, _ = attention_reference(q, k, v, scale=scale, positions=positions)
+    s = report.summary()
+    centres, by_position = report.by_position(32)
+    distances, by_distance, mass_share = report.by_distance()
+    return dict(
+        recall_mean=s["recall"]["mean"], recall_p5=s["recall"]["p5"], recall_p50=s["recall"]["p50"],
+        rows_below_0_9=s["recall"]["share_below_0.9"], oracle_recall_mean=s["oracle_recall"]["mean"],
+        recall_vs_oracle_mean=s["relative_recall"]["mean"], overlap_mean=s["overlap"]["mean"],
+        output_error=output_error(sparse, dense), rows_measured=int(positions.numel()),
+        tokens_per_query=float(selection.tokens_per_query().float().mean()), density=float(selection.density()),
+        patterns=list(data.patterns), recall_by_head=report.by_head().tolist(),
+        recall_by_group=report.by_group().tolist(), recall_by_position=[centres.tolist(), by_position.tolist()],
+        recall_by_distance=[distances, by_distance.tolist(), mass_share.tolist()],
+        selection_seconds=select_s)

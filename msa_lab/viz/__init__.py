@@ -1,7 +1,13 @@
 """Plotly figures in the msa_lab house style, and their export (HTML, PNG, SVG, PDF)."""
 
-from .export import save_figure, static_export_session
-from .figures import recall_by_position_figure, recall_distribution_figure, selection_map_figure, write_html
+from .export import export_figure, paper_figure, save_figure, static_export_session
+from .figures import (
+    recall_by_distance_figure,
+    recall_by_position_figure,
+    recall_distribution_figure,
+    selection_map_figure,
+    write_html,
+)
 from .sweeps import (
     grid_figure,
     latency_figure,
@@ -11,14 +17,19 @@ from .sweeps import (
     throughput_figure,
     write_sweep_figures,
 )
-from .theme import METHOD_COLORS, TEMPLATE, method_color
+from .theme import COLUMN_WIDTHS, METHOD_COLORS, PAPER_TEMPLATE, TEMPLATE, method_color
 
 __all__ = [
+    "COLUMN_WIDTHS",
     "METHOD_COLORS",
+    "PAPER_TEMPLATE",
     "TEMPLATE",
+    "export_figure",
     "grid_figure",
     "latency_figure",
     "method_color",
+    "paper_figure",
+    "recall_by_distance_figure",
     "recall_by_position_figure",
     "recall_distribution_figure",
     "roofline_figure",

@@ -21,7 +21,7 @@ import time
 import plotly.graph_objects as go
 import torch
 
-from ..coverage import CoverageReport, block_overlap, oracle_blocks, recall_of_blocks
+from ..coverage import CoverageReport, oracle_blocks
 from ..data import PATTERNS, structured_qkv
 from ..reference import block_mass
 from ..selection import num_blocks
@@ -165,11 +165,9 @@ class CoverageExplorer:
         per = "head" if method == "moba" else "group"
         G = self.num_heads // self.num_kv_heads
         oracle = oracle_blocks(mass, pos, block_size=bs, top_k=k, per=per, group_size=G)
-        return CoverageReport(
-            recall=recall_of_blocks(mass, ids, G, per).float().cpu(),
-            oracle_recall=recall_of_blocks(mass, oracle, G, per).float().cpu(),
-            overlap=block_overlap(ids, oracle, mass.shape[-1], k).float().cpu(),
-            positions=pos.cpu(), per=per, group_size=G, block_size=bs, top_k=k, threshold=0.9), ids, oracle
+        report = CoverageReport.from_block_mass(mass, ids, pos, per=per, group_size=G, block_size=bs, top_k=k,
+                                                oracle_ids=oracle)
+        return report, ids, oracle
 
     def update(self) -> None:
         start = time.perf_counter()

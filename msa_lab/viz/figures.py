@@ -43,6 +43,37 @@ def recall_distribution_figure(reports: Mapping[str, CoverageReport], points: in
     return fig
 
 
+def distance_figure(series: Mapping[str, tuple], title: str = "Recall by distance of the key block",
+                    colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Bars of recall per block-distance octave, one bar per method; a grey line gives the
+    share of all true mass at that distance (right axis). ``series``: name ->
+    ``(octave labels, recall, mass share)`` as ``CoverageReport.by_distance()`` returns;
+    ``colors``: name -> colour (default: the method colour of the name)."""
+    fig = go.Figure()
+    shares = None
+    for name, (labels, recall, share) in series.items():
+        fig.add_bar(x=list(labels), y=list(map(float, recall)), name=name,
+                    marker_color=(colors or {}).get(name, method_color(name)),
+                    hovertemplate="distance %{x} blocks<br>recall %{y:.3f}<extra>" + name + "</extra>")
+        shares = shares or (list(labels), list(map(float, share)))
+    if shares is not None:
+        fig.add_scatter(x=shares[0], y=shares[1], name="true mass share", yaxis="y2", mode="lines+markers",
+                        line=dict(color="#888", width=1.5, dash="dot"), marker=dict(size=5))
+    fig.update_layout(template=TEMPLATE, title=title, barmode="group",
+                      xaxis=dict(title="distance behind the query's block (blocks)", type="category", tickangle=0),
+                      yaxis=dict(title="recall at that distance", range=[0, 1.02]),
+                      yaxis2=dict(title="true mass share", overlaying="y", side="right", showgrid=False,
+                                  rangemode="tozero", tickformat=".0%"),
+                      legend=dict(x=1.08, xanchor="left"))
+    return fig
+
+
+def recall_by_distance_figure(reports: Mapping[str, CoverageReport]) -> go.Figure:
+    """Recall against the distance of the key blocks, one bar colour per method: does a
+    selector lose near or far context?"""
+    return distance_figure({name: rep.by_distance() for name, rep in reports.items()})
+
+
 def selection_map_figure(selection: BlockSelection, *, batch: int = 0, head: int = 0,
                          oracle: BlockSelection | None = None, title: str | None = None) -> go.Figure:
     """Query block x key block heat map: the share of each query block's queries that
@@ -57,7 +88,7 @@ def selection_map_figure(selection: BlockSelection, *, batch: int = 0, head: int
         missed = (oracle.block_map()[batch, head].cpu() > 0) & (share == 0)
         qb, kb = torch.nonzero(missed, as_tuple=True)
         fig.add_scatter(x=kb.tolist(), y=qb.tolist(), mode="markers", name="oracle miss",
-                        marker=dict(symbol="x", color="#D55E00", size=max(3, 300 // nb)))
+                        marker=dict(symbol="x-thin", size=max(3, 300 // nb), line=dict(width=1, color="#D55E00")))
     label = "group" if selection.per == "group" else "head"
     fig.update_layout(template=TEMPLATE,
                       title=title or f"Selected blocks ({label} {head}, batch {batch})",

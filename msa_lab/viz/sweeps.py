@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from ..bench.analysis import PUBLISHED, totals, with_speedups
 from ..bench.store import load_results
+from .coverage_sweeps import coverage_figures
 from .export import save_figure, static_export_session
 from .theme import TEMPLATE, method_color
 
@@ -297,6 +298,9 @@ def write_sweep_figures(results, out_dir, formats=("html",), prefix: str = "") -
     out = Path(out_dir)
     figures = {}
     for mode in sorted({r["mode"] for r in rows}):
+        if mode == "coverage":  # nothing timed: the coverage figures instead
+            figures.update(coverage_figures(rows))
+            continue
         tag = f"{mode}_"
         mode_rows = [r for r in rows if r["mode"] == mode]
         if len({r["seq_len"] for r in mode_rows}) > 1:  # a length sweep

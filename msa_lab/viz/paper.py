@@ -1,0 +1,135 @@
+"""The paper figures: each drawn from committed results (``experiments/results/sweeps``) in
+the paper theme at a column width, so ``msa-lab figures`` rebuilds all of them into one
+folder, with a ``figures.md`` that lists each figure's caption and source.
+
+The selection map is the one figure not read from a results file: it is recomputed from
+the seeded generator of ``msa_lab.data`` (a few seconds on a CPU), which makes it just as
+reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import plotly.graph_objects as go
+from tqdm.auto import tqdm
+
+from ..bench.store import checkout_path, load_results
+from .coverage_sweeps import budget_figure, coverage_distance_figure, head_figure, position_figure, recall_figure
+from .export import STATIC_FORMATS, _check_formats, export_figure, save_figure, static_export_session
+from .figures import selection_map_figure
+from .sweeps import grid_figure, latency_figure, speedup_figure, stage_figure
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    name: str
+    results: str | None  # a folder under the results directory; None: computed from generated data
+    draw: Callable[[list[dict]], go.Figure]
+    caption: str
+    width: str = "single"
+    height: float | None = None  # inches; None: the paper theme's default for the width
+
+
+def selection_map_example(rows=None, *, seq_len: int = 8192, block_size: int = 128, top_k: int = 8,
+                          group: int = 2) -> go.Figure:
+    """MSA's selection (index = main Q/K) for one KV group of generated mixed data, with the
+    oracle's blocks that it missed marked."""
+    from ..data import structured_qkv
+    from ..selectors import index_from_qk, select_msa, select_oracle
+
+    data = structured_qkv(seq_len=seq_len, num_heads=8, num_kv_heads=4, head_dim=64, patterns="mixed", seed=0)
+    msa = select_msa(*index_from_qk(data.q, data.k), block_size=block_size, top_k=top_k)
+    oracle = select_oracle(data.q, data.k, block_size=block_size, top_k=top_k, force_local=True)
+    return selection_map_figure(msa, head=group, oracle=oracle,
+                                title=f"MSA selection, group {group} ({data.patterns[group]}), x = oracle miss")
+
+
+PAPER_FIGURES = (
+    PaperFigure("prefill_speedup", "prefill_1m_h200", lambda rows: speedup_figure(rows, "prefill"),
+                "Prefill speedup over the fastest dense SDPA backend against sequence length (H200, bf16, "
+                "32 query / 8 KV heads, D = 128, block 128, top-k 16); markers: published numbers.", "double", 3.6),
+    PaperFigure("prefill_latency", "prefill_1m_h200", lambda rows: latency_figure(rows, "prefill"),
+                "Prefill latency (median, IQR bars) with the roofline bound of the cost model dotted.", "double", 3.6),
+    PaperFigure("prefill_stages_msa", "prefill_1m_h200", lambda rows: stage_figure(rows, "msa", "triton", "prefill"),
+                "Where MSA's prefill time goes: index selection, query lists, KV-outer attention, LSE merge."),
+    PaperFigure("decode_speedup", "decode_1m_h200", lambda rows: speedup_figure(rows, "decode"),
+                "Decode step speedup over dense attention against context length (H200, batch 8, CUDA graphs)."),
+    PaperFigure("gqa_kv_outer_vs_q_outer", "gqa_grid_h200", lambda rows: grid_figure(rows, "num_kv_heads", "prefill"),
+                "KV-outer against Q-outer block-sparse attention as the GQA ratio changes (128K tokens, H200)."),
+    PaperFigure("coverage_recall_vs_top_k", "coverage_cpu", lambda rows: recall_figure(rows, "top_k"),
+                "Mean attention recall of each selector against top-k, one panel per data pattern "
+                "(16K tokens, block 128); MSA's index is the main Q/K.", "double"),
+    PaperFigure("coverage_p5_vs_top_k", "coverage_cpu", lambda rows: recall_figure(rows, "top_k", "recall_p5"),
+                "Worst-case rows: 5th-percentile recall against top-k.", "double"),
+    PaperFigure("coverage_error_vs_top_k", "coverage_cpu", lambda rows: recall_figure(rows, "top_k", "output_error"),
+                "Relative output error of sparse against full attention, against top-k.", "double"),
+    PaperFigure("coverage_recall_vs_length", "coverage_cpu", lambda rows: recall_figure(rows, "seq_len"),
+                "Mean recall against context length at top-k 8 (mixed patterns)."),
+    PaperFigure("coverage_equal_budget", "coverage_cpu", lambda rows: budget_figure(rows),
+                "Granularity at an equal budget of 512 tokens per query: finer blocks, more of them."),
+    PaperFigure("coverage_by_distance", "coverage_cpu", lambda rows: coverage_distance_figure(rows),
+                "Recall of the true mass at each distance (in blocks) behind the query's block; "
+                "dotted: how the true mass is spread over distance.", "double", 2.4),
+    PaperFigure("coverage_by_head", "coverage_cpu", lambda rows: head_figure(rows), "Mean recall per query head; "
+                "each KV group carries one planted pattern.", "double"),
+    PaperFigure("coverage_by_position", "coverage_cpu", lambda rows: position_figure(rows),
+                "Mean recall against query position."),
+    PaperFigure("selection_map", None, selection_map_example,
+                "Query block x key block map of MSA's selection for one group (8K tokens, block 128, top-k 8); "
+                "x: blocks the oracle picked that MSA never did."),
+)
+
+
+def _chosen(only) -> tuple[PaperFigure, ...]:
+    if not only:
+        return PAPER_FIGURES
+    names = {f.name for f in PAPER_FIGURES}
+    unknown = sorted(set(only) - names)
+    if unknown:
+        raise ValueError(f"only: unknown figure(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return tuple(f for f in PAPER_FIGURES if f.name in set(only))
+
+
+def draw_paper_figures(results_dir=None, only=None, progress: bool = True) -> Iterator[tuple[PaperFigure, go.Figure, str]]:
+    """``(spec, figure in the house style, source)`` for every paper figure (or those named
+    in ``only``), drawn from the results under ``results_dir`` (default: the checkout's
+    ``experiments/results/sweeps``); ``source`` names the results and their GPU."""
+    chosen = _chosen(only)
+    root = Path(results_dir) if results_dir is not None else checkout_path("experiments", "results", "sweeps")
+    cache: dict[str, list[dict]] = {}
+    for spec in tqdm(chosen, desc="paper figures", unit="figure", disable=not progress):
+        rows = None
+        if spec.results is not None:
+            if spec.results not in cache:
+                cache[spec.results] = load_results(root / spec.results)
+            rows = cache[spec.results]
+        gpus = sorted({r.get("gpu") for r in rows or () if r.get("gpu")})
+        source = (f"`{spec.results}` ({', '.join(g if g != 'none' else 'CPU' for g in gpus)})"
+                  if spec.results else "generated data (`msa_lab.data`, seed 0)")
+        yield spec, spec.draw(rows), source
+
+
+def write_paper_figures(out_dir, formats=STATIC_FORMATS, *, results_dir=None, only=None,
+                        progress: bool = True) -> list[Path]:
+    """Draw every paper figure (or those named in ``only``) into ``out_dir``: PNG/SVG/PDF in
+    the paper theme at the figure's column width (``html``: the interactive figure), and
+    ``figures.md`` with captions and sources. Returns the files written."""
+    formats = _check_formats(formats)
+    _chosen(only)  # a typo fails before any browser starts
+    out = Path(out_dir)
+    written, lines = [], ["# Paper figures", "", "Rebuilt by `msa-lab figures` from committed results.", "",
+                          "| figure | width | source | caption |", "| --- | --- | --- | --- |"]
+    static = tuple(f for f in formats if f != "html")
+    with static_export_session(formats):
+        for spec, fig, source in draw_paper_figures(results_dir, only, progress):
+            if static:
+                written += export_figure(fig, out / spec.name, static, width=spec.width, height=spec.height)
+            if "html" in formats:
+                written += save_figure(fig, out / spec.name, ("html",))
+            lines.append(f"| `{spec.name}` | {spec.width} | {source} | {spec.caption} |")
+    index = out / "figures.md"
+    index.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [*written, index]
