@@ -63,6 +63,9 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
         from .kernels.runtime import check_triton_device
 
         check_triton_device(q, backend)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            raise ValueError("backend='triton' of full_attention has no backward pass; use backend='sdpa' "
+                             "or 'reference' for gradients, or call it under torch.no_grad()")
         from .kernels.flash import flash_attention
 
         out, lse = flash_attention(q, k, v, causal, scale)
@@ -87,11 +90,15 @@ def _full_sdpa(q, k, v, causal, scale):
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            selection: BlockSelection, *, scale: float | None = None,
-                           backend: str = "reference", return_lse: bool = False):
+                           backend: str = "reference", return_lse: bool = False,
+                           deterministic: bool = False):
     """Exact causal softmax attention over the tokens of each query's selected blocks.
 
     ``selection`` rows are per KV group (shared by the group's query heads) or per
     query head. A query whose row sees no key outputs zeros and LSE = -inf.
+    Differentiable in q, k, v with the ``reference`` (autograd), ``flex`` and ``triton``
+    (KV-outer backward kernel) backends; ``deterministic=True`` makes the Triton backward
+    bitwise reproducible (no atomics; more memory, see ``kernels/kv_outer_bwd.py``).
     """
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     if not isinstance(selection, BlockSelection):
@@ -99,12 +106,15 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     selection.check_matches(B, N, Hq, Hkv, q.device)
     scale = check_scale(scale, D)
     backend = _check_backend(backend, SPARSE_BACKENDS)
-    return _block_sparse(q, k, v, selection, scale, backend, return_lse, False)
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, False, deterministic)
 
 
-def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection):
+def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic=False):
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
     if backend == "auto":  # KV-outer beat Q-outer and FlexAttention at every GQA ratio measured
         backend = "triton" if q.is_cuda else "reference"
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if backend == "flex":
         from .flex import block_sparse_flex
 
@@ -113,11 +123,21 @@ def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selecti
         from .kernels.runtime import check_triton_device
 
         check_triton_device(q, backend)
-        if backend == "triton":
-            from .kernels.kv_outer import kv_outer_attention as kernel
+        if backend == "triton" and needs_grad:
+            from .kernels.kv_outer_bwd import KVOuterAttention
+
+            out, lse = KVOuterAttention.apply(q, k, v, selection, scale, deterministic)
+        elif backend == "triton":
+            from .kernels.kv_outer import kv_outer_attention
+
+            out, lse = kv_outer_attention(q, k, v, selection, scale)
         else:
-            from .kernels.q_outer import q_outer_attention as kernel
-        out, lse = kernel(q, k, v, selection, scale)
+            if needs_grad:
+                raise ValueError("backend='triton_q_outer' has no backward pass; use backend='triton' "
+                                 "(KV-outer) or 'reference' for gradients, or call it under torch.no_grad()")
+            from .kernels.q_outer import q_outer_attention
+
+            out, lse = q_outer_attention(q, k, v, selection, scale)
     else:
         out, lse = attention_reference(q, k, v, scale=scale, selection=selection)
     return _pack(out, lse, selection, return_lse, return_selection)
@@ -125,7 +145,7 @@ def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selecti
 
 def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int,
                    top_k: int, scale: float | None = None, backend: str = "reference",
-                   return_lse: bool = False, return_selection: bool = False):
+                   return_lse: bool = False, return_selection: bool = False, deterministic: bool = False):
     """MoBA: per-head mean-pooled key gating (own block forced, counted in ``top_k``),
     then exact attention over the selected blocks. Returns ``out`` then, as asked,
     ``lse`` and the ``BlockSelection``. With a Triton backend (or ``"auto"`` on CUDA) the
@@ -133,15 +153,16 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     scale = check_scale(scale, D)
     backend = _check_backend(backend, SPARSE_BACKENDS)
-    selection = select_moba(q, k, block_size=block_size, top_k=top_k,
-                            backend=_selection_backend(backend, q))
-    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)
+    with torch.no_grad():  # the gate has no parameters and top-k no gradient
+        selection = select_moba(q, k, block_size=block_size, top_k=top_k,
+                                backend=_selection_backend(backend, q))
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
 
 
 def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: torch.Tensor,
                   index_k: torch.Tensor, *, block_size: int = 128, top_k: int = 16,
                   scale: float | None = None, backend: str = "reference",
-                  return_lse: bool = False, return_selection: bool = False):
+                  return_lse: bool = False, return_selection: bool = False, deterministic: bool = False):
     """MSA: the index branch picks blocks per KV group (max-pooled index logits, local
     block forced), then every query head of the group attends to them exactly.
     ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1 or Hkv, Di]``. With a Triton
@@ -157,6 +178,7 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
         raise ValueError(f"index_q is on {index_q.device} but q is on {q.device}")
     scale = check_scale(scale, D)
     backend = _check_backend(backend, SPARSE_BACKENDS)
-    selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k,
-                           backend=_selection_backend(backend, q))
-    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)
+    with torch.no_grad():  # top-k has no gradient; the index branch learns from its own loss
+        selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k,
+                               backend=_selection_backend(backend, q))
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)

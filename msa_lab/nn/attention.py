@@ -1,0 +1,99 @@
+"""One attention layer for full attention, MoBA and MSA, built on ``msa_lab``'s ops.
+
+``Attention(d_model, num_heads, num_kv_heads, method=...)`` projects the input to GQA
+q/k/v with (partial) RoPE, attends, and projects back. ``method``:
+
+- ``"full"``: exact causal attention;
+- ``"moba"``: MoBA's parameter-free mean-pooled gate per query head, then block-sparse
+  attention;
+- ``"msa"``: MSA's index branch (``MSAIndexer``) picks blocks per KV group, then block-sparse
+  attention; the index branch learns from ``index_kl_loss``, returned as the layer's
+  auxiliary loss.
+
+``layer.sparse`` is the routing switch: False runs full attention whatever the method (for
+MSA this is the indexer warm-up: its KL loss then covers every visible token), True routes
+through the selected blocks. It starts True for MoBA and MSA; a trainer turns it off for a
+warm-up.
+
+``backend`` picks the ops: ``"reference"`` (plain PyTorch, autograd, any device),
+``"triton"`` (the KV-outer kernels with their backward; dense layers use SDPA), or
+``"auto"`` (Triton on CUDA, reference elsewhere; dense layers use SDPA everywhere).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..attention import block_sparse_attention, full_attention
+from ..selectors import select_moba, select_msa
+from ..validation import check_choice, check_positive_int
+from .indexer import MSAIndexer, index_kl_loss
+from .rope import rotary
+
+METHODS = ("full", "moba", "msa")
+BACKENDS = ("auto", "reference", "triton")
+
+
+class Attention(nn.Module):
+    """``forward(x [B, N, d_model]) -> (y [B, N, d_model], aux_loss or None)``; the last
+    selection is kept in ``self.last_selection`` (None under full attention)."""
+
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int | None = None, *,
+                 method: str = "full", block_size: int = 64, top_k: int = 8, index_dim: int | None = None,
+                 rotary_dims: int | None = None, rope_base: float = 10000.0, backend: str = "auto",
+                 deterministic: bool = False):
+        super().__init__()
+        self.method = check_choice(method, "method", METHODS)
+        self.backend = check_choice(backend, "backend", BACKENDS)
+        num_heads = check_positive_int(num_heads, "num_heads")
+        num_kv_heads = check_positive_int(num_kv_heads, "num_kv_heads")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = check_positive_int(head_dim or d_model // num_heads, "head_dim")
+        self.block_size = check_positive_int(block_size, "block_size")
+        self.top_k = check_positive_int(top_k, "top_k")
+        self.rotary_dims, self.rope_base, self.deterministic = rotary_dims, rope_base, deterministic
+        self.wq = nn.Linear(d_model, num_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
+        self.indexer = None
+        if method == "msa":
+            idx_dim = check_positive_int(index_dim or self.head_dim, "index_dim")
+            idx_rot = None if rotary_dims is None else round(rotary_dims * idx_dim / self.head_dim / 2) * 2
+            self.indexer = MSAIndexer(d_model, num_kv_heads, idx_dim, rotary_dims=idx_rot, rope_base=rope_base)
+        self.sparse = method != "full"
+        self.last_selection = None
+
+    def _sparse_backend(self, x: torch.Tensor) -> str:
+        if self.backend == "auto":
+            return "triton" if x.is_cuda else "reference"
+        return self.backend
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, _ = x.shape
+        q = rotary(self.wq(x).view(B, N, self.num_heads, self.head_dim), self.rotary_dims, self.rope_base)
+        k = rotary(self.wk(x).view(B, N, self.num_kv_heads, self.head_dim), self.rotary_dims, self.rope_base)
+        v = self.wv(x).view(B, N, self.num_kv_heads, self.head_dim)
+        backend = self._sparse_backend(x)
+        selection, aux = None, None
+        index_q = index_k = None
+        if self.indexer is not None:
+            index_q, index_k = self.indexer(x)
+        if self.sparse and self.method != "full":
+            with torch.no_grad():  # top-k has no gradient; MSA's indexer learns from the KL loss
+                sel_backend = backend if backend == "triton" else "reference"
+                if self.method == "moba":
+                    selection = select_moba(q, k, block_size=self.block_size, top_k=self.top_k, backend=sel_backend)
+                else:
+                    selection = select_msa(index_q, index_k, block_size=self.block_size, top_k=self.top_k,
+                                           backend=sel_backend)
+            out = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic)
+        else:
+            out = full_attention(q, k, v, backend="reference" if self.backend == "reference" else "sdpa")
+        if self.indexer is not None and torch.is_grad_enabled():
+            aux = index_kl_loss(index_q, index_k, q, k, selection)
+        self.last_selection = selection
+        return self.wo(out.reshape(B, N, -1)), aux

@@ -1,0 +1,78 @@
+"""A tiny decoder-only language model whose attention layers are ``msa_lab.nn.Attention``.
+
+Pre-norm blocks (RMSNorm, attention, RMSNorm, SwiGLU MLP), tied embeddings. ``method``
+applies to every layer except those listed in ``full_layers``, which keep full attention
+(the hybrid both MSA and MoBA use). ``forward`` returns the logits and the sum of the
+layers' auxiliary losses (MSA's index KL; zero otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(d_model, hidden, bias=False)
+        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, attention: Attention, mlp_ratio: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
+        self.attn = attention
+        self.mlp = SwiGLU(d_model, int(mlp_ratio * d_model))
+
+    def forward(self, x):
+        a, aux = self.attn(self.norm1(x))
+        x = x + a
+        return x + self.mlp(self.norm2(x)), aux
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab_size: int, *, d_model: int = 128, num_layers: int = 4, num_heads: int = 8,
+                 num_kv_heads: int = 2, head_dim: int | None = None, method: str = "full", full_layers=(),
+                 block_size: int = 64, top_k: int = 8, index_dim: int | None = None, rotary_dims: int | None = None,
+                 mlp_ratio: float = 8 / 3, backend: str = "auto", deterministic: bool = False):
+        super().__init__()
+        bad = [i for i in full_layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"full_layers must be layer indices in [0, {num_layers - 1}], got {bad}")
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model, Attention(d_model, num_heads, num_kv_heads, head_dim,
+                                     method="full" if i in full_layers else method, block_size=block_size,
+                                     top_k=top_k, index_dim=index_dim, rotary_dims=rotary_dims, backend=backend,
+                                     deterministic=deterministic), mlp_ratio)
+            for i in range(num_layers))
+        self.norm = nn.RMSNorm(d_model)
+        nn.init.normal_(self.embed.weight, std=d_model ** -0.5)
+
+    @property
+    def attention_layers(self) -> list[Attention]:
+        return [b.attn for b in self.blocks]
+
+    def set_sparse(self, on: bool) -> None:
+        """Route the sparse layers through their selected blocks (True) or run them as full
+        attention (False: MSA's indexer warm-up)."""
+        for layer in self.attention_layers:
+            layer.sparse = bool(on) and layer.method != "full"
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(tokens)
+        aux = x.new_zeros((), dtype=torch.float32)
+        for block in self.blocks:
+            x, a = block(x)
+            if a is not None:
+                aux = aux + a
+        return F.linear(self.norm(x), self.embed.weight), aux

@@ -1,0 +1,28 @@
+"""Rotary position embedding (RoPE), optionally on the first ``rotary_dims`` channels only
+(partial RoPE, as MiniMax-M3 uses for the main attention and the MSA index branch)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotary(x: torch.Tensor, rotary_dims: int | None = None, base: float = 10000.0,
+           offset: int = 0) -> torch.Tensor:
+    """RoPE of ``x [B, N, H, D]`` at positions ``offset .. offset + N - 1`` on its first
+    ``rotary_dims`` channels (all ``D`` when None; must be even), rotate-half convention;
+    the other channels pass through. Computed in float32, returned in x's dtype."""
+    D = x.shape[-1]
+    r = D if rotary_dims is None else rotary_dims
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0 or r > D or r % 2:
+        raise ValueError(f"rotary_dims must be an even int in [0, {D}] (the head dim), got {rotary_dims!r}")
+    if r == 0:
+        return x
+    half = r // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    pos = torch.arange(offset, offset + x.shape[1], device=x.device, dtype=torch.float32)
+    angle = (pos[:, None] * inv_freq[None, :])[None, :, None, :]  # [1, N, 1, half]
+    cos, sin = angle.cos(), angle.sin()
+    rot, rest = x[..., :r].float(), x[..., r:]
+    x1, x2 = rot[..., :half], rot[..., half:]
+    turned = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1).to(x.dtype)
+    return torch.cat((turned, rest), -1) if r < D else turned
