@@ -106,7 +106,7 @@ def _selected_kl(index_q, index_k, q, k, selection, scale, query_chunk):
     G = Hq // Hkv
     bs, K = selection.block_size, selection.top_k
     T = K * bs
-    chunk = query_chunk or max(1, (1 << 26) // (B * Hkv * T * max(D, Di, G)))
+    chunk = query_chunk or max(1, (1 << 27) // (B * Hkv * T * max(D, Di, G)))
     offsets = torch.arange(bs, device=q.device)
     k_heads = k.transpose(1, 2)  # [B, Hkv, N, D]
     dt = compute_dtype(index_q)

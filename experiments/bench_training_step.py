@@ -1,0 +1,141 @@
+"""Block-sparse attention for training on the GPU: the KV-outer backward against autograd
+through the reference, then the attention's training step (forward + backward) of MSA
+against dense SDPA at 32K-128K tokens, MSA's config (Hq=64, Hkv=4, D=128, block 128, top-16,
+bf16, batch 1).
+
+Timed per length: MSA selection (Triton index kernels, no gradient), KV-outer forward alone,
+forward + backward (fast: atomics; deterministic where its top_k float32 copies of dQ fit),
+the index KL loss over the selected tokens (forward + backward, plain PyTorch), and dense
+SDPA forward + backward with the cuDNN and FlashAttention backends.
+
+Usage: python experiments/bench_training_step.py OUT_DIR
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import msa_lab as ml  # noqa: E402
+from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
+from msa_lab.bench.timing import time_call  # noqa: E402
+from msa_lab.kernels.kv_outer import kv_outer_attention  # noqa: E402
+from msa_lab.kernels.kv_outer_bwd import KVOuterAttention  # noqa: E402
+from msa_lab.nn import index_kl_loss  # noqa: E402
+
+out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results/training_step")
+out_dir.mkdir(parents=True, exist_ok=True)
+rows = ResultRows(out_dir / "bench_training_step.json", gpu_environment())
+gen = torch.Generator(device="cuda").manual_seed(0)
+
+
+def rnd(*shape, dtype=torch.bfloat16):
+    return torch.randn(*shape, device="cuda", generator=gen, dtype=dtype)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float("inf") if not torch.isfinite(a).all() else float((a - b).norm() / b.norm())
+
+
+def grads(q, k, v, sel, dout, **kw):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out = ml.block_sparse_attention(q, k, v, sel, **kw)
+    out.backward(dout.to(out.dtype))
+    return q.grad, k.grad, v.grad
+
+
+# 1. Correctness: gradients of every dtype against autograd through the float64 reference.
+CHECKS = [  # B, N, Hq, Hkv, D, block, top_k, per
+    (1, 2048, 64, 4, 128, 128, 16, "group"),   # MSA's config, small N
+    (2, 1500, 16, 16, 64, 64, 8, "group"),     # GQA 1, partial last block
+    (1, 1777, 32, 2, 128, 128, 8, "head"),     # per head (MoBA), G = 16
+    (1, 1024, 16, 1, 64, 96, 5, "group"),      # GQA 16, block not a power of 2
+]
+for B, N, Hq, Hkv, D, bs, K, per in CHECKS:
+    q, k, v = rnd(B, N, Hq, D, dtype=torch.float64), rnd(B, N, Hkv, D, dtype=torch.float64), \
+        rnd(B, N, Hkv, D, dtype=torch.float64)
+    dout = rnd(B, N, Hq, D, dtype=torch.float64)
+    iq, ik = rnd(B, N, Hkv, 64, dtype=torch.float32), rnd(B, N, 1, 64, dtype=torch.float32)
+    sel = ml.select_msa(iq, ik, block_size=bs, top_k=K) if per == "group" else \
+        ml.select_moba(q.float(), k.float(), block_size=bs, top_k=K)
+    ref = grads(q, k, v, sel, dout)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for deterministic in (False, True):
+            got = grads(q.to(dtype), k.to(dtype), v.to(dtype), sel, dout, backend="triton",
+                        deterministic=deterministic)
+            errs = {f"d{n}": rel(g, r) for n, g, r in zip("qkv", got, ref)}
+            rows.append(dict(what="backward check", B=B, N=N, Hq=Hq, Hkv=Hkv, D=D, block_size=bs, top_k=K, per=per,
+                             dtype=str(dtype).split(".")[-1], deterministic=deterministic, **errs,
+                             nan=any(torch.isnan(g).any().item() for g in got)))
+    del q, k, v, dout, ref
+
+# Determinism: the deterministic mode twice, bitwise; the fast mode's run-to-run difference.
+q, k, v = rnd(1, 8192, 64, 128), rnd(1, 8192, 4, 128), rnd(1, 8192, 4, 128)
+dout = rnd(1, 8192, 64, 128)
+sel = ml.select_msa(rnd(1, 8192, 4, 128), rnd(1, 8192, 1, 128), block_size=128, top_k=16, backend="triton")
+for deterministic in (True, False):
+    a, b = grads(q, k, v, sel, dout, backend="triton", deterministic=deterministic), \
+        grads(q, k, v, sel, dout, backend="triton", deterministic=deterministic)
+    rows.append(dict(what="run to run", N=8192, deterministic=deterministic,
+                     bitwise_equal=all(torch.equal(x, y) for x, y in zip(a, b)),
+                     max_rel_diff=max(rel(x, y) if not torch.equal(x, y) else 0.0 for x, y in zip(a, b))))
+del q, k, v, dout
+
+# 2. Training step of the attention at MSA's config.
+Hq, Hkv, D, Di, BS, K = 64, 4, 128, 128, 128, 16
+for N in (32768, 65536, 131072):
+    q, k, v = rnd(1, N, Hq, D), rnd(1, N, Hkv, D), rnd(1, N, Hkv, D)
+    iq, ik = rnd(1, N, Hkv, Di), rnd(1, N, 1, Di)
+    dout = rnd(1, N, Hq, D)
+    scale = D ** -0.5
+    sel = ml.select_msa(iq, ik, block_size=BS, top_k=K, backend="triton")
+    tokens = float(sel.tokens_per_query().float().sum()) * Hq  # (query, head, key) triples
+    fwd_flop = 4 * D * tokens
+    base = dict(N=N, Hq=Hq, Hkv=Hkv, D=D, block_size=BS, top_k=K, dtype="bf16")
+
+    def record(what, fn, flop=None, max_seconds=60):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time_call(fn, "cuda", max_seconds=max_seconds)
+        row = dict(what=what, **base, **t, peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9)
+        if flop:
+            row["useful_tflops"] = flop / t["median_ms"] / 1e9
+        rows.append(row)
+
+    record("msa selection", lambda: ml.select_msa(iq, ik, block_size=BS, top_k=K, backend="triton"))
+    record("kv-outer forward", lambda: kv_outer_attention(q, k, v, sel, scale), fwd_flop)
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+
+    def sparse_step(deterministic):
+        def step():
+            out, _ = KVOuterAttention.apply(qg, kg, vg, sel, scale, deterministic)
+            torch.autograd.grad(out, (qg, kg, vg), dout)
+        return step
+
+    record("kv-outer forward+backward", sparse_step(False), 3.5 * fwd_flop)  # backward: 5 of the 7 matmuls
+    if N <= 65536:  # top_k float32 copies of dQ: 34 GB at 64K
+        record("kv-outer forward+backward deterministic", sparse_step(True), 3.5 * fwd_flop)
+    iqg, ikg = iq.detach().float().requires_grad_(), ik.detach().float().requires_grad_()
+    record("index KL on selected tokens forward+backward",
+           lambda: torch.autograd.grad(index_kl_loss(iqg, ikg, q, k, sel), (iqg, ikg)))
+    dense_flop = 4 * D * Hq * N * (N + 1) / 2
+    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+        qt, kt, vt = (x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v))
+        dt = dout.transpose(1, 2)
+
+        def dense_step():
+            with sdpa_kernel(backend):
+                out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
+            torch.autograd.grad(out, (qt, kt, vt), dt)
+        try:
+            record(f"sdpa {name} forward+backward", dense_step, 3.5 * dense_flop)
+        except RuntimeError as err:
+            rows.append(dict(what=f"sdpa {name} forward+backward", **base, error=str(err)[:300]))
+        del qt, kt, vt
+    del q, k, v, iq, ik, dout, qg, kg, vg, iqg, ikg, sel
+    torch.cuda.empty_cache()
+
+print("wrote", rows.path)
