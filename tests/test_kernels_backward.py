@@ -73,3 +73,19 @@ def test_msa_and_moba_attention_are_differentiable_and_q_outer_says_it_is_not():
         ml.block_sparse_attention(q, k, v, sel, backend="triton_q_outer")  # inference is fine
     with pytest.raises(TypeError, match="deterministic must be True or False"):
         ml.block_sparse_attention(q, k, v, sel, backend="triton", deterministic="yes")
+
+
+@pytest.mark.parametrize("bs, keys", [(40, 16), (64, 32)])
+def test_blocks_split_over_programs_give_the_same_gradients(bs, keys):
+    from msa_lab.kernels.kv_outer import kv_outer_attention
+    from msa_lab.kernels.kv_outer_bwd import kv_outer_backward
+
+    q, k, v = make_qkv(1, 150, 4, 2, 16)
+    sel = random_selection(1, 2, 150, bs, 2, "group")
+    dout = torch.randn_like(q)
+    out, lse = kv_outer_attention(q, k, v, sel, 0.25)
+    whole = kv_outer_backward(q, k, v, out, lse, dout, sel, 0.25, keys_per_program=128)
+    split = kv_outer_backward(q, k, v, out, lse, dout, sel, 0.25, keys_per_program=keys)
+    _, *ref = grads(q.double(), k.double(), v.double(), sel, dout.double(), scale=0.25)
+    for a, b, r in zip(whole, split, ref):
+        assert rel_err(a, r) < 1e-5 and rel_err(b, r) < 1e-5

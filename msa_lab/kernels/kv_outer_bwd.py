@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from .kv_outer import NUM_WARPS, Launch
+from .kv_outer import Launch
 from .query_lists import build_query_lists
 from .runtime import dot_precision, next_pow2
 from .tiles import load_rows
@@ -43,10 +43,11 @@ def _kv_outer_bwd(
     sqb, sqn, sqh, skb, skn, skh, sdob, sdon, sdoh, sLb, sLh, sLn,
     sdqb, sdqn, sdqk, sdqh, sdkb, sdkn, sdkh,
     G: tl.constexpr, HPR: tl.constexpr, QT: tl.constexpr, M: tl.constexpr,
-    BS: tl.constexpr, BS_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    PRECISION: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    BS: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    KEYS: tl.constexpr, PRECISION: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):
     w = tl.program_id(0)
+    part = tl.program_id(1)  # which KEYS keys of the block this program owns
     lst = tl.load(work_list_ptr + w)
     start = tl.load(work_start_ptr + w)
     count = tl.load(work_count_ptr + w)
@@ -55,15 +56,15 @@ def _kv_outer_bwd(
     b = lst // NB // HS
     kvh = hs * HPR // G
 
-    offs_k = tl.arange(0, BS_PAD)
+    offs_k = part * KEYS + tl.arange(0, KEYS)
     key_pos = blk * BS + offs_k
     key_ok = (offs_k < BS) & (key_pos < N)
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < D
     k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
     v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
-    dk = tl.zeros([BS_PAD, D_PAD], tl.float32)
-    dv = tl.zeros([BS_PAD, D_PAD], tl.float32)
+    dk = tl.zeros([KEYS, D_PAD], tl.float32)
+    dv = tl.zeros([KEYS, D_PAD], tl.float32)
 
     offs_m = tl.arange(0, M)
     tok = offs_m // HPR
@@ -111,11 +112,19 @@ def _kv_outer_bwd(
         tl.atomic_add(dv_ptr + kv_off, dv, mask=kv_mask)
 
 
+#: Keys of a block per program (a block is split over programs above it: float32 dK and dV
+#: accumulators of 128 keys x 128 dims spill registers) and warps; see docs/kernels.md.
+KEYS_PER_PROGRAM = 64
+NUM_WARPS = 8
+
+
 def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                       dout: torch.Tensor, selection: BlockSelection, scale: float, *,
-                      deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      deterministic: bool = False, keys_per_program: int | None = None,
+                      num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` in the inputs' dtypes for valid inputs: ``out`` and ``lse [B, Hq, N]``
-    from the forward, ``dout`` the gradient of ``out``."""
+    from the forward, ``dout`` the gradient of ``out``. Deterministic mode gives each block
+    to one program (its dQ rows are per slot, so a split block would write them twice)."""
     B, N, Hq, D = q.shape
     Hkv = k.shape[2]
     Hs = selection.indices.shape[1]
@@ -134,8 +143,11 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
         dq = torch.zeros(B, N, 1, Hq, D, device=q.device, dtype=torch.float32)
         dk = torch.zeros(B, N, Hkv, D, device=q.device, dtype=torch.float32)
         dv = torch.zeros_like(dk)
+    bs = selection.block_size
+    keys = max(16, next_pow2(bs)) if deterministic else \
+        max(16, min(next_pow2(bs), keys_per_program or KEYS_PER_PROGRAM))
     if lists.num_items:
-        _kv_outer_bwd[(lists.num_items,)](
+        _kv_outer_bwd[(lists.num_items, triton.cdiv(bs, keys))](
             q, k, v, dout, lse, delta, dq, dk, dv,
             lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
             N, Hs, -(-N // selection.block_size), scale,
@@ -143,9 +155,8 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
             dout.stride(0), dout.stride(1), dout.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2), dq.stride(3), dk.stride(0), dk.stride(1), dk.stride(2),
             G=Hq // Hkv, HPR=launch.HPR, QT=launch.QT, M=launch.M,
-            BS=selection.block_size, BS_PAD=max(16, next_pow2(selection.block_size)),
-            D=D, D_PAD=max(16, next_pow2(D)), PRECISION=dot_precision(q.dtype),
-            DETERMINISTIC=deterministic, num_warps=NUM_WARPS, num_stages=1,
+            BS=bs, D=D, D_PAD=max(16, next_pow2(D)), KEYS=keys, PRECISION=dot_precision(q.dtype),
+            DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
         )
     dq = dq.sum(2)  # over slots, in slot order (a no-op copy in the fast mode)
     if deterministic:  # the selection heads of each KV head, in head order

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..reference import compute_dtype, grouped_scores, query_chunk_size
 from ..selection import BlockSelection
@@ -71,21 +72,20 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
         raise ValueError("selection must be per group (MSA's index branch selects per KV group)")
     scale = D ** -0.5 if scale is None else scale
     q, k = q.detach(), k.detach()
-    if selection is not None:
-        return _selected_kl(index_q, index_k, q, k, selection, scale, query_chunk)
-    chunk = query_chunk or query_chunk_size(N, B, Hq)
+    if selection is None:
+        chunk, piece = query_chunk or query_chunk_size(N, B, Hq), _visible_kl
+    else:
+        T = selection.top_k * selection.block_size
+        chunk, piece = query_chunk or max(1, (1 << 27) // (B * Hkv * T * max(D, Di, G))), _selected_kl
     total = index_q.new_zeros((), dtype=compute_dtype(index_q))
     for start in range(0, N, chunk):
-        stop = min(N, start + chunk)
-        L = stop  # keys past the chunk's last query are never visible
-        pos = torch.arange(start, stop, device=q.device)
-        allowed = (torch.arange(L, device=q.device) <= pos[:, None]).view(1, 1, stop - start, L)
-        with torch.no_grad():
-            s = grouped_scores(q[:, start:stop], k[:, :L], scale)  # [B, Hkv, G, C, L]
-            teacher = torch.softmax(s.masked_fill(~allowed.unsqueeze(2), float("-inf")), -1).mean(2)
-        dt = compute_dtype(index_q)
-        student = torch.einsum("bcgd,bld->bgcl", index_q[:, start:stop].to(dt), index_k[:, :L, 0].to(dt)) * Di ** -0.5
-        total = total + _kl_sum(teacher, student, allowed)
+        args = (index_q, index_k, q, k, selection, scale, start, min(N, start + chunk))
+        if torch.is_grad_enabled() and (index_q.requires_grad or index_k.requires_grad):
+            # Recompute the chunk in the backward pass: autograd would otherwise keep every
+            # chunk's logits (or gathered index keys), N x N or N x top_k x block_size in all.
+            total = total + checkpoint(piece, *args, use_reentrant=False)
+        else:
+            total = total + piece(*args)
     return total / (B * N * Hkv)
 
 
@@ -98,34 +98,38 @@ def _kl_sum(teacher: torch.Tensor, student_logits: torch.Tensor, allowed: torch.
     return torch.where(teacher > 0, teacher * (log_teacher - log_student), 0.0).sum()
 
 
-def _selected_kl(index_q, index_k, q, k, selection, scale, query_chunk):
-    """The KL over each row's selected tokens only: the blocks are gathered, so the work is
-    ``N x top_k x block_size`` per group, like the sparse attention itself."""
+def _visible_kl(index_q, index_k, q, k, selection, scale, start, stop):
+    """KL summed over query rows ``[start, stop)`` and every visible token."""
+    L = stop  # keys past the chunk's last query are never visible
+    pos = torch.arange(start, stop, device=q.device)
+    allowed = (torch.arange(L, device=q.device) <= pos[:, None]).view(1, 1, stop - start, L)
+    with torch.no_grad():
+        s = grouped_scores(q[:, start:stop], k[:, :L], scale)  # [B, Hkv, G, C, L]
+        teacher = torch.softmax(s.masked_fill(~allowed.unsqueeze(2), float("-inf")), -1).mean(2)
+    dt = compute_dtype(index_q)
+    student = torch.einsum("bcgd,bld->bgcl", index_q[:, start:stop].to(dt), index_k[:, :L, 0].to(dt))
+    return _kl_sum(teacher, student * index_q.shape[-1] ** -0.5, allowed)
+
+
+def _selected_kl(index_q, index_k, q, k, selection, scale, start, stop):
+    """KL summed over query rows ``[start, stop)`` and their selected tokens: the blocks are
+    gathered, so the work is ``top_k x block_size`` per row and group, like the sparse
+    attention itself."""
     B, N, Hq, D = q.shape
     Hkv, Di = k.shape[2], index_q.shape[-1]
-    G = Hq // Hkv
-    bs, K = selection.block_size, selection.top_k
-    T = K * bs
-    chunk = query_chunk or max(1, (1 << 27) // (B * Hkv * T * max(D, Di, G)))
-    offsets = torch.arange(bs, device=q.device)
-    k_heads = k.transpose(1, 2)  # [B, Hkv, N, D]
+    bs, C = selection.block_size, stop - start
+    ids = selection.indices[:, :, start:stop].long()  # [B, Hkv, C, K]
+    tok = (ids.clamp_min(0).unsqueeze(-1) * bs + torch.arange(bs, device=q.device)).flatten(-2)  # [B, Hkv, C, T]
+    T = tok.shape[-1]
+    pos = torch.arange(start, stop, device=q.device).view(1, 1, C, 1)
+    allowed = (ids >= 0).repeat_interleave(bs, -1) & (tok <= pos)  # future and padding tokens out
+    tok = tok.clamp_max(N - 1)
+    with torch.no_grad():
+        keys = k.transpose(1, 2).gather(2, tok.flatten(2).unsqueeze(-1).expand(-1, -1, -1, D))
+        qg = q[:, start:stop].view(B, C, Hkv, Hq // Hkv, D).to(compute_dtype(q))
+        s = torch.einsum("bcgxd,bgctd->bgxct", qg, keys.view(B, Hkv, C, T, D).to(qg.dtype)) * scale
+        teacher = torch.softmax(s.masked_fill(~allowed.unsqueeze(2), float("-inf")), -1).mean(2)
     dt = compute_dtype(index_q)
-    total = index_q.new_zeros((), dtype=dt)
-    for start in range(0, N, chunk):
-        stop = min(N, start + chunk)
-        C = stop - start
-        ids = selection.indices[:, :, start:stop].long()  # [B, Hkv, C, K]
-        tok = (ids.clamp_min(0).unsqueeze(-1) * bs + offsets).flatten(-2)  # [B, Hkv, C, T]
-        pos = torch.arange(start, stop, device=q.device).view(1, 1, C, 1)
-        allowed = (ids >= 0).repeat_interleave(bs, -1) & (tok <= pos)  # future and padding tokens out
-        tok = tok.clamp_max(N - 1)
-        with torch.no_grad():
-            keys = k_heads.gather(2, tok.flatten(2).unsqueeze(-1).expand(-1, -1, -1, D)).view(B, Hkv, C, T, D)
-            qg = q[:, start:stop].view(B, C, Hkv, G, D).to(compute_dtype(q))
-            s = torch.einsum("bcgxd,bgctd->bgxct", qg, keys.to(qg.dtype)) * scale
-            teacher = torch.softmax(s.masked_fill(~allowed.unsqueeze(2), float("-inf")), -1).mean(2)
-        ik = index_k[:, :, 0].to(dt)  # [B, N, Di], shared by the groups
-        ik = ik.gather(1, tok.flatten(1).unsqueeze(-1).expand(-1, -1, Di)).view(B, Hkv, C, T, Di)
-        student = torch.einsum("bcgd,bgctd->bgct", index_q[:, start:stop].to(dt), ik) * Di ** -0.5
-        total = total + _kl_sum(teacher, student, allowed)
-    return total / (B * N * Hkv)
+    ik = index_k[:, :, 0].to(dt).gather(1, tok.flatten(1).unsqueeze(-1).expand(-1, -1, Di))  # shared by groups
+    student = torch.einsum("bcgd,bgctd->bgct", index_q[:, start:stop].to(dt), ik.view(B, Hkv, C, T, Di))
+    return _kl_sum(teacher, student * Di ** -0.5, allowed)
