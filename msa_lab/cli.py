@@ -1,6 +1,7 @@
 """``msa-lab`` command line: ``demo`` (full vs MoBA vs MSA on generated data), ``sweep``
-(run or resume a benchmark or coverage grid from a config) and ``figures`` (rebuild the
-paper figures from committed results, or draw a sweep's results)."""
+(run or resume a benchmark or coverage grid from a config), ``figures`` (rebuild the
+paper figures from committed results, or draw a sweep's results), ``train`` and ``ablate``
+(train TinyLMs with full, MoBA or MSA attention on generated tasks)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,34 @@ def _figures(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .train import load_run_config, run_training
+
+    cfg = load_run_config(args.config)
+    if args.steps is not None:
+        cfg["train"]["steps"] = args.steps
+    out = run_training(cfg, args.out, progress=not args.quiet)
+    summary = out / "summary.json"
+    if summary.exists():
+        import json
+
+        for row in json.loads(summary.read_text())["eval"]:
+            depth = f" depth {row['depth']}" if "depth" in row else ""
+            print(f"N={row['seq_len']}{depth}: exact match {row['exact_match']:.3f}, "
+                  f"token accuracy {row['token_accuracy']:.3f}, loss {row['loss']:.3f}")
+    print(f"results: {out} (metrics.jsonl, summary.json, checkpoint.pt; re-run to resume)")
+    return 0
+
+
+def _ablate(args) -> int:
+    from .train import run_ablation
+
+    out = run_ablation(args.config, args.out, progress=not args.quiet)
+    print((out / "summary.md").read_text())
+    print(f"results: {out} (one folder per run; re-run to resume)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="msa-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +136,17 @@ def main(argv=None) -> int:
     figures.add_argument("--quiet", action="store_true", help="no progress bar")
     figures.add_argument("--prefix", default="", help="start every file name with this (several sweeps, one folder)")
     figures.set_defaults(run=_figures)
+    train = sub.add_parser("train", help="train a TinyLM on a generated task from a YAML config (resumes)")
+    train.add_argument("config", help="e.g. experiments/configs/train_smoke_cpu.yaml")
+    train.add_argument("--out", default=None, help="output folder (default: results/train/<name>)")
+    train.add_argument("--steps", type=int, default=None, help="override train.steps")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+    ablate = sub.add_parser("ablate", help="run every entry of a config's runs: list and tabulate them")
+    ablate.add_argument("config", help="e.g. experiments/configs/train_smoke_cpu.yaml")
+    ablate.add_argument("--out", default=None, help="output folder (default: results/ablate/<name>)")
+    ablate.add_argument("--quiet", action="store_true", help="no progress bars")
+    ablate.set_defaults(run=_ablate)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

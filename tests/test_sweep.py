@@ -81,7 +81,7 @@ def test_grid_expansion_and_ignored_fields():
 
 
 def test_every_shipped_config_is_valid():
-    names = sorted(p.name for p in (ROOT / "experiments/configs").glob("*.yaml"))
+    names = sorted(p.name for p in (ROOT / "experiments/configs").glob("*.yaml") if not p.name.startswith("train_"))
     assert {"tiny_cpu.yaml", "prefill_1m.yaml", "decode_1m.yaml", "block_topk_grid.yaml", "gqa_grid.yaml"} <= set(names)
     for name in names:
         assert load_config(ROOT / "experiments/configs" / name, check_device=False).points

@@ -66,6 +66,9 @@ class Attention(nn.Module):
             self.indexer = MSAIndexer(d_model, num_kv_heads, idx_dim, rotary_dims=idx_rot, rope_base=rope_base)
         self.sparse = method != "full"
         self.last_selection = None
+        #: With keep_inputs, forward keeps (q, k, index_q, index_k) in last_inputs, for
+        #: coverage of the model's own attention (msa_lab.train.index_coverage).
+        self.keep_inputs, self.last_inputs = False, None
 
     def _sparse_backend(self, x: torch.Tensor) -> str:
         if self.backend == "auto":
@@ -96,4 +99,6 @@ class Attention(nn.Module):
         if self.indexer is not None and torch.is_grad_enabled():
             aux = index_kl_loss(index_q, index_k, q, k, selection)
         self.last_selection = selection
+        if self.keep_inputs:
+            self.last_inputs = (q.detach(), k.detach(), index_q, index_k)
         return self.wo(out.reshape(B, N, -1)), aux

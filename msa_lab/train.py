@@ -1,0 +1,347 @@
+"""Train a ``TinyLM`` on a generated task, evaluate it, and run ablations of such runs.
+
+A run is one YAML config (``experiments/configs/train_*.yaml``)::
+
+    name: mqar_cpu
+    seed: 0
+    device: cpu
+    model: {vocab_size: 512, d_model: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2,
+            method: msa, full_layers: [], block_size: 32, top_k: 4, backend: auto}
+    task: {name: mqar, seq_len: 512, options: {num_pairs: 16}}
+    train: {steps: 300, batch: 16, lr: 0.003, index_warmup: 50}
+    eval: {seq_lens: [512, 1024], batches: 4}
+    runs: [{name: full, model.method: full}, {name: msa}]   # msa-lab ablate only
+
+``msa-lab train CONFIG`` writes into ``results/train/<name>/``: ``metrics.jsonl`` (a row per
+logged step and per evaluation, written as they come), ``checkpoint.pt`` (model, optimiser,
+step, data generator; a re-run resumes from it) and ``summary.json``. MSA runs start with
+``index_warmup`` steps of full attention in which only the index branch's KL loss over every
+visible token trains the indexer on top of the usual loss, then route sparsely.
+``msa-lab ablate CONFIG`` runs every entry of ``runs`` (dotted keys override the config)
+into ``<out>/<run name>/`` and writes ``summary.md``, one row per run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .bench.config import _choice, _int, _unknown
+from .nn import TinyLM
+from .tasks import TASKS, make_batch
+
+DEFAULTS = {
+    "model": dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=None,
+                  method="full", full_layers=[], block_size=32, top_k=4, index_dim=None, backend="auto",
+                  deterministic=False),
+    "task": dict(name="mqar", seq_len=512, options={}),
+    "train": dict(steps=200, batch=16, lr=3e-3, weight_decay=0.0, lr_warmup=20, index_warmup=0,
+                  index_loss_weight=1.0, grad_clip=1.0, log_every=10, eval_every=0, checkpoint_every=100,
+                  dtype="fp32"),
+    "eval": dict(seq_lens=None, depths=None, batches=4, batch=None, seed=1234, coverage=True),
+}
+TOP = ("name", "description", "seed", "device", "model", "task", "train", "eval", "runs")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
+    """The config with defaults filled in, every field checked (a typo names the closest field);
+    ``check_device=False`` accepts ``device: cuda`` on a machine without a GPU."""
+    if not isinstance(raw, dict):
+        raise ValueError("a training config must be a mapping")
+    _unknown(raw, TOP, "config")
+    if "name" not in raw or not isinstance(raw["name"], str) or not raw["name"].replace("_", "").replace("-", "").isalnum():
+        raise ValueError("name must be letters, digits, '-' or '_' (it names the output folder)")
+    cfg = {"name": raw["name"], "description": raw.get("description", ""), "seed": raw.get("seed", 0),
+           "device": _choice(raw.get("device", "cpu"), "device", ("cpu", "cuda"))}
+    _int(cfg["seed"], "seed", 0)
+    for section, defaults in DEFAULTS.items():
+        given = raw.get(section, {}) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"{section} must be a mapping")
+        _unknown(given, tuple(defaults), section)
+        cfg[section] = dict(copy.deepcopy(defaults), **given)
+    m, t, tr = cfg["model"], cfg["task"], cfg["train"]
+    _choice(m["method"], "model.method", ("full", "moba", "msa"))
+    _choice(m["backend"], "model.backend", ("auto", "reference", "triton"))
+    _choice(t["name"], "task.name", TASKS)
+    _choice(tr["dtype"], "train.dtype", tuple(DTYPES))
+    for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "block_size", "top_k"):
+        _int(m[key], f"model.{key}")
+    for key in ("steps", "batch", "log_every", "checkpoint_every"):
+        _int(tr[key], f"train.{key}")
+    for key in ("lr_warmup", "index_warmup", "eval_every"):
+        _int(tr[key], f"train.{key}", 0)
+    _int(t["seq_len"], "task.seq_len", 2)
+    if m["num_heads"] % m["num_kv_heads"]:
+        raise ValueError(f"model.num_heads ({m['num_heads']}) must be a multiple of model.num_kv_heads "
+                         f"({m['num_kv_heads']})")
+    if tr["index_warmup"] and m["method"] != "msa":
+        raise ValueError("train.index_warmup is for model.method: msa (the warm-up trains its index branch)")
+    if check_device and cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda, but no CUDA GPU is visible here; use device: cpu")
+    ev = cfg["eval"]
+    ev["seq_lens"] = ev["seq_lens"] or [t["seq_len"]]
+    ev["batch"] = ev["batch"] or tr["batch"]
+    if ev["depths"] is not None and t["name"] != "passkey":
+        raise ValueError("eval.depths is for task.name: passkey (the needle's depth)")
+    # A typo in the task options fails now, not after training: draw one tiny batch.
+    try:
+        make_batch(t["name"], 1, t["seq_len"], m["vocab_size"], torch.Generator().manual_seed(0), **t["options"])
+    except TypeError as err:
+        raise ValueError(f"task.options: {err}") from None
+    cfg["runs"] = raw.get("runs")
+    return cfg
+
+
+def load_run_config(path) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return parse_run_config(yaml.safe_load(f))
+
+
+def build_model(cfg: dict) -> TinyLM:
+    m = dict(cfg["model"])
+    return TinyLM(m.pop("vocab_size"), full_layers=tuple(m.pop("full_layers")), **m)
+
+
+def _lr(step: int, tr: dict) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < tr["lr_warmup"]:
+        return tr["lr"] * (step + 1) / tr["lr_warmup"]
+    progress = (step - tr["lr_warmup"]) / max(1, tr["steps"] - tr["lr_warmup"])
+    return tr["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _append(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=float) + "\n")
+
+
+@torch.no_grad()
+def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
+    """Accuracy on fresh batches (fixed eval seed) at every ``eval.seq_lens`` (and passkey
+    ``eval.depths``): ``token_accuracy`` over the scored tokens, ``exact_match`` over whole
+    answers (every scored token of a sequence right), ``loss`` per scored token, and
+    ``loss_by_position`` (16 bins over the sequence, for text)."""
+    ev, t, m = cfg["eval"], cfg["task"], cfg["model"]
+    device = cfg["device"]
+    model.eval()
+    rows = []
+    depths = ev["depths"] if ev["depths"] is not None else [None]
+    for n in ev["seq_lens"]:
+        for depth in depths:
+            gen = torch.Generator().manual_seed(ev["seed"] + n)
+            options = dict(t["options"], **({} if depth is None else {"depth": depth}))
+            right = total = exact = seqs = 0
+            loss_sum = 0.0
+            bins = torch.zeros(16, dtype=torch.float64)
+            counts = torch.zeros(16, dtype=torch.float64)
+            for _ in range(ev["batches"]):
+                x, y = make_batch(t["name"], ev["batch"], n, m["vocab_size"], gen, **options)
+                x, y = x.to(device), y.to(device)
+                logits, _ = model(x)
+                scored = y != -100
+                hit = (logits.argmax(-1) == y) & scored
+                right += int(hit.sum())
+                total += int(scored.sum())
+                exact += int((hit.sum(1) == scored.sum(1)).sum())
+                seqs += x.shape[0]
+                per_token = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-100, reduction="none")
+                loss_sum += float(per_token.sum())
+                where = (torch.arange(n, device=device) * 16 // n).expand_as(y)[scored].cpu()
+                bins.index_add_(0, where, per_token[scored].double().cpu())
+                counts.index_add_(0, where, torch.ones_like(where, dtype=torch.float64))
+            row = dict(kind="eval", seq_len=n, token_accuracy=right / max(1, total), exact_match=exact / seqs,
+                       loss=loss_sum / max(1, total),
+                       loss_by_position=(bins / counts.clamp_min(1)).tolist())
+            if depth is not None:
+                row["depth"] = depth
+            rows.append(row)
+    model.train()
+    return rows
+
+
+@torch.no_grad()
+def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
+    """Per MSA layer, on the model's own attention for one eval batch: recall of the trained
+    index branch's selection, of MoBA's gate on the same q/k, and of the oracle."""
+    from .coverage import coverage
+    from .selectors import select_moba, select_msa, select_oracle
+
+    layers = [a for a in model.attention_layers if a.method == "msa"]
+    if not layers:
+        return []
+    t, m = cfg["task"], cfg["model"]
+    x, _ = make_batch(t["name"], 2, t["seq_len"], m["vocab_size"], torch.Generator().manual_seed(cfg["eval"]["seed"]),
+                      **t["options"])
+    for layer in layers:
+        layer.keep_inputs = True
+    model.eval()
+    try:
+        model(x.to(cfg["device"]))
+    finally:
+        for layer in layers:
+            layer.keep_inputs = False
+        model.train()
+    out = []
+    for layer in layers:
+        q, k, index_q, index_k = (z.float() for z in layer.last_inputs)
+        layer.last_inputs = None
+        bs, top_k = layer.block_size, layer.top_k
+        sels = {"msa (trained index)": select_msa(index_q, index_k, block_size=bs, top_k=top_k),
+                "moba": select_moba(q, k, block_size=bs, top_k=top_k),
+                "oracle": select_oracle(q, k, block_size=bs, top_k=top_k, force_local=True)}
+        reports = coverage(q, k, sels, rows=min(rows, q.shape[1]))
+        for name, rep in reports.items():
+            s = rep.summary()
+            out.append(dict(kind="coverage", layer=model.attention_layers.index(layer), selector=name,
+                            recall_mean=s["recall"]["mean"], recall_p5=s["recall"]["p5"],
+                            recall_vs_oracle=s["relative_recall"]["mean"]))
+    return out
+
+
+def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True, max_steps: int | None = None) -> Path:
+    """Train (or resume) one run; returns its folder. ``max_steps``: stop after this step
+    (the run resumes from its checkpoint later)."""
+    cfg = parse_run_config(cfg) if isinstance(cfg, dict) else load_run_config(cfg)
+    out = Path(out_dir or Path("results/train") / cfg["name"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "runs"}, indent=1) + "\n")
+    tr, t, m = cfg["train"], cfg["task"], cfg["model"]
+    device = cfg["device"]
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg).to(device=device, dtype=DTYPES[tr["dtype"]])
+    opt = torch.optim.AdamW(model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"], betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    metrics, ckpt = out / "metrics.jsonl", out / "checkpoint.pt"
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step = state["step"]
+    stop = tr["steps"] if max_steps is None else min(tr["steps"], max_steps)
+    bar = tqdm(range(step, stop), desc=cfg["name"], unit="step", disable=not progress, dynamic_ncols=True,
+               initial=step, total=tr["steps"])
+    started = time.perf_counter()
+    tokens_done = 0
+
+    def save():
+        torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), generator=gen.get_state(), step=step),
+                   ckpt.with_suffix(".tmp"))
+        ckpt.with_suffix(".tmp").replace(ckpt)  # never a half-written checkpoint
+
+    for step in bar:
+        warm = m["method"] == "msa" and step < tr["index_warmup"]
+        model.set_sparse(not warm)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, tr)
+        x, y = make_batch(t["name"], tr["batch"], t["seq_len"], m["vocab_size"], gen, **t["options"])
+        x, y = x.to(device), y.to(device)
+        logits, index_kl = model(x)
+        task_loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+        loss = task_loss + tr["index_loss_weight"] * index_kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tr["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+        opt.step()
+        tokens_done += x.numel()
+        step += 1
+        if step % tr["log_every"] == 0 or step == stop:
+            row = dict(kind="train", step=step, loss=task_loss.item(), index_kl=index_kl.detach().item(), lr=_lr(step - 1, tr),
+                       phase="index warm-up (full attention)" if warm else "sparse" if m["method"] != "full" else "full",
+                       tokens_per_s=tokens_done / (time.perf_counter() - started))
+            _append(metrics, row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['index_kl']:.3f}")
+        if tr["eval_every"] and step % tr["eval_every"] == 0 and step < tr["steps"]:
+            for row in evaluate(model, cfg):
+                _append(metrics, dict(row, step=step))
+        if step % tr["checkpoint_every"] == 0 or step == stop:
+            save()
+    if step < tr["steps"]:
+        return out
+    model.set_sparse(True)
+    final = [dict(row, step=step) for row in evaluate(model, cfg)]
+    cover = index_coverage(model, cfg) if cfg["eval"]["coverage"] else []
+    for row in final + cover:
+        _append(metrics, row)
+    summary = dict(name=cfg["name"], method=m["method"], block_size=m["block_size"], top_k=m["top_k"],
+                   steps=step, parameters=sum(p.numel() for p in model.parameters()),
+                   final_loss=_last_train_loss(metrics), eval=final, coverage=cover, device=device,
+                   gpu=torch.cuda.get_device_name() if device == "cuda" else "none", torch=torch.__version__)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    return out
+
+
+def _last_train_loss(metrics: Path) -> float | None:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in rows if r.get("kind") == "train"]
+    return losses[-1] if losses else None
+
+
+def _override(cfg: dict, run: dict) -> dict:
+    """The config with a run's dotted overrides (``model.method: msa``) applied."""
+    raw = {k: copy.deepcopy(v) for k, v in cfg.items() if k != "runs"}
+    for key, value in run.items():
+        if key == "name":
+            continue
+        section, _, field = key.partition(".")
+        if not field:
+            raw[section] = value
+        else:
+            if section not in DEFAULTS:
+                raise ValueError(f"runs: {key!r} is not a dotted field of model, task, train or eval")
+            raw[section] = dict(raw[section], **{field: value})
+    raw["name"] = f"{cfg['name']}-{run['name']}"
+    return raw
+
+
+def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True) -> Path:
+    """Every run of ``runs`` (checked before any starts), each resumable; then ``summary.md``."""
+    cfg = parse_run_config(cfg) if isinstance(cfg, dict) else load_run_config(cfg)
+    runs = cfg.get("runs")
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) and "name" in r for r in runs):
+        raise ValueError("runs must be a non-empty list of {name: ..., <section>.<field>: value} entries")
+    if len({r["name"] for r in runs}) != len(runs):
+        raise ValueError("runs: two runs share a name")
+    configs = [(r["name"], parse_run_config(_override(cfg, r))) for r in runs]
+    out = Path(out_dir or Path("results/ablate") / cfg["name"])
+    for name, run_cfg in configs:
+        run_training(run_cfg, out / name, progress=progress)
+    table = summary_table(out)
+    (out / "summary.md").write_text(table + "\n", encoding="utf-8")
+    return out
+
+
+def summary_table(out_dir) -> str:
+    """A Markdown table of the finished runs under ``out_dir``: method, block, top_k, final
+    training loss, and token accuracy on the answers at each evaluated length (and depth)."""
+    summaries = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*/summary.json"))]
+    if not summaries:
+        raise ValueError(f"no finished runs under {out_dir}")
+    cols = []
+    for s in summaries:
+        for e in s["eval"]:
+            key = (e["seq_len"], e.get("depth"))
+            if key not in cols:
+                cols.append(key)
+    head = ["run", "method", "block", "top_k", "final loss"]
+    head += [f"acc N={n}" + ("" if d is None else f" depth={d}") for n, d in cols]  # token accuracy
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        acc = {(e["seq_len"], e.get("depth")): e["token_accuracy"] for e in s["eval"]}
+        cells = [s["name"], s["method"], str(s["block_size"]), str(s["top_k"]), f"{s['final_loss']:.3f}"]
+        cells += [f"{acc[c]:.3f}" if c in acc else "" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Generated tasks, the training runner (checkpoints, resume, metrics), ablations."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from msa_lab import tasks
+from msa_lab.train import parse_run_config, run_ablation, run_training, summary_table
+
+TINY = dict(name="tiny", device="cpu", seed=3,
+            model=dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, method="msa",
+                       full_layers=[0], block_size=16, top_k=2, backend="reference"),
+            task=dict(name="mqar", seq_len=64, options=dict(num_pairs=4)),
+            train=dict(steps=6, batch=4, lr=3e-3, lr_warmup=2, index_warmup=3, log_every=1, checkpoint_every=2,
+                       eval_every=3),
+            eval=dict(seq_lens=[64, 96], batches=1, coverage=True))
+
+
+def tiny(**changes):
+    raw = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            raw[section][field] = value
+        else:
+            raw[section] = value
+    return raw
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(train__step=5), "train: unknown field 'step'; did you mean 'steps'"),
+    (dict(task__name="mqr"), "task.name must be one of"),
+    (dict(task__options=dict(num_pair=3)), "task.options"),
+    (dict(model__method="full"), "train.index_warmup is for model.method: msa"),
+    (dict(eval__depths=[0.5]), "eval.depths is for task.name: passkey"),
+    (dict(model__num_kv_heads=3), "must be a multiple of model.num_kv_heads"),
+    (dict(modle={}), "did you mean 'model'"),
+])
+def test_bad_training_configs_name_the_field(change, message):
+    with pytest.raises(ValueError) as err:
+        parse_run_config(tiny(**change))
+    assert message in str(err.value)
+
+
+def test_mqar_answers_are_the_values_bound_at_the_start():
+    x, y = tasks.mqar(3, 100, 128, torch.Generator().manual_seed(0), num_pairs=6)
+    for b in range(3):
+        bound = dict(zip(x[b, 0:12:2].tolist(), x[b, 1:12:2].tolist()))
+        scored = (y[b] != -100).nonzero().flatten()
+        assert len(scored) == 6
+        for p in scored.tolist():
+            assert y[b, p] == bound[int(x[b, p])] == x[b, p + 1]
+
+
+def test_passkey_sits_at_its_depth_and_variable_chains_resolve():
+    gen = torch.Generator().manual_seed(1)
+    for depth in (0.0, 0.5, 1.0):
+        x, y = tasks.passkey(2, 200, 64, gen, depth=depth, digits=3)
+        at = int((x[0] == tasks.PASS).nonzero()[0])
+        assert at == round(depth * (200 - 9))
+        assert torch.equal(y[0, -4:-1], x[0, at + 1:at + 4])  # the answer is the planted key
+    x, y = tasks.variable_tracking(4, 300, 128, gen, hops=3, chains=3)
+    for b in range(4):
+        env = {}
+        row = x[b].tolist()
+        for i in range(len(row) - 3):
+            if row[i + 1] == tasks.ASSIGN:
+                env[row[i]] = env.get(row[i + 2], row[i + 2])
+        assert env[row[-2]] == y[b, -2] == row[-1]
+    with pytest.raises(ValueError, match="depth must be in"):
+        tasks.passkey(1, 50, 64, gen, depth=2)
+    text_x, text_y = tasks.text(2, 64, 300, gen)
+    assert torch.equal(text_x[:, 1:], text_y[:, :-1]) and int(text_x.max()) < 256 + tasks.FIRST_FREE
+
+
+def test_training_writes_metrics_checkpoints_and_resumes_to_the_same_model(tmp_path):
+    whole = run_training(tiny(), tmp_path / "whole", progress=False)
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert train[0]["phase"].startswith("index warm-up") and train[-1]["phase"] == "sparse"
+    assert all(r["index_kl"] > 0 for r in train)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert {(r["step"], r["seq_len"]) for r in evals} == {(3, 64), (3, 96), (6, 64), (6, 96)}
+    cover = [r for r in rows if r["kind"] == "coverage"]
+    assert {r["selector"] for r in cover} == {"msa (trained index)", "moba", "oracle"}
+    summary = json.loads((whole / "summary.json").read_text())
+    assert summary["steps"] == 6 and 0 <= summary["eval"][0]["exact_match"] <= 1
+
+    parts = tmp_path / "parts"
+    run_training(tiny(), parts, progress=False, max_steps=4)
+    assert not (parts / "summary.json").exists()
+    run_training(tiny(), parts, progress=False)  # resumes at step 4
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(parts / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_ablation_runs_every_entry_and_tabulates(tmp_path):
+    raw = tiny(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
+    raw["runs"] = [{"name": "full", "model.method": "full"}, {"name": "msa", "model.top_k": 3}]
+    out = run_ablation(raw, tmp_path, progress=False)
+    table = (out / "summary.md").read_text()
+    assert "| tiny-full | full |" in table and "| tiny-msa | msa | 16 | 3 |" in table
+    assert table == summary_table(out) + "\n"
+    raw["runs"] = [{"name": "x", "modle.method": "full"}]
+    with pytest.raises(ValueError, match="runs: 'modle.method'"):
+        run_ablation(raw, tmp_path / "bad", progress=False)
+
+
+def test_cli_train_reports_a_typo(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain: {stesp: 3}\n")
+    done = subprocess.run([sys.executable, "-m", "msa_lab.cli", "train", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and "did you mean 'steps'" in done.stderr
+
+
+def test_every_shipped_training_config_and_its_runs_are_valid():
+    import yaml
+
+    from msa_lab.train import _override
+
+    paths = sorted((Path(__file__).parent.parent / "experiments/configs").glob("train_*.yaml"))
+    assert {p.name for p in paths} >= {"train_smoke_cpu.yaml", "train_ablation_gpu.yaml"}
+    for path in paths:
+        cfg = parse_run_config(yaml.safe_load(path.read_text()), check_device=False)
+        for run in cfg["runs"]:
+            parse_run_config(_override(cfg, run), check_device=False)
