@@ -224,7 +224,10 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     gen = torch.Generator().manual_seed(cfg["seed"])
     metrics, ckpt = out / "metrics.jsonl", out / "checkpoint.pt"
     step = 0
-    if ckpt.exists():
+    if not ckpt.exists():  # a fresh run: no rows of an earlier one in its files
+        metrics.unlink(missing_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)
+    else:
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

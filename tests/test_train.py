@@ -130,3 +130,21 @@ def test_every_shipped_training_config_and_its_runs_are_valid():
         cfg = parse_run_config(yaml.safe_load(path.read_text()), check_device=False)
         for run in cfg["runs"]:
             parse_run_config(_override(cfg, run), check_device=False)
+
+
+def test_training_figures(tmp_path):
+    from msa_lab.viz import training
+
+    raw = tiny(task={"name": "passkey", "seq_len": 64, "options": {"digits": 2}}, train__steps=2,
+               train__index_warmup=1, train__eval_every=0, eval__depths=[0.0, 1.0], eval__seq_lens=[64, 80])
+    run = run_training(raw, tmp_path / "passkey", progress=False)
+    heat = training.needle_heatmap_figure(run)
+    assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 2  # depths x lengths
+    loss = training.loss_figure(tmp_path)
+    assert {t.name for t in loss.data} >= {"passkey"}
+    assert training.index_coverage_figure(run).data
+    with pytest.raises(ValueError, match="no passkey evaluation by depth"):
+        training.needle_heatmap_figure(run_training(tiny(train__steps=1, train__index_warmup=0,
+                                                         eval__coverage=False), tmp_path / "m", progress=False))
+    with pytest.raises(ValueError, match="metric must be"):
+        training.accuracy_figure(tmp_path, "recall")
