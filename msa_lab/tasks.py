@@ -8,8 +8,9 @@ marker tokens, then keys and values in disjoint ranges of the vocabulary.
 - ``mqar``: multi-query associative recall (Zoology). ``num_pairs`` key-value pairs at the
   start, filler, then the keys again in random order; each must be followed by its value.
 - ``passkey``: filler text with a ``PASS`` marker and ``digits`` passkey tokens at a chosen
-  ``depth`` (0 = start, 1 = end of the context); the sequence ends with ``QUERY`` and the
-  model must reproduce the passkey (needle in a haystack).
+  ``depth`` (0 = start, 1 = end of the context; None, for training: a random depth per
+  sequence); the sequence ends with ``QUERY`` and the model must reproduce the passkey
+  (needle in a haystack).
 - ``variable_tracking``: ``hops``-long chains ``a = v; b = a; c = b`` among distractor
   chains; at the end ``QUERY c`` must be answered with ``v``.
 - ``text``: next-byte prediction on the source of Python's standard library (on every
@@ -58,10 +59,10 @@ def mqar(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, num
     return tokens, targets
 
 
-def passkey(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, depth: float = 0.5,
+def passkey(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, depth: float | None = None,
             digits: int = 4):
     digit_r, filler_r = _split_vocab(vocab_size, 2)
-    if not 0 <= depth <= 1:
+    if depth is not None and not 0 <= depth <= 1:
         raise ValueError(f"depth must be in [0, 1] (0 = start of the context, 1 = its end), got {depth!r}")
     need = 2 * digits + 3
     if seq_len < need:
@@ -70,9 +71,11 @@ def passkey(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, 
     targets = torch.full((batch, seq_len), -100)
     key = _rand(digit_r, (batch, digits), gen)
     room = seq_len - need  # filler positions where the passkey can start
-    at = round(depth * room)
-    tokens[:, at] = PASS
-    tokens[:, at + 1:at + 1 + digits] = key
+    # depth None (training): a fresh depth per sequence, so every depth is seen
+    depths = torch.rand(batch, generator=gen) if depth is None else torch.full((batch,), float(depth))
+    for b, at in enumerate((depths * room).round().long().tolist()):
+        tokens[b, at] = PASS
+        tokens[b, at + 1:at + 1 + digits] = key[b]
     tokens[:, -digits - 1] = QUERY
     tokens[:, -digits:] = key
     targets[:, -digits - 1:-1] = key

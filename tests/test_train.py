@@ -71,6 +71,8 @@ def test_passkey_sits_at_its_depth_and_variable_chains_resolve():
             if row[i + 1] == tasks.ASSIGN:
                 env[row[i]] = env.get(row[i + 2], row[i + 2])
         assert env[row[-2]] == y[b, -2] == row[-1]
+    x, _ = tasks.passkey(64, 200, 64, gen, digits=3)  # training: a random depth per sequence
+    assert len(set((x == tasks.PASS).nonzero()[:, 1].tolist())) > 20
     with pytest.raises(ValueError, match="depth must be in"):
         tasks.passkey(1, 50, 64, gen, depth=2)
     text_x, text_y = tasks.text(2, 64, 300, gen)
