@@ -168,6 +168,12 @@ def _sample_positions(seq_len: int, rows, seed: int, device) -> torch.Tensor:
     return torch.randperm(seq_len, generator=gen)[:rows].sort().values.to(device)
 
 
+def evenly_spaced_rows(seq_len: int, rows: int, device=None) -> torch.Tensor:
+    """``min(rows, seq_len)`` query positions spread evenly over ``[0, seq_len)``, first and
+    last included (sorted, distinct): the rows the sweeps and the explorer measure."""
+    return torch.linspace(0, seq_len - 1, min(rows, seq_len), device=device).round().long().unique()
+
+
 def distance_octave(distance: torch.Tensor) -> torch.Tensor:
     """Block distance ``d >= 0`` to its octave: 0 -> 0, 1 -> 1, 2-3 -> 2, 4-7 -> 3, ..."""
     d = distance.clamp_min(0)

@@ -25,7 +25,6 @@ import torch
 
 PAD, PASS, QUERY, ASSIGN, SEP = 0, 1, 2, 3, 4
 FIRST_FREE = 5  # first id not used by a marker
-TASKS = ("mqar", "passkey", "variable_tracking", "text")
 
 
 def _split_vocab(vocab_size: int, parts: int) -> list[range]:
@@ -141,6 +140,7 @@ def text(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, spl
 
 
 GENERATORS = {"mqar": mqar, "passkey": passkey, "variable_tracking": variable_tracking, "text": text}
+TASKS = tuple(GENERATORS)
 
 
 def make_batch(task: str, batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, **options):

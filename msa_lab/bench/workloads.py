@@ -62,7 +62,8 @@ def build_workload(p: Point, device: str, seed: int) -> Workload:
     if p.method == "full":
         return Workload(_dense(p.backend, lambda backend: full_attention(q, k, v, backend=backend)))
 
-    select = _selector(p, q, k, randn, seed)
+    index = (randn(B, N, Hkv, p.index_dim), randn(B, N, 1, p.index_dim)) if p.method == "msa" else None
+    select = _selector(p, q, k, index, seed)
     selection = select()
 
     def attend(sel):
@@ -80,12 +81,11 @@ def build_workload(p: Point, device: str, seed: int) -> Workload:
     return Workload(total, stages, selection)
 
 
-def _selector(p: Point, q, k, randn, seed: int) -> Callable[[], BlockSelection]:
+def _selector(p: Point, q, k, index, seed: int) -> Callable[[], BlockSelection]:
+    """The point's selector as a call; ``index``: MSA's ``(index_q, index_k)`` (else None)."""
     bs, K = p.block_size, p.top_k
     if p.method == "msa":
-        index_q = randn(p.batch, p.seq_len, p.num_kv_heads, p.index_dim)
-        index_k = randn(p.batch, p.seq_len, 1, p.index_dim)
-        return lambda: select_msa(index_q, index_k, block_size=bs, top_k=K, backend=p.selection_backend)
+        return lambda: select_msa(*index, block_size=bs, top_k=K, backend=p.selection_backend)
     if p.method == "moba":
         return lambda: select_moba(q, k, block_size=bs, top_k=K, backend=p.selection_backend)
     if p.method == "oracle":
@@ -184,7 +184,7 @@ def measure_coverage(p: Point, device: str, seed: int) -> dict:
     (``index_from_qk``): coverage of the mechanism, not of a trained indexer."""
     import time
 
-    from ..coverage import coverage, output_error
+    from ..coverage import coverage, evenly_spaced_rows, output_error
     from ..data import structured_qkv
     from ..reference import attention_reference
     from ..selectors import index_from_qk
@@ -192,20 +192,10 @@ def measure_coverage(p: Point, device: str, seed: int) -> dict:
     data = structured_qkv(batch=p.batch, seq_len=p.seq_len, num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
                           head_dim=p.head_dim, patterns=p.pattern, seed=seed, dtype=p.torch_dtype, device=device)
     q, k, v = data.q, data.k, data.v
-    bs, K = p.block_size, p.top_k
     start = time.perf_counter()
-    if p.method == "msa":
-        selection = select_msa(*index_from_qk(q, k), block_size=bs, top_k=K)
-    elif p.method == "moba":
-        selection = select_moba(q, k, block_size=bs, top_k=K)
-    elif p.method == "oracle":
-        selection = select_oracle(q, k, block_size=bs, top_k=K, per=p.per, force_local=True)
-    elif p.method == "random":
-        selection = select_random(q, k, block_size=bs, top_k=K, per=p.per, seed=seed)
-    else:
-        selection = select_window(q, k, block_size=bs, top_k=K, per=p.per)
+    selection = _selector(p, q, k, index_from_qk(q, k) if p.method == "msa" else None, seed)()
     select_s = time.perf_counter() - start
-    positions = torch.linspace(0, p.seq_len - 1, min(p.rows, p.seq_len), device=device).round().long().unique()
+    positions = evenly_spaced_rows(p.seq_len, p.rows, device)
     report = coverage(q, k, selection, rows=positions)
     scale = p.head_dim ** -0.5
     sparse, _ = attention_reference(q, k, v, scale=scale, selection=selection, positions=positions)

@@ -87,12 +87,11 @@ class Attention(nn.Module):
             index_q, index_k = self.indexer(x)
         if self.sparse and self.method != "full":
             with torch.no_grad():  # top-k has no gradient; MSA's indexer learns from the KL loss
-                sel_backend = backend if backend == "triton" else "reference"
                 if self.method == "moba":
-                    selection = select_moba(q, k, block_size=self.block_size, top_k=self.top_k, backend=sel_backend)
+                    selection = select_moba(q, k, block_size=self.block_size, top_k=self.top_k, backend=backend)
                 else:
                     selection = select_msa(index_q, index_k, block_size=self.block_size, top_k=self.top_k,
-                                           backend=sel_backend)
+                                           backend=backend)
             out = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic)
         else:
             out = full_attention(q, k, v, backend="reference" if self.backend == "reference" else "sdpa")

@@ -21,7 +21,7 @@ import time
 import plotly.graph_objects as go
 import torch
 
-from ..coverage import CoverageReport, oracle_blocks
+from ..coverage import CoverageReport, evenly_spaced_rows, oracle_blocks
 from ..data import PATTERNS, structured_qkv
 from ..reference import block_mass
 from ..selection import num_blocks
@@ -115,8 +115,7 @@ class CoverageExplorer:
     def _data(self, pattern: str, seq_len: int):
         data = structured_qkv(seq_len=seq_len, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                               head_dim=self.head_dim, patterns=pattern, seed=self.seed, device=self.device)
-        positions = torch.linspace(0, seq_len - 1, min(self.rows, seq_len), device=self.device).round().long()
-        return data, positions.unique()
+        return data, evenly_spaced_rows(seq_len, self.rows, self.device)
 
     @functools.lru_cache(maxsize=16)
     def _mass(self, pattern: str, seq_len: int, block_size: int) -> torch.Tensor:

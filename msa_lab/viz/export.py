@@ -139,8 +139,8 @@ def paper_figure(fig: go.Figure, width="single", height: float | None = None, *,
     out.update_layout(
         template=PAPER_TEMPLATE, width=width_px, height=height_px,
         font=dict(family="Helvetica, Arial, sans-serif", size=pt_to_px(PAPER_FONT_PT), color="#000"),
-        legend=dict(orientation="h", x=0, y=1 + titled / max(height_px - top - 36, 1), xanchor="left", yanchor="bottom", font_size=small,
-                    title_text=None, bgcolor="rgba(255,255,255,0)", entrywidth=0),
+        legend=dict(orientation="h", x=0, y=1 + titled / max(height_px - top - 36, 1), xanchor="left",
+                    yanchor="bottom", font_size=small, title_text=None, bgcolor="rgba(255,255,255,0)", entrywidth=0),
         margin=dict(l=48, r=48 if right_axis else 8, t=top, b=36))
     if not title:
         out.update_layout(title_text=None)
