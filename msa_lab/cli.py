@@ -91,7 +91,8 @@ def _train(args) -> int:
 def _ablate(args) -> int:
     from .train import run_ablation
 
-    out = run_ablation(args.config, args.out, progress=not args.quiet)
+    out = run_ablation(args.config, args.out, progress=not args.quiet, jobs=args.jobs, only=args.runs,
+                       seeds=args.seeds)
     print((out / "summary.md").read_text())
     print(f"results: {out} (one folder per run; re-run to resume)")
     return 0
@@ -145,6 +146,11 @@ def main(argv=None) -> int:
     ablate = sub.add_parser("ablate", help="run every entry of a config's runs: list and tabulate them")
     ablate.add_argument("config", help="e.g. experiments/configs/train_smoke_cpu.yaml")
     ablate.add_argument("--out", default=None, help="output folder (default: results/ablate/<name>)")
+    ablate.add_argument("--runs", nargs="+", metavar="NAME", default=None, help="only these runs of the config")
+    ablate.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="train every run once per seed (overrides the config's seeds)")
+    ablate.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, one process each (a small model leaves a GPU mostly idle)")
     ablate.add_argument("--quiet", action="store_true", help="no progress bars")
     ablate.set_defaults(run=_ablate)
     args = parser.parse_args(argv)

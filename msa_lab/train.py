@@ -18,7 +18,9 @@ step, data generator; a re-run resumes from it) and ``summary.json``. MSA runs s
 ``index_warmup`` steps of full attention in which only the index branch's KL loss over every
 visible token trains the indexer on top of the usual loss, then route sparsely.
 ``msa-lab ablate CONFIG`` runs every entry of ``runs`` (dotted keys override the config)
-into ``<out>/<run name>/`` and writes ``summary.md``, one row per run.
+into ``<out>/<run name>/`` and writes ``summary.md``, one row per run. With ``seeds: [0, 1, 2]``
+(or ``--seeds``) every run trains once per seed into ``<out>/<run name>_seed<k>/`` and the
+table gives the mean and the spread over the seeds.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ DEFAULTS = {
                   dtype="fp32"),
     "eval": dict(seq_lens=None, depths=None, batches=4, batch=None, seed=1234, coverage=True),
 }
-TOP = ("name", "description", "seed", "device", "model", "task", "train", "eval", "runs")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TOP = ("name", "description", "seed", "seeds", "device", "model", "task", "train", "eval", "runs")
+#: train.dtype -> (parameter dtype, autocast dtype or None). "bf16-mixed" keeps float32
+#: weights and optimiser state and runs the forward under bf16 autocast: the fast kernels
+#: (flash SDPA, the Triton KV-outer path) at bf16 without bf16 weight updates.
+DTYPES = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "bf16-mixed": (torch.float32, torch.bfloat16)}
 
 
 def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
@@ -98,6 +103,12 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     except TypeError as err:
         raise ValueError(f"task.options: {err}") from None
     cfg["runs"] = raw.get("runs")
+    cfg["seeds"] = raw.get("seeds")
+    if cfg["seeds"] is not None:
+        if not isinstance(cfg["seeds"], list) or not cfg["seeds"] or len(set(cfg["seeds"])) != len(cfg["seeds"]):
+            raise ValueError(f"seeds must be a non-empty list of distinct ints >= 0, got {cfg['seeds']!r}")
+        for seed in cfg["seeds"]:
+            _int(seed, "seeds[]", 0)
     return cfg
 
 
@@ -111,6 +122,12 @@ def load_run_config(path) -> dict:
 def build_model(cfg: dict) -> TinyLM:
     m = dict(cfg["model"])
     return TinyLM(m.pop("vocab_size"), full_layers=tuple(m.pop("full_layers")), **m)
+
+
+def _autocast(cfg: dict):
+    """The forward pass's autocast context for ``train.dtype`` (disabled unless mixed)."""
+    dtype = DTYPES[cfg["train"]["dtype"]][1]
+    return torch.autocast(cfg["device"], dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def _lr(step: int, tr: dict) -> float:
@@ -148,7 +165,8 @@ def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
             for _ in range(ev["batches"]):
                 x, y = make_batch(t["name"], ev["batch"], n, m["vocab_size"], gen, **options)
                 x, y = x.to(device), y.to(device)
-                logits, _ = model(x)
+                with _autocast(cfg):
+                    logits, _ = model(x)
                 scored = y != -100
                 hit = (logits.argmax(-1) == y) & scored
                 right += int(hit.sum())
@@ -187,7 +205,8 @@ def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
         layer.keep_inputs = True
     model.eval()
     try:
-        model(x.to(cfg["device"]))
+        with _autocast(cfg):
+            model(x.to(cfg["device"]))
     finally:
         for layer in layers:
             layer.keep_inputs = False
@@ -209,17 +228,20 @@ def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
     return out
 
 
-def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True, max_steps: int | None = None) -> Path:
+def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True, max_steps: int | None = None,
+                 progress_position: int = 0) -> Path:
     """Train (or resume) one run; returns its folder. ``max_steps``: stop after this step
-    (the run resumes from its checkpoint later)."""
+    (the run resumes from its checkpoint later). ``progress_position``: the bar's line, for
+    runs trained side by side."""
     cfg = parse_run_config(cfg) if isinstance(cfg, dict) else load_run_config(cfg)
     out = Path(out_dir or Path("results/train") / cfg["name"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "runs"}, indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("runs", "seeds")},
+                                                indent=1) + "\n")
     tr, t, m = cfg["train"], cfg["task"], cfg["model"]
     device = cfg["device"]
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg).to(device=device, dtype=DTYPES[tr["dtype"]])
+    model = build_model(cfg).to(device=device, dtype=DTYPES[tr["dtype"]][0])
     opt = torch.optim.AdamW(model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"], betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg["seed"])
     metrics, ckpt = out / "metrics.jsonl", out / "checkpoint.pt"
@@ -235,7 +257,7 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         step = state["step"]
     stop = tr["steps"] if max_steps is None else min(tr["steps"], max_steps)
     bar = tqdm(range(step, stop), desc=cfg["name"], unit="step", disable=not progress, dynamic_ncols=True,
-               initial=step, total=tr["steps"])
+               initial=step, total=tr["steps"], position=progress_position)
     started = time.perf_counter()
     tokens_done = 0
 
@@ -251,7 +273,8 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
             group["lr"] = _lr(step, tr)
         x, y = make_batch(t["name"], tr["batch"], t["seq_len"], m["vocab_size"], gen, **t["options"])
         x, y = x.to(device), y.to(device)
-        logits, index_kl = model(x)
+        with _autocast(cfg):
+            logits, index_kl = model(x)
         task_loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
         loss = task_loss + tr["index_loss_weight"] * index_kl
         opt.zero_grad(set_to_none=True)
@@ -279,7 +302,7 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     cover = index_coverage(model, cfg) if cfg["eval"]["coverage"] else []
     for row in final + cover:
         _append(metrics, row)
-    summary = dict(name=cfg["name"], method=m["method"], block_size=m["block_size"], top_k=m["top_k"],
+    summary = dict(name=cfg["name"], seed=cfg["seed"], method=m["method"], block_size=m["block_size"], top_k=m["top_k"],
                    steps=step, parameters=sum(p.numel() for p in model.parameters()),
                    final_loss=_last_train_loss(metrics), eval=final, coverage=cover, device=device,
                    gpu=torch.cuda.get_device_name() if device == "cuda" else "none", torch=torch.__version__)
@@ -295,7 +318,7 @@ def _last_train_loss(metrics: Path) -> float | None:
 
 def _override(cfg: dict, run: dict) -> dict:
     """The config with a run's dotted overrides (``model.method: msa``) applied."""
-    raw = {k: copy.deepcopy(v) for k, v in cfg.items() if k != "runs"}
+    raw = {k: copy.deepcopy(v) for k, v in cfg.items() if k not in ("runs", "seeds")}
     for key, value in run.items():
         if key == "name":
             continue
@@ -310,18 +333,48 @@ def _override(cfg: dict, run: dict) -> dict:
     return raw
 
 
-def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True) -> Path:
-    """Every run of ``runs`` (checked before any starts), each resumable; then ``summary.md``."""
+def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True, jobs: int = 1,
+                 only: list[str] | None = None, seeds: list[int] | None = None) -> Path:
+    """Every run of ``runs`` (all checked before any starts), each resumable; then ``summary.md``.
+    ``only``: just these run names. ``seeds`` (default: the config's ``seeds``): train every
+    run once per seed, into ``<run>_seed<k>/``. ``jobs``: how many runs train at once, each in its own
+    process; a small model leaves most of a GPU idle, so a few runs share one at little cost
+    each (the tokens/s in their metrics then describe the shared GPU)."""
     cfg = parse_run_config(cfg) if isinstance(cfg, dict) else load_run_config(cfg)
     runs = cfg.get("runs")
     if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) and "name" in r for r in runs):
         raise ValueError("runs must be a non-empty list of {name: ..., <section>.<field>: value} entries")
     if len({r["name"] for r in runs}) != len(runs):
         raise ValueError("runs: two runs share a name")
-    configs = [(r["name"], parse_run_config(_override(cfg, r))) for r in runs]
+    _int(jobs, "jobs")
+    if only is not None:
+        unknown = sorted(set(only) - {r["name"] for r in runs})
+        if unknown:
+            raise ValueError(f"only: no run named {', '.join(map(repr, unknown))}; the runs are "
+                             f"{', '.join(r['name'] for r in runs)}")
+        runs = [r for r in runs if r["name"] in only]
+    if seeds is not None:
+        cfg = parse_run_config(dict(cfg, seeds=list(seeds)))
+    configs = []
+    for r in runs:
+        for seed in cfg["seeds"] or [None]:
+            run = r if seed is None else dict(r, seed=seed)
+            folder = r["name"] if seed is None else f"{r['name']}_seed{seed}"
+            configs.append((folder, parse_run_config(_override(cfg, run))))
     out = Path(out_dir or Path("results/ablate") / cfg["name"])
-    for name, run_cfg in configs:
-        run_training(run_cfg, out / name, progress=progress)
+    if jobs == 1:
+        for name, run_cfg in configs:
+            run_training(run_cfg, out / name, progress=progress)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child would inherit an initialised CUDA context, which CUDA forbids
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_training, run_cfg, out / name, progress=progress, progress_position=i)
+                       for i, (name, run_cfg) in enumerate(configs)]
+            for future in futures:
+                future.result()
     table = summary_table(out)
     (out / "summary.md").write_text(table + "\n", encoding="utf-8")
     return out
@@ -329,22 +382,42 @@ def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True)
 
 def summary_table(out_dir) -> str:
     """A Markdown table of the finished runs under ``out_dir``: method, block, top_k, final
-    training loss, and token accuracy on the answers at each evaluated length (and depth)."""
-    summaries = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*/summary.json"))]
-    if not summaries:
+    training loss, and token accuracy on the answers at each evaluated length (and depth).
+    Runs trained over several seeds (``<run>_seed<k>`` folders) make one row each: the mean
+    over the seeds with ± their standard deviation, and the number of seeds."""
+    import re
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for path in sorted(Path(out_dir).glob("*/summary.json")):
+        groups.setdefault(re.sub(r"_seed\d+$", "", path.parent.name), []).append(json.loads(path.read_text()))
+    if not groups:
         raise ValueError(f"no finished runs under {out_dir}")
     cols = []
-    for s in summaries:
-        for e in s["eval"]:
+    for runs in groups.values():
+        for e in runs[0]["eval"]:
             key = (e["seq_len"], e.get("depth"))
             if key not in cols:
                 cols.append(key)
-    head = ["run", "method", "block", "top_k", "final loss"]
+    seeded = any(len(runs) > 1 for runs in groups.values())
+
+    def cell(values: list[float], digits: int) -> str:
+        if not values:
+            return ""
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+    head = ["run", "method", "block", "top_k"] + (["seeds"] if seeded else []) + ["final loss"]
     head += [f"acc N={n}" + ("" if d is None else f" depth={d}") for n, d in cols]  # token accuracy
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summaries:
-        acc = {(e["seq_len"], e.get("depth")): e["token_accuracy"] for e in s["eval"]}
-        cells = [s["name"], s["method"], str(s["block_size"]), str(s["top_k"]), f"{s['final_loss']:.3f}"]
-        cells += [f"{acc[c]:.3f}" if c in acc else "" for c in cols]
+    for name, runs in groups.items():
+        first = runs[0]
+        cells = [first["name"] if len(runs) == 1 and not seeded else name, first["method"], str(first["block_size"]),
+                 str(first["top_k"])] + ([str(len(runs))] if seeded else [])
+        cells.append(cell([r["final_loss"] for r in runs], 3))
+        for c in cols:
+            cells.append(cell([e["token_accuracy"] for r in runs for e in r["eval"]
+                               if (e["seq_len"], e.get("depth")) == c], 3))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

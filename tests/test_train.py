@@ -1,10 +1,12 @@
 """Generated tasks, the training runner (checkpoints, resume, metrics), ablations."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,10 +111,43 @@ def test_ablation_runs_every_entry_and_tabulates(tmp_path):
     table = (out / "summary.md").read_text()
     assert "| tiny-full | full |" in table and "| tiny-msa | msa | 16 | 3 |" in table
     assert table == summary_table(out) + "\n"
+    with pytest.raises(ValueError, match="only: no run named 'msaa'; the runs are full, msa"):
+        run_ablation(raw, tmp_path / "bad", progress=False, only=["msaa"])
     raw["runs"] = [{"name": "x", "modle.method": "full"}]
     with pytest.raises(ValueError, match="runs: 'modle.method'"):
         run_ablation(raw, tmp_path / "bad", progress=False)
 
+
+def test_ablation_runs_side_by_side_train_the_same_models(tmp_path):
+    raw = tiny(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
+    raw["runs"] = [{"name": "full", "model.method": "full"}, {"name": "msa"}, {"name": "moba", "model.method": "moba"}]
+    alone = run_ablation(raw, tmp_path / "alone", progress=False, only=["full", "msa"])
+    assert sorted(p.parent.name for p in alone.glob("*/summary.json")) == ["full", "msa"]
+    shared = run_ablation(raw, tmp_path / "shared", progress=False, jobs=2, only=["full", "msa"])
+    for run in ("full", "msa"):
+        a = torch.load(alone / run / "checkpoint.pt", weights_only=False)["model"]
+        b = torch.load(shared / run / "checkpoint.pt", weights_only=False)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (alone / "summary.md").read_text() == (shared / "summary.md").read_text()
+
+
+
+def test_ablation_over_seeds_tabulates_mean_and_spread(tmp_path):
+    raw = tiny(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False, seeds=[0, 5])
+    raw["runs"] = [{"name": "full", "model.method": "full"}, {"name": "msa"}]
+    out = run_ablation(raw, tmp_path, progress=False)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["full_seed0", "full_seed5", "msa_seed0", "msa_seed5"]
+    acc = [json.loads((out / f"msa_seed{k}" / "summary.json").read_text())["eval"][0]["token_accuracy"] for k in (0, 5)]
+    row = next(line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| msa |"))
+    mean, spread = float(np.mean(acc)), float(np.std(acc, ddof=1))
+    assert "| 2 |" in row and f"{mean:.3f} ± {spread:.3f}" in row
+    again = run_ablation(raw, tmp_path / "one", progress=False, seeds=[5], only=["msa"])
+    assert [p.name for p in again.iterdir() if p.is_dir()] == ["msa_seed5"]
+    a = torch.load(again / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(out / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="seeds must be a non-empty list of distinct ints"):
+        parse_run_config(tiny(seeds=[1, 1]))
 
 def test_cli_train_reports_a_typo(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -150,3 +185,36 @@ def test_training_figures(tmp_path):
                                                          eval__coverage=False), tmp_path / "m", progress=False))
     with pytest.raises(ValueError, match="metric must be"):
         training.accuracy_figure(tmp_path, "recall")
+
+
+
+def test_training_figures_average_over_seeds():
+    from msa_lab.viz import training
+
+    gpu = Path(__file__).parent.parent / "experiments/results/train/ablation_gpu_h200"
+    seeds = [json.loads((gpu / f"msa_seed{k}" / "summary.json").read_text()) for k in range(3)]
+    per_seed = [np.mean([e["token_accuracy"] for e in s["eval"] if e["seq_len"] == 1024]) for s in seeds]
+    line = next(t for t in training.accuracy_figure(gpu).data if t.name == "msa")
+    at = list(line.x).index(1024)
+    assert line.y[at] == pytest.approx(np.mean(per_seed)) and line.error_y.array[at] == pytest.approx(np.std(per_seed, ddof=1))
+    grid = training.needle_grid_figure(gpu)
+    assert [a.text for a in grid.layout.annotations] == ["full", "moba", "msa_no_warmup", "msa", "msa_warmup200"]
+    with pytest.raises(ValueError, match="run: name one of full, moba"):
+        training.needle_heatmap_figure(gpu)
+    heat = training.needle_heatmap_figure(gpu, metric="token_accuracy", run="msa")
+    cell = np.mean([e["token_accuracy"] for s in seeds for e in s["eval"] if e["seq_len"] == 2048 and e.get("depth") == 0.0])
+    assert heat.data[0].z[0][-1] == pytest.approx(cell) and "mean of 3 seeds" in heat.layout.title.text
+    loss = training.loss_figure(gpu)
+    assert sum(t.name == "msa" for t in loss.data) == 1
+
+def test_bf16_mixed_keeps_float32_weights_and_trains(tmp_path):
+    raw = tiny(train__steps=3, train__dtype="bf16-mixed", train__eval_every=0, train__index_warmup=1,
+               eval__coverage=True)
+    out = run_training(raw, tmp_path, progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) == 3 and all(math.isfinite(r["loss"]) and math.isfinite(r["index_kl"]) for r in train)
+    assert train[1]["index_kl"] > 0  # the sparse phase's KL over the selected tokens
+    assert any(r["kind"] == "coverage" for r in rows)

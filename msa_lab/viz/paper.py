@@ -1,4 +1,5 @@
-"""The paper figures: each drawn from committed results (``experiments/results/sweeps``) in
+"""The paper figures: each drawn from committed results (sweeps under
+``experiments/results/sweeps``, training ablations under ``experiments/results/train``) in
 the paper theme at a column width, so ``msa-lab figures`` rebuilds all of them into one
 folder, with a ``figures.md`` that lists each figure's caption and source.
 
@@ -9,6 +10,7 @@ reproducible.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,16 +23,18 @@ from .coverage_sweeps import budget_figure, coverage_distance_figure, head_figur
 from .export import STATIC_FORMATS, _check_formats, export_figure, save_figure, static_export_session
 from .figures import selection_map_figure
 from .sweeps import grid_figure, latency_figure, speedup_figure, stage_figure
+from .training import accuracy_figure, needle_grid_figure
 
 
 @dataclass(frozen=True)
 class PaperFigure:
     name: str
-    results: str | None  # a folder under the results directory; None: computed from generated data
-    draw: Callable[[list[dict]], go.Figure]
+    results: str | None  # a sweep folder under the results directory; None: runs, or generated data
+    draw: Callable  # the sweep's rows (or the training folder, with runs) -> the figure
     caption: str
     width: str = "single"
     height: float | None = None  # inches; None: the paper theme's default for the width
+    runs: str | None = None  # a training ablation folder under experiments/results/train
 
 
 def selection_map_example(rows=None, *, seq_len: int = 8192, block_size: int = 128, top_k: int = 8,
@@ -77,6 +81,15 @@ PAPER_FIGURES = (
                 "each KV group carries one planted pattern.", "double"),
     PaperFigure("coverage_by_position", "coverage_cpu", lambda rows: position_figure(rows),
                 "Mean recall against query position."),
+    PaperFigure("training_needle_grid", None, needle_grid_figure,
+                "Passkey token accuracy by context length and needle depth after training at 512 tokens "
+                "(2-layer model, first layer full; block 16 x top-4 = 1/8 of the context; mean of 3 seeds; H200).",
+                "double", 2.0, runs="ablation_gpu_h200"),
+    PaperFigure("training_accuracy_by_length", None,
+                lambda path: accuracy_figure([path, path.parent / "block_topk_gpu_h200"]),
+                "Passkey token accuracy (mean over depths and 3 seeds, ± 1 s.d.) against context length; "
+                "MoBA and MSA at 64 tokens per query in blocks of 8 x 8, 16 x 4 and 32 x 2.", "double",
+                runs="ablation_gpu_h200"),
     PaperFigure("selection_map", None, selection_map_example,
                 "Query block x key block map of MSA's selection for one group (8K tokens, block 128, top-k 8); "
                 "x: blocks the oracle picked that MSA never did."),
@@ -101,6 +114,11 @@ def draw_paper_figures(results_dir=None, only=None, progress: bool = True) -> It
     root = Path(results_dir) if results_dir is not None else checkout_path("experiments", "results", "sweeps")
     cache: dict[str, list[dict]] = {}
     for spec in tqdm(chosen, desc="paper figures", unit="figure", disable=not progress):
+        if spec.runs is not None:
+            path = checkout_path("experiments", "results", "train", spec.runs)
+            gpus = sorted({json.loads(p.read_text()).get("gpu", "?") for p in path.glob("*/summary.json")})
+            yield spec, spec.draw(path), f"`train/{spec.runs}` ({', '.join(gpus)})"
+            continue
         rows = None
         if spec.results is not None:
             if spec.results not in cache:

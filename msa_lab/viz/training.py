@@ -1,13 +1,21 @@
 """Figures of training runs (folders written by ``msa_lab.train``): loss curves, accuracy by
 context length, the needle-in-a-haystack heat map (passkey accuracy by length and depth),
-and the coverage of a trained index branch. Each is a function of the run folders alone."""
+and the coverage of a trained index branch. Each is a function of the run folders alone.
+
+Runs trained over several seeds (``<run>_seed<k>`` folders, ``msa-lab ablate`` with
+``seeds``) are drawn as one run: the mean over the seeds, with their range (loss) or their
+standard deviation (accuracy, recall) around it.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import statistics
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from .theme import TEMPLATE, method_color
 
@@ -37,80 +45,172 @@ def _runs(paths) -> list[dict]:
     return runs
 
 
-def _color(run: dict) -> str:
-    return method_color(run["method"]) if run["name"] in ("full", "moba", "msa") else method_color(run["name"])
+def _groups(paths) -> dict[str, list[dict]]:
+    """The runs by name, the seeds of a run (``<name>_seed<k>``) together, in folder order."""
+    groups: dict[str, list[dict]] = {}
+    for run in _runs(paths):
+        groups.setdefault(re.sub(r"_seed\d+$", "", run["name"]), []).append(run)
+    return groups
+
+
+#: A method's runs share its colour; its variants (warm-up, block x top_k) differ by dash and
+#: marker. Dotted stays free: it marks MSA's index warm-up in the loss curves.
+DASHES = ("solid", "dash", "dashdot", "longdash", "longdashdot")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
+
+
+def _styles(groups: dict[str, list[dict]]) -> dict[str, dict]:
+    seen: dict[str, int] = {}
+    styles = {}
+    for name, runs in groups.items():
+        method = runs[0]["method"]
+        i = seen[method] = seen.get(method, -1) + 1
+        styles[name] = dict(color=method_color(method), dash=DASHES[i % len(DASHES)], symbol=SYMBOLS[i % len(SYMBOLS)])
+    return styles
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _seeds_note(groups: dict[str, list[dict]]) -> str:
+    counts = {len(runs) for runs in groups.values()}
+    return "" if counts == {1} else f" (mean of {'/'.join(map(str, sorted(counts)))} seeds)"
 
 
 def loss_figure(paths) -> go.Figure:
-    """Training loss against step, a line per run (a run folder, or an ablation folder of runs);
-    the MSA index warm-up steps are drawn dotted."""
+    """Training loss against step, a line per run (a run folder, or an ablation folder of runs),
+    the mean over its seeds with their range shaded; the MSA index warm-up steps are dotted."""
     fig = go.Figure()
-    for run in _runs(paths):
-        train = [r for r in run["rows"] if r.get("kind") == "train"]
-        warm = [r for r in train if r["phase"].startswith("index warm-up")]
-        rest = [r for r in train if not r["phase"].startswith("index warm-up")]
-        color = _color(run)
+    groups = _groups(paths)
+    styles = _styles(groups)
+    for name, runs in groups.items():
+        by_step: dict[int, list[dict]] = {}
+        for run in runs:
+            for r in run["rows"]:
+                if r.get("kind") == "train":
+                    by_step.setdefault(r["step"], []).append(r)
+        steps = sorted(by_step)
+        mean = [statistics.mean(r["loss"] for r in by_step[s]) for s in steps]
+        warm = [i for i, s in enumerate(steps) if by_step[s][0]["phase"].startswith("index warm-up")]
+        color, dash = styles[name]["color"], styles[name]["dash"]
+        if len(runs) > 1:
+            low = [min(r["loss"] for r in by_step[s]) for s in steps]
+            high = [max(r["loss"] for r in by_step[s]) for s in steps]
+            fig.add_scatter(x=steps + steps[::-1], y=high + low[::-1], fill="toself", fillcolor=color, opacity=0.15,
+                            line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name)
         if warm:
-            fig.add_scatter(x=[r["step"] for r in warm + rest[:1]], y=[r["loss"] for r in warm + rest[:1]],
-                            mode="lines", line=dict(color=color, dash="dot"), name=f"{run['name']} (warm-up)",
-                            legendgroup=run["name"], showlegend=False)
-        fig.add_scatter(x=[r["step"] for r in rest], y=[r["loss"] for r in rest], mode="lines", name=run["name"],
-                        line=dict(color=color), legendgroup=run["name"])
-    fig.update_layout(template=TEMPLATE, title="Training loss (dotted: MSA's index warm-up under full attention)",
+            cut = warm[-1] + 2  # the dotted part ends at the first sparse point
+            fig.add_scatter(x=steps[:cut], y=mean[:cut], mode="lines", line=dict(color=color, dash="dot"),
+                            name=f"{name} (warm-up)", legendgroup=name, showlegend=False)
+        first = warm[-1] + 1 if warm else 0
+        fig.add_scatter(x=steps[first:], y=mean[first:], mode="lines", name=name, line=dict(color=color, dash=dash),
+                        legendgroup=name)
+    fig.update_layout(template=TEMPLATE, title="Training loss" + _seeds_note(groups) +
+                      " (dotted: MSA's index warm-up under full attention)",
                       xaxis_title="step", yaxis_title="cross-entropy on the scored tokens")
     return fig
 
 
+def _finished(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    done = {name: [r for r in runs if r["summary"] is not None] for name, runs in groups.items()}
+    return {name: runs for name, runs in done.items() if runs}
+
+
 def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     """Final accuracy (``token_accuracy`` or ``exact_match``) against evaluated context length,
-    a line per finished run."""
+    a line per finished run: the mean over its seeds (passkey: over the needle depths too),
+    with ± one standard deviation over the seeds."""
     if metric not in ("token_accuracy", "exact_match"):
         raise ValueError(f"metric must be 'token_accuracy' or 'exact_match'; got {metric!r}")
     fig = go.Figure()
-    for run in _runs(paths):
-        if run["summary"] is None:
-            continue
-        ev = sorted((e for e in run["summary"]["eval"] if "depth" not in e), key=lambda e: e["seq_len"])
-        fig.add_scatter(x=[e["seq_len"] for e in ev], y=[e[metric] for e in ev], mode="lines+markers",
-                        name=run["name"], line=dict(color=_color(run)))
-    fig.update_layout(template=TEMPLATE, title=f"{metric.replace('_', ' ')} by context length",
-                      xaxis=dict(type="log", title="context length (tokens)"),
+    groups = _finished(_groups(paths))
+    styles = _styles(groups)
+    lengths_seen: set[int] = set()
+    for name, runs in groups.items():
+        lengths = sorted({e["seq_len"] for e in runs[0]["summary"]["eval"]})
+        stats = [_mean_sd([statistics.mean(e[metric] for e in r["summary"]["eval"] if e["seq_len"] == n)
+                           for r in runs]) for n in lengths]
+        fig.add_scatter(x=lengths, y=[m for m, _ in stats], mode="lines+markers", name=name,
+                        error_y=dict(type="data", array=[sd for _, sd in stats], visible=len(runs) > 1),
+                        line=dict(color=styles[name]["color"], dash=styles[name]["dash"]),
+                        marker=dict(symbol=styles[name]["symbol"]))
+        lengths_seen.update(lengths)
+    fig.update_layout(template=TEMPLATE, title=f"{metric.replace('_', ' ')} by context length" + _seeds_note(groups),
+                      xaxis=dict(type="log", title="context length (tokens)", tickvals=sorted(lengths_seen)),
                       yaxis=dict(title=metric.replace("_", " "), range=[0, 1.02]))
     return fig
 
 
-def needle_heatmap_figure(path, metric: str = "exact_match") -> go.Figure:
-    """Passkey retrieval: accuracy by context length (x) and needle depth (y) of one run."""
-    run = load_run(path)
-    ev = [e for e in (run["summary"] or {}).get("eval", []) if "depth" in e]
+def _needle_grid(runs: list[dict], metric: str, where) -> tuple[list[int], list[float], list[list[float]]]:
+    ev = [e for r in runs for e in r["summary"]["eval"] if "depth" in e]
     if not ev:
-        raise ValueError(f"{path}: no passkey evaluation by depth (set task.name: passkey and eval.depths)")
+        raise ValueError(f"{where}: no passkey evaluation by depth (set task.name: passkey and eval.depths)")
     lengths = sorted({e["seq_len"] for e in ev})
     depths = sorted({e["depth"] for e in ev})
-    z = [[next((e[metric] for e in ev if e["seq_len"] == n and e["depth"] == d), None) for n in lengths]
+    z = [[statistics.mean(e[metric] for e in ev if e["seq_len"] == n and e["depth"] == d) for n in lengths]
          for d in depths]
+    return lengths, depths, z
+
+
+def needle_heatmap_figure(paths, metric: str = "exact_match", run: str | None = None) -> go.Figure:
+    """Passkey retrieval: accuracy by context length (x) and needle depth (y) of one run (the
+    mean over its seeds). ``paths``: the run's folder(s), or an ablation folder with ``run``
+    naming the run."""
+    groups = _finished(_groups(paths))
+    if run is None and len(groups) != 1:
+        raise ValueError(f"run: name one of {', '.join(groups)} (these folders hold several runs)")
+    name = run if run is not None else next(iter(groups))
+    if name not in groups:
+        raise ValueError(f"run: no finished run named {name!r}; there are {', '.join(groups) or 'none'}")
+    lengths, depths, z = _needle_grid(groups[name], metric, paths)
     fig = go.Figure(go.Heatmap(z=z, x=[str(n) for n in lengths], y=[f"{d:.0%}" for d in depths], zmin=0, zmax=1,
                                colorscale="Viridis", colorbar=dict(title=metric.replace("_", " "))))
-    fig.update_layout(template=TEMPLATE, title=f"Needle in a haystack: {run['name']}",
-                      xaxis_title="context length (tokens)", yaxis_title="needle depth")
+    fig.update_layout(template=TEMPLATE, title=f"Needle in a haystack: {name}" + _seeds_note({name: groups[name]}),
+                      xaxis=dict(type="category", title="context length (tokens)"),
+                      yaxis=dict(type="category", title="needle depth"))
+    return fig
+
+
+def needle_grid_figure(paths, metric: str = "token_accuracy") -> go.Figure:
+    """The needle-in-a-haystack heat maps of every finished passkey run side by side, on one
+    colour scale (each the mean over its seeds)."""
+    groups = {name: runs for name, runs in _finished(_groups(paths)).items()
+              if any("depth" in e for r in runs for e in r["summary"]["eval"])}
+    if not groups:
+        raise ValueError(f"{paths}: no finished run with a passkey evaluation by depth")
+    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=list(groups), shared_yaxes=True,
+                        horizontal_spacing=0.02)
+    for i, (name, runs) in enumerate(groups.items(), 1):
+        lengths, depths, z = _needle_grid(runs, metric, paths)
+        fig.add_heatmap(z=z, x=[str(n) for n in lengths], y=[f"{d:.0%}" for d in depths], zmin=0, zmax=1,
+                        colorscale="Viridis", showscale=i == 1, colorbar=dict(title=metric.replace("_", " ")),
+                        row=1, col=i)
+        fig.update_xaxes(title_text="tokens", type="category", row=1, col=i)
+        fig.update_yaxes(type="category", row=1, col=i)
+    fig.update_yaxes(title_text="needle depth", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title="Needle in a haystack" + _seeds_note(groups))
     return fig
 
 
 def index_coverage_figure(paths) -> go.Figure:
     """Mean recall of the trained index branch, MoBA's gate and the oracle on each MSA run's
-    own attention (per layer)."""
+    own attention (per layer; the mean over seeds, ± their standard deviation)."""
     fig = go.Figure()
-    bars: dict[str, tuple[list, list]] = {}
-    for run in _runs(paths):
-        for r in (run["summary"] or {}).get("coverage", []):
-            xs, ys = bars.setdefault(r["selector"], ([], []))
-            xs.append(f"{run['name']} L{r['layer']}")
-            ys.append(r["recall_mean"])
+    bars: dict[str, dict[str, list[float]]] = {}
+    groups = _finished(_groups(paths))
+    for name, runs in groups.items():
+        for run in runs:
+            for r in run["summary"].get("coverage", []):
+                bars.setdefault(r["selector"], {}).setdefault(f"{name} L{r['layer']}", []).append(r["recall_mean"])
     if not bars:
         raise ValueError("no coverage rows: no finished MSA run with eval.coverage")
     colors = {"msa (trained index)": method_color("msa"), "moba": method_color("moba"), "oracle": method_color("oracle")}
-    for name, (xs, ys) in bars.items():
-        fig.add_bar(x=xs, y=ys, name=name, marker_color=colors.get(name, method_color(name)))
-    fig.update_layout(template=TEMPLATE, barmode="group", title="Recall on the trained model's own attention",
-                      xaxis_title="run and layer", yaxis=dict(title="mean recall", range=[0, 1.02]))
+    for selector, by_run in bars.items():
+        stats = [_mean_sd(v) for v in by_run.values()]
+        fig.add_bar(x=list(by_run), y=[m for m, _ in stats], name=selector,
+                    error_y=dict(type="data", array=[sd for _, sd in stats], visible=any(sd for _, sd in stats)),
+                    marker_color=colors.get(selector, method_color(selector)))
+    fig.update_layout(template=TEMPLATE, barmode="group", title="Recall on the trained model's own attention" +
+                      _seeds_note(groups), xaxis_title="run and layer", yaxis=dict(title="mean recall", range=[0, 1.02]))
     return fig
