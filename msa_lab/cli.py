@@ -133,7 +133,8 @@ def main(argv=None) -> int:
                               "png/svg/pdf need kaleido and Chrome/Chromium)")
     figures.add_argument("--only", nargs="+", metavar="NAME", help="paper figures: only these (names in figures.md)")
     figures.add_argument("--results-dir", default=None,
-                         help="paper figures: the sweeps folder to read (default: experiments/results/sweeps)")
+                         help="paper figures: the sweeps folder to read (default: experiments/results/sweeps); "
+                              "the training figures always read experiments/results/train")
     figures.add_argument("--quiet", action="store_true", help="no progress bar")
     figures.add_argument("--prefix", default="", help="start every file name with this (several sweeps, one folder)")
     figures.set_defaults(run=_figures)

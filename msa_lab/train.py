@@ -26,6 +26,7 @@ table gives the mean and the spread over the seeds.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import math
 import time
@@ -35,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .bench.config import _choice, _int, _unknown
+from .bench.config import _as_list, _choice, _int, _unknown
 from .nn import TinyLM
+from .runs import SEED_SUFFIX, find_runs, finished, group_seeds, mean_sd
 from .tasks import TASKS, make_batch
 
 DEFAULTS = {
@@ -105,10 +107,9 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     cfg["runs"] = raw.get("runs")
     cfg["seeds"] = raw.get("seeds")
     if cfg["seeds"] is not None:
-        if not isinstance(cfg["seeds"], list) or not cfg["seeds"] or len(set(cfg["seeds"])) != len(cfg["seeds"]):
-            raise ValueError(f"seeds must be a non-empty list of distinct ints >= 0, got {cfg['seeds']!r}")
-        for seed in cfg["seeds"]:
-            _int(seed, "seeds[]", 0)
+        cfg["seeds"] = [_int(seed, "seeds[]", 0) for seed in _as_list(cfg["seeds"], "seeds")]
+        if len(set(cfg["seeds"])) != len(cfg["seeds"]):
+            raise ValueError(f"seeds must be distinct, got {cfg['seeds']}")
     return cfg
 
 
@@ -346,13 +347,20 @@ def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         raise ValueError("runs must be a non-empty list of {name: ..., <section>.<field>: value} entries")
     if len({r["name"] for r in runs}) != len(runs):
         raise ValueError("runs: two runs share a name")
+    seeded = [r["name"] for r in runs if SEED_SUFFIX.search(str(r["name"]))]
+    if seeded:
+        raise ValueError(f"runs: a name must not end in _seed<k> (the folders of seeds do): {', '.join(seeded)}")
     _int(jobs, "jobs")
     if only is not None:
-        unknown = sorted(set(only) - {r["name"] for r in runs})
-        if unknown:
-            raise ValueError(f"only: no run named {', '.join(map(repr, unknown))}; the runs are "
-                             f"{', '.join(r['name'] for r in runs)}")
-        runs = [r for r in runs if r["name"] in only]
+        if not only:
+            raise ValueError("only (--runs) must name at least one run")
+        names = [r["name"] for r in runs]
+        for wanted in [only] if isinstance(only, str) else only:
+            if wanted not in names:
+                close = difflib.get_close_matches(str(wanted), names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"only (--runs): no run named {wanted!r}{hint} (the runs: {', '.join(names)})")
+        runs = [r for r in runs if r["name"] in ([only] if isinstance(only, str) else only)]
     if seeds is not None:
         cfg = parse_run_config(dict(cfg, seeds=list(seeds)))
     configs = []
@@ -366,58 +374,73 @@ def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         for name, run_cfg in configs:
             run_training(run_cfg, out / name, progress=progress)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a forked child would inherit an initialised CUDA context, which CUDA forbids
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_training, run_cfg, out / name, progress=progress, progress_position=i)
-                       for i, (name, run_cfg) in enumerate(configs)]
-            for future in futures:
-                future.result()
-    table = summary_table(out)
+        _train_side_by_side(configs, out, jobs, progress)
+    table = summary_table([out / name for name, _ in configs])
     (out / "summary.md").write_text(table + "\n", encoding="utf-8")
     return out
 
 
-def summary_table(out_dir) -> str:
-    """A Markdown table of the finished runs under ``out_dir``: method, block, top_k, final
-    training loss, and token accuracy on the answers at each evaluated length (and depth).
-    Runs trained over several seeds (``<run>_seed<k>`` folders) make one row each: the mean
-    over the seeds with ± their standard deviation, and the number of seeds."""
-    import re
-    import statistics
+def _limit_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
 
-    groups: dict[str, list[dict]] = {}
-    for path in sorted(Path(out_dir).glob("*/summary.json")):
-        groups.setdefault(re.sub(r"_seed\d+$", "", path.parent.name), []).append(json.loads(path.read_text()))
+
+def _train_side_by_side(configs: list[tuple[str, dict]], out: Path, jobs: int, progress: bool) -> None:
+    """``run_training`` of each config in a pool of ``jobs`` processes. The first run that
+    fails cancels the runs not yet started and is raised, named, once the runs already
+    training have finished (a re-run resumes the cancelled ones). Spawned processes re-import
+    the caller's main module: a script needs ``if __name__ == "__main__":``."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    # spawn: a forked child would inherit an initialised CUDA context, which CUDA forbids. The
+    # CPU threads are shared out, or every child would start one per core.
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(run_training, run_cfg, out / name, progress=progress, progress_position=i % jobs): name
+                   for i, (name, run_cfg) in enumerate(configs)}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            pool.shutdown(wait=True, cancel_futures=True)
+            err = failed[0].exception()
+            raise RuntimeError(f"run {futures[failed[0]]!r} failed ({type(err).__name__}: {err}); the other runs "
+                               f"kept their checkpoints: re-run to resume") from err
+
+
+def summary_table(out_dir) -> str:
+    """A Markdown table of the finished runs in ``out_dir`` (an ablation's folder, or a list of
+    run folders): method, block, top_k, final training loss, and token accuracy on the answers
+    at each evaluated length (and depth). The seeds of a run (``<run>_seed<k>`` folders) make
+    one row: the mean over the seeds ± their standard deviation, and the number of seeds."""
+    groups = finished(group_seeds(find_runs(out_dir)))
     if not groups:
-        raise ValueError(f"no finished runs under {out_dir}")
+        raise ValueError(f"no finished runs in {out_dir}")
     cols = []
     for runs in groups.values():
-        for e in runs[0]["eval"]:
-            key = (e["seq_len"], e.get("depth"))
-            if key not in cols:
-                cols.append(key)
+        for r in runs:
+            for e in r["summary"]["eval"]:
+                if (e["seq_len"], e.get("depth")) not in cols:
+                    cols.append((e["seq_len"], e.get("depth")))
     seeded = any(len(runs) > 1 for runs in groups.values())
 
-    def cell(values: list[float], digits: int) -> str:
+    def cell(values: list[float]) -> str:
         if not values:
             return ""
-        if len(values) == 1:
-            return f"{values[0]:.{digits}f}"
-        return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        mean, sd = mean_sd(values)
+        return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {sd:.3f}"
 
     head = ["run", "method", "block", "top_k"] + (["seeds"] if seeded else []) + ["final loss"]
     head += [f"acc N={n}" + ("" if d is None else f" depth={d}") for n, d in cols]  # token accuracy
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in groups.items():
-        first = runs[0]
-        cells = [first["name"] if len(runs) == 1 and not seeded else name, first["method"], str(first["block_size"]),
-                 str(first["top_k"])] + ([str(len(runs))] if seeded else [])
-        cells.append(cell([r["final_loss"] for r in runs], 3))
+        first = runs[0]["summary"]
+        cells = [name, first["method"], str(first["block_size"]), str(first["top_k"])]
+        cells += [str(len(runs))] if seeded else []
+        cells.append(cell([r["summary"]["final_loss"] for r in runs]))
         for c in cols:
-            cells.append(cell([e["token_accuracy"] for r in runs for e in r["eval"]
-                               if (e["seq_len"], e.get("depth")) == c], 3))
+            cells.append(cell([e["token_accuracy"] for r in runs for e in r["summary"]["eval"]
+                               if (e["seq_len"], e.get("depth")) == c]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -73,6 +73,24 @@ def test_index_kl_is_zero_when_the_index_equals_the_main_branch_and_never_reache
         index_kl_loss(torch.randn(1, 50, 2, 16), torch.randn(1, 50, 1, 16), q, k)
 
 
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_index_kl_keeps_float32_under_a_bf16_autocast(sparse):
+    """A model trained with train.dtype bf16-mixed calls the loss under autocast: it must not
+    round the logits to bf16 (the loss of identical distributions stays 0)."""
+    q, k = torch.randn(2, 70, 4, 16), torch.randn(2, 70, 2, 16)
+    iq, ik = torch.randn(2, 70, 2, 16, requires_grad=True), torch.randn(2, 70, 1, 16)
+    sel = ml.select_msa(iq.detach(), ik, block_size=16, top_k=2) if sparse else None
+    plain = index_kl_loss(iq, ik, q, k, sel)
+    (g_plain,) = torch.autograd.grad(plain, iq)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = index_kl_loss(iq, ik, q, k, sel)
+    (g_mixed,) = torch.autograd.grad(mixed, iq)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain) and torch.equal(g_mixed, g_plain)
+    same = torch.randn(1, 40, 1, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert index_kl_loss(same, same, same, same).item() == pytest.approx(0, abs=1e-6)
+
 def copy_weights(dst, src):
     dst.load_state_dict(src.state_dict())
     return dst

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,10 +110,12 @@ def test_ablation_runs_every_entry_and_tabulates(tmp_path):
     raw["runs"] = [{"name": "full", "model.method": "full"}, {"name": "msa", "model.top_k": 3}]
     out = run_ablation(raw, tmp_path, progress=False)
     table = (out / "summary.md").read_text()
-    assert "| tiny-full | full |" in table and "| tiny-msa | msa | 16 | 3 |" in table
+    assert "| full | full |" in table and "| msa | msa | 16 | 3 |" in table
     assert table == summary_table(out) + "\n"
-    with pytest.raises(ValueError, match="only: no run named 'msaa'; the runs are full, msa"):
+    with pytest.raises(ValueError, match=r"only \(--runs\): no run named 'msaa'; did you mean 'msa'\? \(the runs: full, msa\)"):
         run_ablation(raw, tmp_path / "bad", progress=False, only=["msaa"])
+    with pytest.raises(ValueError, match="must not end in _seed<k>"):
+        run_ablation(dict(raw, runs=[{"name": "lr_seed1"}]), tmp_path / "bad", progress=False)
     raw["runs"] = [{"name": "x", "modle.method": "full"}]
     with pytest.raises(ValueError, match="runs: 'modle.method'"):
         run_ablation(raw, tmp_path / "bad", progress=False)
@@ -146,8 +149,29 @@ def test_ablation_over_seeds_tabulates_mean_and_spread(tmp_path):
     a = torch.load(again / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(out / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="seeds must be a non-empty list of distinct ints"):
+    with pytest.raises(ValueError, match="seeds must be distinct"):
         parse_run_config(tiny(seeds=[1, 1]))
+    with pytest.raises(ValueError, match=r"seeds\[\] must be an int >= 0, got \[0\]"):
+        parse_run_config(tiny(seeds=[[0]]))
+    # an unseeded run beside its seeds is seed 0 twice: an error, not a fourth seed
+    shutil.copytree(out / "msa_seed0", out / "msa")
+    with pytest.raises(ValueError, match="are both seed 0 of run 'msa'"):
+        summary_table(out)
+    shutil.rmtree(out / "msa")
+    # folders named like seeds of one run but trained with different configs are not averaged
+    shutil.copytree(out / "full_seed0", out / "msa_seed7")
+    config = json.loads((out / "msa_seed7" / "config.json").read_text())
+    (out / "msa_seed7" / "config.json").write_text(json.dumps(dict(config, seed=7)))
+    with pytest.raises(ValueError, match=r"configs differ in model.method \('msa' vs 'full'\)"):
+        summary_table(out)
+
+
+def test_a_failing_run_side_by_side_is_named(tmp_path):
+    raw = tiny(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
+    # an evaluation length too short for the task's 4 pairs fails after training, in the child
+    raw["runs"] = [{"name": "ok", "model.method": "full"}, {"name": "bad", "eval.seq_lens": [8]}]
+    with pytest.raises(RuntimeError, match=r"run 'bad' failed \(ValueError: num_pairs=4 needs seq_len >= 16"):
+        run_ablation(raw, tmp_path, progress=False, jobs=2)
 
 def test_cli_train_reports_a_typo(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -206,6 +230,10 @@ def test_training_figures_average_over_seeds():
     assert heat.data[0].z[0][-1] == pytest.approx(cell) and "mean of 3 seeds" in heat.layout.title.text
     loss = training.loss_figure(gpu)
     assert sum(t.name == "msa" for t in loss.data) == 1
+    # runs of the same name from two ablations stay apart, named by their folder
+    results = gpu.parent
+    names = {t.name for t in training.accuracy_figure([results / "smoke_cpu", results / "passkey_cpu"]).data}
+    assert {"smoke_cpu/full", "passkey_cpu/full", "smoke_cpu/msa", "passkey_cpu/msa", "moba"} == names
 
 def test_bf16_mixed_keeps_float32_weights_and_trains(tmp_path):
     raw = tiny(train__steps=3, train__dtype="bf16-mixed", train__eval_every=0, train__index_warmup=1,

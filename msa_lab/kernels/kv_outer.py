@@ -23,7 +23,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
 from .runtime import dot_precision, next_pow2
-from .tiles import load_rows
+from .tiles import load_rows, work_item
 
 #: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
 #: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
@@ -51,12 +51,7 @@ def _kv_outer_fwd(
     PRECISION: tl.constexpr,
 ):
     w = tl.program_id(0)
-    lst = tl.load(work_list_ptr + w)
-    start = tl.load(work_start_ptr + w)
-    count = tl.load(work_count_ptr + w)
-    blk = lst % NB
-    hs = (lst // NB) % HS
-    b = lst // NB // HS
+    start, count, blk, hs, b = work_item(work_list_ptr, work_start_ptr, work_count_ptr, w, NB, HS)
     kvh = hs * HPR // G
 
     offs_k = tl.arange(0, BS_PAD)

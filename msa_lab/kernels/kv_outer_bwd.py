@@ -32,7 +32,7 @@ from ..selection import BlockSelection
 from .kv_outer import Launch
 from .query_lists import build_query_lists
 from .runtime import dot_precision, next_pow2
-from .tiles import load_rows
+from .tiles import load_rows, work_item
 
 
 @triton.jit
@@ -48,12 +48,7 @@ def _kv_outer_bwd(
 ):
     w = tl.program_id(0)
     part = tl.program_id(1)  # which KEYS keys of the block this program owns
-    lst = tl.load(work_list_ptr + w)
-    start = tl.load(work_start_ptr + w)
-    count = tl.load(work_count_ptr + w)
-    blk = lst % NB
-    hs = (lst // NB) % HS
-    b = lst // NB // HS
+    start, count, blk, hs, b = work_item(work_list_ptr, work_start_ptr, work_count_ptr, w, NB, HS)
     kvh = hs * HPR // G
 
     offs_k = part * KEYS + tl.arange(0, KEYS)

@@ -11,3 +11,14 @@ def load_rows(ptr, b, rows, head, sb, sn, sh, row_ok, D: tl.constexpr, D_PAD: tl
     offs_d = tl.arange(0, D_PAD)
     offs = b.to(tl.int64) * sb + rows[:, None].to(tl.int64) * sn + head * sh + offs_d[None, :]
     return tl.load(ptr + offs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def work_item(work_list_ptr, work_start_ptr, work_count_ptr, w, NB, HS):
+    """``(start, count, block, head, batch)`` of work item ``w`` of the query lists
+    (``build_query_lists``): a run of the queries that chose one block of one (batch,
+    selection head)."""
+    lst = tl.load(work_list_ptr + w)
+    start = tl.load(work_start_ptr + w)
+    count = tl.load(work_count_ptr + w)
+    return start, count, lst % NB, (lst // NB) % HS, lst // NB // HS

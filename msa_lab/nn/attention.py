@@ -81,7 +81,7 @@ class Attention(nn.Module):
         k = rotary(self.wk(x).view(B, N, self.num_kv_heads, self.head_dim), self.rotary_dims, self.rope_base)
         v = self.wv(x).view(B, N, self.num_kv_heads, self.head_dim)
         backend = self._sparse_backend(x)
-        selection, aux = None, None
+        selection, aux, lse = None, None, None
         index_q = index_k = None
         if self.indexer is not None:
             index_q, index_k = self.indexer(x)
@@ -92,11 +92,16 @@ class Attention(nn.Module):
                 else:
                     selection = select_msa(index_q, index_k, block_size=self.block_size, top_k=self.top_k,
                                            backend=backend)
-            out = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic)
+            # MSA's KL teacher is this attention normalised over the same tokens: its LSE saves
+            # the KL a pass over the main q/k
+            out, lse = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic,
+                                              return_lse=True)
         else:
             out = full_attention(q, k, v, backend="reference" if self.backend == "reference" else "sdpa")
         if self.indexer is not None and torch.is_grad_enabled():
-            aux = index_kl_loss(index_q, index_k, q, k, selection)
+            # The warm-up's loss over every visible token has no Triton kernel.
+            aux = index_kl_loss(index_q, index_k, q, k, selection, lse=lse if selection is not None else None,
+                                backend=backend if selection is not None else "reference")
         self.last_selection = selection
         if self.keep_inputs:
             self.last_inputs = (q.detach(), k.detach(), index_q, index_k)

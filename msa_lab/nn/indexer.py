@@ -20,6 +20,8 @@ branch (``d loss / d logit = p_student - p_teacher``, over the number of rows). 
 It is computed in query chunks, never ``N x N`` at once: over every visible token it is
 ``O(N²)`` work, like the dense attention that the warm-up runs anyway; over the selected
 tokens the blocks are gathered, ``O(N · top_k · block_size)``, like the sparse attention.
+``backend="triton"`` computes the loss over the selected tokens and its gradients in fused
+KV-outer kernels instead (``kernels/index_kl.py``); the warm-up's loss stays in PyTorch.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..reference import compute_dtype, grouped_scores, query_chunk_size
 from ..selection import BlockSelection
+from ..validation import check_choice
 from .rope import rotary
+
+KL_BACKENDS = ("reference", "triton", "auto")
 
 
 class MSAIndexer(nn.Module):
@@ -49,19 +54,34 @@ class MSAIndexer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
-        iq = self.q_norm(self.wq(x).view(B, N, self.num_kv_heads, self.index_dim))
-        ik = self.k_norm(self.wk(x).view(B, N, 1, self.index_dim))
+        iq = _rms_norm(self.q_norm, self.wq(x).view(B, N, self.num_kv_heads, self.index_dim))
+        ik = _rms_norm(self.k_norm, self.wk(x).view(B, N, 1, self.index_dim))
         return (rotary(iq, self.rotary_dims, self.rope_base), rotary(ik, self.rotary_dims, self.rope_base))
+
+
+def _rms_norm(norm: nn.RMSNorm, h: torch.Tensor) -> torch.Tensor:
+    """``norm(h)`` computed in float32 and returned in h's dtype: under bf16 autocast the
+    projection is bf16 while the norm's weight stays float32, a pair torch normalises only on
+    its slow unfused path (with a warning); the index logits then stay in the input's dtype."""
+    return nn.functional.rms_norm(h.float(), norm.normalized_shape, norm.weight.float(), norm.eps).to(h.dtype)
 
 
 def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                   selection: BlockSelection | None = None, *, scale: float | None = None,
-                  query_chunk: int | None = None) -> torch.Tensor:
+                  query_chunk: int | None = None, lse: torch.Tensor | None = None,
+                  backend: str = "reference") -> torch.Tensor:
     """Mean over (batch, token, group) of ``KL(teacher || student)`` (see the module
     docstring): ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1, Di]``, main ``q [B, N, Hq, D]``
     and ``k [B, N, Hkv, D]`` (detached here), ``selection`` a per-group selection or None
-    (every visible token). A scalar (float32; float64 for float64 index inputs),
-    differentiable in index_q and index_k only."""
+    (every visible token). ``lse [B, Hq, N]``: the main sparse attention's LSE over the
+    selection (``return_lse=True``), the teacher's normaliser, recomputed when None.
+    A scalar (float32; float64 for float64 index inputs), differentiable in index_q and
+    index_k only.
+
+    ``backend``: ``"reference"`` (plain PyTorch in query chunks of ``query_chunk`` rows,
+    recomputed in the backward pass), ``"triton"`` (the fused kernels of
+    ``kernels/index_kl.py``; selected tokens only) or ``"auto"`` (Triton for CUDA tensors
+    with a selection, the reference otherwise)."""
     B, N, Hq, D = q.shape
     Hkv, Di = k.shape[2], index_q.shape[-1]
     G = Hq // Hkv
@@ -70,22 +90,38 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
                          f"{tuple(index_q.shape)} and {tuple(index_k.shape)}")
     if selection is not None and selection.per != "group":
         raise ValueError("selection must be per group (MSA's index branch selects per KV group)")
+    backend = check_choice(backend, "backend", KL_BACKENDS)
+    if lse is not None:
+        if selection is None:
+            raise ValueError("lse is the main sparse attention's LSE over a selection; without a selection "
+                             "(every visible token) the teacher is normalised here")
+        if not isinstance(lse, torch.Tensor) or lse.shape != (B, Hq, N) or not lse.is_floating_point():
+            raise ValueError(f"lse must be a float tensor [{B}, {Hq}, {N}] (the attention's return_lse), got "
+                             f"{tuple(lse.shape) if isinstance(lse, torch.Tensor) else type(lse).__name__}")
+        lse = lse.detach()
     scale = D ** -0.5 if scale is None else scale
     q, k = q.detach(), k.detach()
+    if backend == "auto":
+        backend = "triton" if index_q.is_cuda and selection is not None else "reference"
+    if backend == "triton":
+        return _triton_kl(index_q, index_k, q, k, selection, scale, lse)
     if selection is None:
         chunk, piece = query_chunk or query_chunk_size(N, B, Hq), _visible_kl
     else:
         T = selection.top_k * selection.block_size
         chunk, piece = query_chunk or max(1, (1 << 27) // (B * Hkv * T * max(D, Di, G))), _selected_kl
     total = index_q.new_zeros((), dtype=compute_dtype(index_q))
-    for start in range(0, N, chunk):
-        args = (index_q, index_k, q, k, selection, scale, start, min(N, start + chunk))
-        if torch.is_grad_enabled() and (index_q.requires_grad or index_k.requires_grad):
-            # Recompute the chunk in the backward pass: autograd would otherwise keep every
-            # chunk's logits (or gathered index keys), N x N or N x top_k x block_size in all.
-            total = total + checkpoint(piece, *args, use_reentrant=False)
-        else:
-            total = total + piece(*args)
+    # The pieces compute in compute_dtype on purpose; under a model's bf16 autocast their
+    # einsums would otherwise round the logits (and the loss) to bf16.
+    with torch.autocast(index_q.device.type, enabled=False):
+        for start in range(0, N, chunk):
+            args = (index_q, index_k, q, k, selection, scale, lse, start, min(N, start + chunk))
+            if torch.is_grad_enabled() and (index_q.requires_grad or index_k.requires_grad):
+                # Recompute the chunk in the backward pass: autograd would otherwise keep every
+                # chunk's logits (or gathered index keys), N x N or N x top_k x block_size in all.
+                total = total + checkpoint(piece, *args, use_reentrant=False)
+            else:
+                total = total + piece(*args)
     return total / (B * N * Hkv)
 
 
@@ -98,7 +134,7 @@ def _kl_sum(teacher: torch.Tensor, student_logits: torch.Tensor, allowed: torch.
     return torch.where(teacher > 0, teacher * (log_teacher - log_student), 0.0).sum()
 
 
-def _visible_kl(index_q, index_k, q, k, selection, scale, start, stop):
+def _visible_kl(index_q, index_k, q, k, selection, scale, lse, start, stop):
     """KL summed over query rows ``[start, stop)`` and every visible token."""
     L = stop  # keys past the chunk's last query are never visible
     pos = torch.arange(start, stop, device=q.device)
@@ -111,7 +147,7 @@ def _visible_kl(index_q, index_k, q, k, selection, scale, start, stop):
     return _kl_sum(teacher, student * index_q.shape[-1] ** -0.5, allowed)
 
 
-def _selected_kl(index_q, index_k, q, k, selection, scale, start, stop):
+def _selected_kl(index_q, index_k, q, k, selection, scale, lse, start, stop):
     """KL summed over query rows ``[start, stop)`` and their selected tokens: the blocks are
     gathered, so the work is ``top_k x block_size`` per row and group, like the sparse
     attention itself."""
@@ -128,8 +164,36 @@ def _selected_kl(index_q, index_k, q, k, selection, scale, start, stop):
         keys = k.transpose(1, 2).gather(2, tok.flatten(2).unsqueeze(-1).expand(-1, -1, -1, D))
         qg = q[:, start:stop].view(B, C, Hkv, Hq // Hkv, D).to(compute_dtype(q))
         s = torch.einsum("bcgxd,bgctd->bgxct", qg, keys.view(B, Hkv, C, T, D).to(qg.dtype)) * scale
-        teacher = torch.softmax(s.masked_fill(~allowed.unsqueeze(2), float("-inf")), -1).mean(2)
+        s = s.masked_fill(~allowed.unsqueeze(2), float("-inf"))
+        if lse is None:
+            teacher = torch.softmax(s, -1).mean(2)
+        else:
+            norm = lse[:, :, start:stop].to(s.dtype).view(B, Hkv, Hq // Hkv, C, 1)
+            teacher = torch.exp(s - norm).mean(2)
     dt = compute_dtype(index_q)
     ik = index_k[:, :, 0].to(dt).gather(1, tok.flatten(1).unsqueeze(-1).expand(-1, -1, Di))  # shared by groups
     student = torch.einsum("bcgd,bgctd->bgct", index_q[:, start:stop].to(dt), ik.view(B, Hkv, C, T, Di))
     return _kl_sum(teacher, student * Di ** -0.5, allowed)
+
+
+def _triton_kl(index_q, index_k, q, k, selection, scale, lse):
+    from ..kernels import runtime
+
+    if selection is None:
+        raise ValueError("backend='triton' computes the loss over a selection's tokens; with selection=None "
+                         "(every visible token, the dense warm-up) use backend='reference' or 'auto'")
+    if not (index_q.is_cuda or runtime.interpreted()):
+        raise ValueError(f"backend='triton' needs a CUDA GPU, or TRITON_INTERPRET=1 set before msa_lab's kernels "
+                         f"are first imported to run them (slowly) on the CPU; index_q is on {index_q.device}")
+    for name, x in (("index_k", index_k), ("q", q), ("k", k), ("lse", lse)):
+        if x is not None and x.device != index_q.device:
+            raise ValueError(f"{name} is on {x.device} but index_q is on {index_q.device}")
+    for x in (index_q, q):
+        runtime.check_triton_device(x, "triton")
+    if index_k.dtype != index_q.dtype or k.dtype != q.dtype:
+        raise ValueError(f"backend='triton' needs index_k in index_q's dtype and k in q's; got index_q "
+                         f"{index_q.dtype}, index_k {index_k.dtype}, q {q.dtype}, k {k.dtype}")
+    selection.check_matches(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.device)
+    from ..kernels.index_kl import IndexKL
+
+    return IndexKL.apply(index_q, index_k, q, k, selection, scale, lse)

@@ -9,48 +9,25 @@ standard deviation (accuracy, recall) around it.
 
 from __future__ import annotations
 
-import json
-import re
 import statistics
-from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..runs import find_runs, finished, group_seeds, mean_sd
+from ..validation import check_choice
 from .theme import TEMPLATE, method_color
 
-
-def load_run(path) -> dict:
-    """``{"name", "method", "rows": metrics rows, "summary": summary or None}`` of a run folder."""
-    path = Path(path)
-    metrics = path / "metrics.jsonl"
-    if not metrics.is_file():
-        raise ValueError(f"no metrics.jsonl in {path} (not a training run folder)")
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-    method = (summary or {}).get("method") or config.get("model", {}).get("method", "?")
-    return dict(name=path.name, method=method, rows=rows, summary=summary)
-
-
-def _runs(paths) -> list[dict]:
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    runs = []
-    for p in paths:
-        p = Path(p)
-        runs += [load_run(d) for d in sorted(p.iterdir()) if (d / "metrics.jsonl").is_file()] \
-            if not (p / "metrics.jsonl").is_file() else [load_run(p)]
-    if not runs:
-        raise ValueError("no training runs found")
-    return runs
+METRICS = ("token_accuracy", "exact_match")
 
 
 def _groups(paths) -> dict[str, list[dict]]:
-    """The runs by name, the seeds of a run (``<name>_seed<k>``) together, in folder order."""
-    groups: dict[str, list[dict]] = {}
-    for run in _runs(paths):
-        groups.setdefault(re.sub(r"_seed\d+$", "", run["name"]), []).append(run)
-    return groups
+    return group_seeds(find_runs(paths))
+
+
+def _seeds_note(groups: dict[str, list[dict]]) -> str:
+    counts = {len(runs) for runs in groups.values()}
+    return "" if counts == {1} else f" (mean of {'/'.join(map(str, sorted(counts)))} seeds)"
 
 
 #: A method's runs share its colour; its variants (warm-up, block x top_k) differ by dash and
@@ -67,15 +44,6 @@ def _styles(groups: dict[str, list[dict]]) -> dict[str, dict]:
         i = seen[method] = seen.get(method, -1) + 1
         styles[name] = dict(color=method_color(method), dash=DASHES[i % len(DASHES)], symbol=SYMBOLS[i % len(SYMBOLS)])
     return styles
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _seeds_note(groups: dict[str, list[dict]]) -> str:
-    counts = {len(runs) for runs in groups.values()}
-    return "" if counts == {1} else f" (mean of {'/'.join(map(str, sorted(counts)))} seeds)"
 
 
 def loss_figure(paths) -> go.Figure:
@@ -112,25 +80,19 @@ def loss_figure(paths) -> go.Figure:
     return fig
 
 
-def _finished(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    done = {name: [r for r in runs if r["summary"] is not None] for name, runs in groups.items()}
-    return {name: runs for name, runs in done.items() if runs}
-
-
 def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     """Final accuracy (``token_accuracy`` or ``exact_match``) against evaluated context length,
     a line per finished run: the mean over its seeds (passkey: over the needle depths too),
     with ± one standard deviation over the seeds."""
-    if metric not in ("token_accuracy", "exact_match"):
-        raise ValueError(f"metric must be 'token_accuracy' or 'exact_match'; got {metric!r}")
+    check_choice(metric, "metric", METRICS)
     fig = go.Figure()
-    groups = _finished(_groups(paths))
+    groups = finished(_groups(paths))
     styles = _styles(groups)
     lengths_seen: set[int] = set()
     for name, runs in groups.items():
-        lengths = sorted({e["seq_len"] for e in runs[0]["summary"]["eval"]})
-        stats = [_mean_sd([statistics.mean(e[metric] for e in r["summary"]["eval"] if e["seq_len"] == n)
-                           for r in runs]) for n in lengths]
+        lengths = sorted({e["seq_len"] for r in runs for e in r["summary"]["eval"]})
+        stats = [mean_sd([statistics.mean(e[metric] for e in r["summary"]["eval"] if e["seq_len"] == n)
+                          for r in runs if any(e["seq_len"] == n for e in r["summary"]["eval"])]) for n in lengths]
         fig.add_scatter(x=lengths, y=[m for m, _ in stats], mode="lines+markers", name=name,
                         error_y=dict(type="data", array=[sd for _, sd in stats], visible=len(runs) > 1),
                         line=dict(color=styles[name]["color"], dash=styles[name]["dash"]),
@@ -143,6 +105,7 @@ def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
 
 
 def _needle_grid(runs: list[dict], metric: str, where) -> tuple[list[int], list[float], list[list[float]]]:
+    check_choice(metric, "metric", METRICS)
     ev = [e for r in runs for e in r["summary"]["eval"] if "depth" in e]
     if not ev:
         raise ValueError(f"{where}: no passkey evaluation by depth (set task.name: passkey and eval.depths)")
@@ -153,17 +116,17 @@ def _needle_grid(runs: list[dict], metric: str, where) -> tuple[list[int], list[
     return lengths, depths, z
 
 
-def needle_heatmap_figure(paths, metric: str = "exact_match", run: str | None = None) -> go.Figure:
-    """Passkey retrieval: accuracy by context length (x) and needle depth (y) of one run (the
-    mean over its seeds). ``paths``: the run's folder(s), or an ablation folder with ``run``
-    naming the run."""
-    groups = _finished(_groups(paths))
+def needle_heatmap_figure(path, metric: str = "token_accuracy", run: str | None = None) -> go.Figure:
+    """Passkey retrieval: accuracy (``token_accuracy`` or ``exact_match``) by context length (x)
+    and needle depth (y) of one run, the mean over its seeds. ``path``: the run's folder (or
+    its seeds' folders), or an ablation folder with ``run`` naming the run."""
+    groups = finished(_groups(path))
     if run is None and len(groups) != 1:
         raise ValueError(f"run: name one of {', '.join(groups)} (these folders hold several runs)")
     name = run if run is not None else next(iter(groups))
     if name not in groups:
         raise ValueError(f"run: no finished run named {name!r}; there are {', '.join(groups) or 'none'}")
-    lengths, depths, z = _needle_grid(groups[name], metric, paths)
+    lengths, depths, z = _needle_grid(groups[name], metric, path)
     fig = go.Figure(go.Heatmap(z=z, x=[str(n) for n in lengths], y=[f"{d:.0%}" for d in depths], zmin=0, zmax=1,
                                colorscale="Viridis", colorbar=dict(title=metric.replace("_", " "))))
     fig.update_layout(template=TEMPLATE, title=f"Needle in a haystack: {name}" + _seeds_note({name: groups[name]}),
@@ -175,7 +138,7 @@ def needle_heatmap_figure(paths, metric: str = "exact_match", run: str | None = 
 def needle_grid_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     """The needle-in-a-haystack heat maps of every finished passkey run side by side, on one
     colour scale (each the mean over its seeds)."""
-    groups = {name: runs for name, runs in _finished(_groups(paths)).items()
+    groups = {name: runs for name, runs in finished(_groups(paths)).items()
               if any("depth" in e for r in runs for e in r["summary"]["eval"])}
     if not groups:
         raise ValueError(f"{paths}: no finished run with a passkey evaluation by depth")
@@ -198,7 +161,7 @@ def index_coverage_figure(paths) -> go.Figure:
     own attention (per layer; the mean over seeds, ± their standard deviation)."""
     fig = go.Figure()
     bars: dict[str, dict[str, list[float]]] = {}
-    groups = _finished(_groups(paths))
+    groups = finished(_groups(paths))
     for name, runs in groups.items():
         for run in runs:
             for r in run["summary"].get("coverage", []):
@@ -207,7 +170,7 @@ def index_coverage_figure(paths) -> go.Figure:
         raise ValueError("no coverage rows: no finished MSA run with eval.coverage")
     colors = {"msa (trained index)": method_color("msa"), "moba": method_color("moba"), "oracle": method_color("oracle")}
     for selector, by_run in bars.items():
-        stats = [_mean_sd(v) for v in by_run.values()]
+        stats = [mean_sd(v) for v in by_run.values()]
         fig.add_bar(x=list(by_run), y=[m for m, _ in stats], name=selector,
                     error_y=dict(type="data", array=[sd for _, sd in stats], visible=any(sd for _, sd in stats)),
                     marker_color=colors.get(selector, method_color(selector)))
