@@ -256,6 +256,8 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         step = state["step"]
+        if step >= tr["steps"] and (out / "summary.json").is_file():
+            return out  # finished and evaluated: a re-run of an ablation leaves it as it is
     stop = tr["steps"] if max_steps is None else min(tr["steps"], max_steps)
     bar = tqdm(range(step, stop), desc=cfg["name"], unit="step", disable=not progress, dynamic_ncols=True,
                initial=step, total=tr["steps"], position=progress_position)
