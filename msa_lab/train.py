@@ -26,7 +26,6 @@ table gives the mean and the spread over the seeds.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
 import time
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .bench.config import _as_list, _choice, _int, _unknown
+from .bench.config import _as_list, _choice, _did_you_mean, _int, _unknown
 from .nn import TinyLM
 from .runs import SEED_SUFFIX, find_runs, finished, group_seeds, mean_sd
 from .tasks import TASKS, make_batch
@@ -105,12 +104,15 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     except TypeError as err:
         raise ValueError(f"task.options: {err}") from None
     cfg["runs"] = raw.get("runs")
-    cfg["seeds"] = raw.get("seeds")
-    if cfg["seeds"] is not None:
-        cfg["seeds"] = [_int(seed, "seeds[]", 0) for seed in _as_list(cfg["seeds"], "seeds")]
-        if len(set(cfg["seeds"])) != len(cfg["seeds"]):
-            raise ValueError(f"seeds must be distinct, got {cfg['seeds']}")
+    cfg["seeds"] = None if raw.get("seeds") is None else _check_seeds(raw["seeds"])
     return cfg
+
+
+def _check_seeds(seeds) -> list[int]:
+    seeds = [_int(seed, "seeds[]", 0) for seed in _as_list(seeds, "seeds")]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    return seeds
 
 
 def load_run_config(path) -> dict:
@@ -354,20 +356,17 @@ def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         raise ValueError(f"runs: a name must not end in _seed<k> (the folders of seeds do): {', '.join(seeded)}")
     _int(jobs, "jobs")
     if only is not None:
-        if not only:
-            raise ValueError("only (--runs) must name at least one run")
+        wanted = _as_list(only, "only (--runs)")
         names = [r["name"] for r in runs]
-        for wanted in [only] if isinstance(only, str) else only:
-            if wanted not in names:
-                close = difflib.get_close_matches(str(wanted), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"only (--runs): no run named {wanted!r}{hint} (the runs: {', '.join(names)})")
-        runs = [r for r in runs if r["name"] in ([only] if isinstance(only, str) else only)]
-    if seeds is not None:
-        cfg = parse_run_config(dict(cfg, seeds=list(seeds)))
+        for name in wanted:
+            if name not in names:
+                raise ValueError(f"only (--runs): no run named {name!r}{_did_you_mean(name, names)} "
+                                 f"(the runs: {', '.join(names)})")
+        runs = [r for r in runs if r["name"] in wanted]
+    seeds = cfg["seeds"] if seeds is None else _check_seeds(seeds)
     configs = []
     for r in runs:
-        for seed in cfg["seeds"] or [None]:
+        for seed in seeds or [None]:
             run = r if seed is None else dict(r, seed=seed)
             folder = r["name"] if seed is None else f"{r['name']}_seed{seed}"
             configs.append((folder, parse_run_config(_override(cfg, run))))

@@ -107,12 +107,16 @@ class SweepConfig:
     source: dict = field(default_factory=dict, compare=False, repr=False)
 
 
+def _did_you_mean(value, choices) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _unknown(keys, allowed, where: str) -> None:
     for key in keys:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{where}: unknown field {key!r}{hint} (known: {', '.join(allowed)})")
+            raise ValueError(f"{where}: unknown field {key!r}{_did_you_mean(key, allowed)} (known: {', '.join(allowed)})")
 
 
 def _as_list(value, where: str) -> list:

@@ -20,7 +20,7 @@ from ..selection import num_blocks
 from .index_topk import _top_blocks
 from .kv_outer import Launch, attend, merge, partial_buffers
 from .query_lists import QueryLists
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision, next_pow2
 from .tiles import load_rows
 
 BLOCKS_PER_PROGRAM = 16
@@ -61,8 +61,8 @@ def decode_selection(index_q, index_k, block_size: int, top_k: int):
     _decode_index_scores[(triton.cdiv(nb, BLOCKS_PER_PROGRAM), B)](
         iq, index_k, scores, L, nb, Di ** -0.5,
         iq.stride(0), iq.stride(2), index_k.stride(0), index_k.stride(1), scores.stride(0), scores.stride(1),
-        G=G, G_PAD=max(16, next_pow2(G)), BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
-        DI=Di, DI_PAD=max(16, next_pow2(Di)), BLOCKS=BLOCKS_PER_PROGRAM, PRECISION=dot_precision(iq.dtype),
+        G=G, G_PAD=dot_pad(G), BS=block_size, BS_PAD=dot_pad(block_size),
+        DI=Di, DI_PAD=dot_pad(Di), BLOCKS=BLOCKS_PER_PROGRAM, PRECISION=dot_precision(iq.dtype),
     )
     ids = torch.empty(B, G, 1, top_k, device=iq.device, dtype=torch.int32)
     _top_blocks[(1, G, B)](
@@ -174,7 +174,7 @@ def dense_decode_triton(q, k, v, scale: float):
         q, k, v, o_part, lse_part, L, per_split, scale,
         q.stride(0), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         o_part.stride(0), o_part.stride(2), o_part.stride(3), lse_part.stride(0), lse_part.stride(2),
-        G=G, G_PAD=max(16, next_pow2(G)), D=D, D_PAD=max(16, next_pow2(D)), BN=DENSE_KEYS_PER_TILE,
+        G=G, G_PAD=dot_pad(G), D=D, D_PAD=dot_pad(D), BN=DENSE_KEYS_PER_TILE,
         PRECISION=dot_precision(q.dtype),
     )
     out = torch.empty_like(q)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision
 from .tiles import load_rows
 
 BLOCK_M = 128
@@ -98,7 +98,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         q, k, v, out, lse, Nq, Nk, scale,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        G=Hq // k.shape[2], CAUSAL=causal, BM=BM, BN=BLOCK_N, D=D, D_PAD=max(16, next_pow2(D)),
+        G=Hq // k.shape[2], CAUSAL=causal, BM=BM, BN=BLOCK_N, D=D, D_PAD=dot_pad(D),
         PRECISION=dot_precision(q.dtype), num_warps=NUM_WARPS, num_stages=1 if fp32 else NUM_STAGES,
     )
     return out, lse

@@ -38,7 +38,7 @@ from torch.autograd.function import once_differentiable
 from ..selection import BlockSelection
 from .kv_outer import ROWS_PER_ITEM
 from .query_lists import build_query_lists
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision
 from .tiles import load_rows, work_item
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp2 domain: exp(x) = exp2(x * log2(e))
@@ -175,8 +175,8 @@ def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: t
     entries = max(TOKENS_PER_TILE, ROWS_PER_ITEM // G // TOKENS_PER_TILE * TOKENS_PER_TILE)
     lists = build_query_lists(selection, 0, N, entries)
     index_scale = Di ** -0.5
-    shapes = dict(G=G, BS=bs, BS_PAD=max(16, next_pow2(bs)), D=D, D_PAD=max(16, next_pow2(D)),
-                  DI=Di, DI_PAD=max(16, next_pow2(Di)), PRECISION=dot_precision(q.dtype),
+    shapes = dict(G=G, BS=bs, BS_PAD=dot_pad(bs), D=D, D_PAD=dot_pad(D),
+                  DI=Di, DI_PAD=dot_pad(Di), PRECISION=dot_precision(q.dtype),
                   INDEX_PRECISION=dot_precision(index_q.dtype))
     common = (N, Hkv, selection.num_blocks, scale, index_scale,
               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection, num_blocks
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision, next_pow2
 from .tiles import load_rows
 
 SCORE_BYTES = 4 << 30
@@ -116,8 +116,8 @@ def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: 
             iq, ik, scores, N, q0, q1, Di ** -0.5,
             iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0), ik.stride(1), skg,
             scores.stride(0), scores.stride(1), scores.stride(2),
-            BM=rows, JB=BLOCKS_PER_STORE, BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
-            DI=Di, DI_PAD=max(16, next_pow2(Di)), PRECISION=dot_precision(iq.dtype),
+            BM=rows, JB=BLOCKS_PER_STORE, BS=block_size, BS_PAD=dot_pad(block_size),
+            DI=Di, DI_PAD=dot_pad(Di), PRECISION=dot_precision(iq.dtype),
             num_warps=NUM_WARPS, num_stages=stages,
         )
         _top_blocks[(q1 - q0, G, B)](

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision, next_pow2
 from .tiles import load_rows, work_item
 
 #: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
@@ -143,7 +143,7 @@ class Launch:
         heads, packed into the tile) or ``"head"`` (one query head per row)."""
         HPR = group_size if per == "group" else 1
         QT = max(1, ROWS_PER_TILE // HPR)
-        return cls(HPR, QT, max(16, next_pow2(QT * HPR)), max(QT, ROWS_PER_ITEM // HPR // QT * QT))
+        return cls(HPR, QT, dot_pad(QT * HPR), max(QT, ROWS_PER_ITEM // HPR // QT * QT))
 
 
 def attend(q, k, v, lists, o_part, lse_part, q0: int, scale: float, block_size: int,
@@ -165,8 +165,8 @@ def attend(q, k, v, lists, o_part, lse_part, q0: int, scale: float, block_size: 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         *o_part.stride()[:4], *lse_part.stride()[:3],
         G=q.shape[2] // k.shape[2], HPR=launch.HPR, QT=launch.QT, M=launch.M,
-        BS=block_size, BS_PAD=max(16, next_pow2(block_size)),
-        D=D, D_PAD=max(16, next_pow2(D)), PRECISION=dot_precision(q.dtype),
+        BS=block_size, BS_PAD=dot_pad(block_size),
+        D=D, D_PAD=dot_pad(D), PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
 
@@ -182,7 +182,7 @@ def merge(o_part, lse_part, sel, out, lse, q0: int, launch: Launch) -> None:
         *o_part.stride()[:4], *lse_part.stride()[:3],
         sel.stride(0), sel.stride(1), sel.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
-        K=K, HB=HB, HPR=launch.HPR, D=D, D_PAD=max(16, next_pow2(D)),
+        K=K, HB=HB, HPR=launch.HPR, D=D, D_PAD=dot_pad(D),
     )
 
 

@@ -31,7 +31,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .kv_outer import Launch
 from .query_lists import build_query_lists
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision, next_pow2
 from .tiles import load_rows, work_item
 
 
@@ -139,7 +139,7 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
         dk = torch.zeros(B, N, Hkv, D, device=q.device, dtype=torch.float32)
         dv = torch.zeros_like(dk)
     bs = selection.block_size
-    keys = max(16, next_pow2(bs)) if deterministic else \
+    keys = dot_pad(bs) if deterministic else \
         max(16, min(next_pow2(bs), keys_per_program or KEYS_PER_PROGRAM))
     if lists.num_items:
         _kv_outer_bwd[(lists.num_items, triton.cdiv(bs, keys))](
@@ -150,7 +150,7 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
             dout.stride(0), dout.stride(1), dout.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2), dq.stride(3), dk.stride(0), dk.stride(1), dk.stride(2),
             G=Hq // Hkv, HPR=launch.HPR, QT=launch.QT, M=launch.M,
-            BS=bs, D=D, D_PAD=max(16, next_pow2(D)), KEYS=keys, PRECISION=dot_precision(q.dtype),
+            BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PRECISION=dot_precision(q.dtype),
             DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
         )
     dq = dq.sum(2)  # over slots, in slot order (a no-op copy in the fast mode)

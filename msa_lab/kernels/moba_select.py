@@ -14,7 +14,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from ..selectors import block_mean_keys
 from .index_topk import _top_blocks
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision, next_pow2
 from .tiles import load_rows
 
 SCORE_BYTES = 4 << 30
@@ -60,7 +60,7 @@ def moba_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k:
             q, kmean, scores, q0, q1, nb,
             q.stride(0), q.stride(1), q.stride(2), kmean.stride(0), kmean.stride(1), kmean.stride(2),
             scores.stride(0), scores.stride(1), scores.stride(2),
-            G=G, BS=block_size, BM=QUERY_TILE, BJ=BLOCK_TILE, D=D, D_PAD=max(16, next_pow2(D)),
+            G=G, BS=block_size, BM=QUERY_TILE, BJ=BLOCK_TILE, D=D, D_PAD=dot_pad(D),
             PRECISION=dot_precision(q.dtype),
         )
         _top_blocks[(q1 - q0, Hq, B)](

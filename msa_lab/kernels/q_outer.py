@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from .runtime import dot_precision, next_pow2
+from .runtime import dot_pad, dot_precision
 from .tiles import load_rows
 
 NUM_WARPS = 4
@@ -86,8 +86,8 @@ def q_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         sel.stride(0), sel.stride(1), sel.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
-        G=G, HPR=HPR, M=max(16, next_pow2(HPR)), K=selection.top_k,
-        BS=bs, BS_PAD=max(16, next_pow2(bs)), D=D, D_PAD=max(16, next_pow2(D)),
+        G=G, HPR=HPR, M=dot_pad(HPR), K=selection.top_k,
+        BS=bs, BS_PAD=dot_pad(bs), D=D, D_PAD=dot_pad(D),
         PRECISION=dot_precision(q.dtype), num_warps=num_warps,
     )
     return out, lse

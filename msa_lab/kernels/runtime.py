@@ -36,6 +36,12 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def dot_pad(n: int) -> int:
+    """The padded width of a tile dimension that enters ``tl.dot``: a power of two, and at
+    least 16, the smallest the MMA instructions take."""
+    return max(16, next_pow2(n))
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs: full-precision products (tf32 would cost ~3e-4 relative error).
     return "ieee" if dtype == torch.float32 else "tf32"

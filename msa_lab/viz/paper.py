@@ -116,19 +116,22 @@ def draw_paper_figures(results_dir=None, only=None, progress: bool = True) -> It
         if spec.runs:
             # training results are always the checkout's: results_dir holds sweeps only
             paths = [checkout_path("experiments", "results", "train", name) for name in spec.runs]
-            gpus = sorted({json.loads(f.read_text()).get("gpu", "?") for p in paths for f in p.glob("*/summary.json")})
-            names = ", ".join(f"`train/{name}`" for name in spec.runs)
-            yield spec, spec.draw(paths), f"{names} ({', '.join(g if g != 'none' else 'CPU' for g in gpus)})"
+            gpus = {json.loads(f.read_text()).get("gpu", "?") for p in paths for f in p.glob("*/summary.json")}
+            yield spec, spec.draw(paths), _source(", ".join(f"`train/{name}`" for name in spec.runs), gpus)
             continue
         rows = None
         if spec.results is not None:
             if spec.results not in cache:
                 cache[spec.results] = load_results(root / spec.results)
             rows = cache[spec.results]
-        gpus = sorted({r.get("gpu") for r in rows or () if r.get("gpu")})
-        source = (f"`{spec.results}` ({', '.join(g if g != 'none' else 'CPU' for g in gpus)})"
+        source = (_source(f"`{spec.results}`", {r.get("gpu") for r in rows if r.get("gpu")})
                   if spec.results else "generated data (`msa_lab.data`, seed 0)")
         yield spec, spec.draw(rows), source
+
+
+def _source(results: str, gpus) -> str:
+    """``results (GPU, ...)``; results measured on a CPU record their GPU as ``none``."""
+    return f"{results} ({', '.join(sorted(g if g != 'none' else 'CPU' for g in gpus))})"
 
 
 def write_paper_figures(out_dir, formats=STATIC_FORMATS, *, results_dir=None, only=None,
