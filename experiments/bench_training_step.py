@@ -5,8 +5,12 @@ bf16, batch 1).
 
 Timed per length: MSA selection (Triton index kernels, no gradient), KV-outer forward alone,
 forward + backward (fast: atomics; deterministic where its top_k float32 copies of dQ fit),
-the index KL loss over the selected tokens (forward + backward, plain PyTorch), and dense
-SDPA forward + backward with the cuDNN and FlashAttention backends.
+the index KL loss over the selected tokens (forward + backward, the Triton kernels with the
+attention's LSE given), the whole MSA attention step as msa_lab.nn.Attention runs it
+(selection, attention forward with its LSE, index KL, one backward through both), and dense
+SDPA forward + backward with the cuDNN and FlashAttention backends. The plain-PyTorch index
+KL (1.6-6.9 s per step here) was timed in bench_training_step_h200.json and
+bench_index_kl_*_h200.json.
 
 Usage: python experiments/bench_training_step.py OUT_DIR
 """
@@ -134,8 +138,18 @@ for N in (32768, 65536, 131072):
     if N <= 65536:  # top_k float32 copies of dQ: 34 GB at 64K
         record("kv-outer forward+backward deterministic", sparse_step(True), 3.5 * fwd_flop)
     iqg, ikg = iq.detach().float().requires_grad_(), ik.detach().float().requires_grad_()
-    record("index KL on selected tokens forward+backward",
-           lambda: torch.autograd.grad(index_kl_loss(iqg, ikg, q, k, sel), (iqg, ikg)))
+    _, lse = kv_outer_attention(q, k, v, sel, scale)
+    record("index KL on selected tokens forward+backward (triton, LSE given)",
+           lambda: torch.autograd.grad(index_kl_loss(iqg, ikg, q, k, sel, backend="triton", lse=lse), (iqg, ikg)))
+
+    def msa_step():
+        with torch.no_grad():
+            step_sel = ml.select_msa(iqg, ikg, block_size=BS, top_k=K, backend="triton")
+        out, step_lse = ml.block_sparse_attention(qg, kg, vg, step_sel, backend="triton", return_lse=True)
+        kl = index_kl_loss(iqg, ikg, qg, kg, step_sel, backend="triton", lse=step_lse)
+        torch.autograd.backward((out, kl), (dout, torch.ones_like(kl)))
+
+    record("msa attention step: selection + attention + index KL, forward+backward", msa_step, 3.5 * fwd_flop)
     dense_flop = 4 * D * Hq * N * (N + 1) / 2
     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
         qt, kt, vt = (x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v))
@@ -150,7 +164,7 @@ for N in (32768, 65536, 131072):
         except RuntimeError as err:
             rows.append(dict(what=f"sdpa {name} forward+backward", **base, error=str(err)[:300]))
         del qt, kt, vt
-    del q, k, v, iq, ik, dout, qg, kg, vg, iqg, ikg, sel
+    del q, k, v, iq, ik, dout, qg, kg, vg, iqg, ikg, sel, lse
     torch.cuda.empty_cache()
 
 print("wrote", rows.path)

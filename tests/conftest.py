@@ -1,5 +1,9 @@
 """Fresh random inputs every run; the base seed is printed in the header and can be
-pinned with MSA_LAB_TEST_SEED=<int> to replay a failure."""
+pinned with MSA_LAB_TEST_SEED=<int> to replay a failure.
+
+Tensors are made on MSA_LAB_TEST_DEVICE: ``cuda`` where a GPU is present (the Triton kernels
+compiled for it, bf16 included), else ``cpu`` with the kernels interpreted. Set it to ``cpu``
+on a GPU machine to run what CI runs."""
 
 import os
 import random
@@ -7,10 +11,15 @@ import zlib
 
 import torch
 
-# Triton kernels run on the CPU through the interpreter, chosen when a kernel is defined:
+TEST_DEVICE = os.environ.get("MSA_LAB_TEST_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+if TEST_DEVICE not in ("cpu", "cuda") or (TEST_DEVICE == "cuda" and not torch.cuda.is_available()):
+    raise RuntimeError(f"MSA_LAB_TEST_DEVICE must be 'cpu' or 'cuda' (with a GPU present), got {TEST_DEVICE!r}")
+# On the CPU, Triton kernels run through the interpreter, chosen when a kernel is defined:
 # set it before any msa_lab kernel module is imported.
-if not torch.cuda.is_available():
+if TEST_DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    torch.set_default_device(TEST_DEVICE)
 
 import pytest  # noqa: E402
 
@@ -18,7 +27,7 @@ BASE_SEED = int(os.environ.get("MSA_LAB_TEST_SEED", random.SystemRandom().randra
 
 
 def pytest_report_header(config):
-    return f"msa_lab test seed: MSA_LAB_TEST_SEED={BASE_SEED}"
+    return f"msa_lab test seed: MSA_LAB_TEST_SEED={BASE_SEED}, device: MSA_LAB_TEST_DEVICE={TEST_DEVICE}"
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +65,7 @@ def dense_masked_attention(q, k, v, allowed, scale=None):
     return (p @ vh).transpose(1, 2), lse
 
 
-def causal_mask(N, device="cpu"):
+def causal_mask(N, device=None):
     return torch.ones(N, N, dtype=torch.bool, device=device).tril()
 
 

@@ -10,7 +10,8 @@ def rotary(x: torch.Tensor, rotary_dims: int | None = None, base: float = 10000.
            offset: int = 0) -> torch.Tensor:
     """RoPE of ``x [B, N, H, D]`` at positions ``offset .. offset + N - 1`` on its first
     ``rotary_dims`` channels (all ``D`` when None; must be even), rotate-half convention;
-    the other channels pass through. Computed in float32, returned in x's dtype."""
+    the other channels pass through. Computed in float32 (float64 for float64 input, so the
+    float64 references stay exact), returned in x's dtype."""
     D = x.shape[-1]
     r = D if rotary_dims is None else rotary_dims
     if isinstance(r, bool) or not isinstance(r, int) or r < 0 or r > D or r % 2:
@@ -18,11 +19,12 @@ def rotary(x: torch.Tensor, rotary_dims: int | None = None, base: float = 10000.
     if r == 0:
         return x
     half = r // 2
-    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    pos = torch.arange(offset, offset + x.shape[1], device=x.device, dtype=torch.float32)
+    work = torch.promote_types(x.dtype, torch.float32)
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=work) / half)
+    pos = torch.arange(offset, offset + x.shape[1], device=x.device, dtype=work)
     angle = (pos[:, None] * inv_freq[None, :])[None, :, None, :]  # [1, N, 1, half]
     cos, sin = angle.cos(), angle.sin()
-    rot, rest = x[..., :r].float(), x[..., r:]
+    rot, rest = x[..., :r].to(work), x[..., r:]
     x1, x2 = rot[..., :half], rot[..., half:]
     turned = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1).to(x.dtype)
     return torch.cat((turned, rest), -1) if r < D else turned
