@@ -14,7 +14,8 @@ marker tokens, then keys and values in disjoint ranges of the vocabulary.
 - ``variable_tracking``: ``hops``-long chains ``a = v; b = a; c = b`` among distractor
   chains; at the end ``QUERY c`` must be answered with ``v``.
 - ``text``: next-byte prediction on the source of Python's standard library (on every
-  machine, no download), bytes 0-255 shifted past the markers.
+  machine, no download), bytes 0-255 shifted past the markers. ``split``: ``"train"`` (the
+  first 90 % of the bytes) or ``"val"`` (the rest; what ``msa_lab.train.evaluate`` scores).
 """
 
 from __future__ import annotations
@@ -126,7 +127,12 @@ def _corpus(max_bytes: int = 4 << 20) -> torch.Tensor:
     return torch.frombuffer(data, dtype=torch.uint8).long() + FIRST_FREE
 
 
+TEXT_SPLITS = ("train", "val")
+
+
 def text(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, split: str = "train"):
+    if split not in TEXT_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, TEXT_SPLITS))}; got {split!r}")
     if vocab_size < 256 + FIRST_FREE:
         raise ValueError(f"text needs vocab_size >= {256 + FIRST_FREE} (bytes), got {vocab_size}")
     data = _corpus()

@@ -151,7 +151,8 @@ def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
     """Accuracy on fresh batches (fixed eval seed) at every ``eval.seq_lens`` (and passkey
     ``eval.depths``): ``token_accuracy`` over the scored tokens, ``exact_match`` over whole
     answers (every scored token of a sequence right), ``loss`` per scored token, and
-    ``loss_by_position`` (16 bins over the sequence, for text)."""
+    ``loss_by_position`` (the loss per scored token in 16 equal bins of position; None where a
+    bin scores nothing). Text is scored on its held-out ``val`` split."""
     ev, t, m = cfg["eval"], cfg["task"], cfg["model"]
     device = cfg["device"]
     model.eval()
@@ -161,6 +162,8 @@ def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
         for depth in depths:
             gen = torch.Generator().manual_seed(ev["seed"] + n)
             options = dict(t["options"], **({} if depth is None else {"depth": depth}))
+            if t["name"] == "text":
+                options["split"] = "val"
             right = total = exact = seqs = 0
             loss_sum = 0.0
             bins = torch.zeros(16, dtype=torch.float64)
@@ -183,7 +186,7 @@ def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
                 counts.index_add_(0, where, torch.ones_like(where, dtype=torch.float64))
             row = dict(kind="eval", seq_len=n, token_accuracy=right / max(1, total), exact_match=exact / seqs,
                        loss=loss_sum / max(1, total),
-                       loss_by_position=(bins / counts.clamp_min(1)).tolist())
+                       loss_by_position=[float(b / c) if c else None for b, c in zip(bins, counts)])
             if depth is not None:
                 row["depth"] = depth
             rows.append(row)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import msa_lab as ml
-from conftest import rel_err
+from conftest import draw_without_near_ties, msa_scores64, rel_err
 
 
 def sequence(B, N, Hq, Hkv, D, Di):
@@ -20,7 +20,8 @@ def sequence(B, N, Hq, Hkv, D, Di):
     (1, 40, 4, 4, 16, 8, 16, 8),      # top_k above the number of blocks
 ])
 def test_step_by_step_decode_equals_prefill_rows(backend, B, N, Hq, Hkv, D, Di, bs, topk):
-    q, k, v, iq, ik = sequence(B, N, Hq, Hkv, D, Di)
+    q, k, v, iq, ik = draw_without_near_ties(lambda: sequence(B, N, Hq, Hkv, D, Di),
+                                             lambda q, k, v, iq, ik: msa_scores64(iq, ik, bs), bs, topk)
     full, sel = ml.msa_attention(q, k, v, iq, ik, block_size=bs, top_k=topk, return_selection=True)
     cache = ml.KVCache.from_prefill(k[:, :N - 3], v[:, :N - 3], ik[:, :N - 3], max_len=N)
     for t in range(N - 3, N):
@@ -64,7 +65,8 @@ def test_cache_checks():
 
 
 def test_half_precision_triton_decode():
-    q, k, v, iq, ik = (x.half() for x in sequence(2, 120, 8, 2, 32, 16))
+    q, k, v, iq, ik = draw_without_near_ties(lambda: tuple(x.half() for x in sequence(2, 120, 8, 2, 32, 16)),
+                                             lambda q, k, v, iq, ik: msa_scores64(iq, ik, 16), 16, 3)
     cache = ml.KVCache.from_prefill(k, v, ik)
     ref = ml.msa_decode(q[:, -1:], iq[:, -1:], cache, block_size=16, top_k=3)
     out = ml.msa_decode(q[:, -1:], iq[:, -1:], cache, block_size=16, top_k=3, backend="triton")

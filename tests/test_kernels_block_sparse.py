@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import msa_lab as ml
-from conftest import make_qkv, rel_err
+from conftest import draw_without_near_ties, make_qkv, moba_scores64, msa_scores64, rel_err
 from test_block_sparse import random_selection
 
 SHAPES = [
@@ -60,7 +60,10 @@ def test_rows_without_visible_keys(backend):
 
 
 def test_moba_and_msa_entry_points_use_it():
-    q, k, v = make_qkv(1, 70, 4, 2, 16)
+    # each backend selects its own blocks: no near-tie in either gate
+    q, k, v = draw_without_near_ties(
+        lambda: make_qkv(1, 70, 4, 2, 16),
+        lambda q, k, v: torch.cat([moba_scores64(q, k, 16), msa_scores64(*ml.index_from_qk(q, k), 16)], 1), 16, 3)
     iq, ik = ml.index_from_qk(q, k)
     for fn in (lambda b: ml.moba_attention(q, k, v, block_size=16, top_k=3, backend=b),
                lambda b: ml.msa_attention(q, k, v, iq, ik, block_size=16, top_k=3, backend=b)):

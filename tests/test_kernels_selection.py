@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import msa_lab as ml
+from conftest import draw_without_near_ties, moba_scores64, msa_scores64
 
 CASES = [
     # B, N, G, Di, block, top_k, shared index key
@@ -18,8 +19,8 @@ CASES = [
 
 @pytest.mark.parametrize("B,N,G,Di,bs,topk,shared", CASES)
 def test_matches_reference_selection(B, N, G, Di, bs, topk, shared):
-    iq = torch.randn(B, N, G, Di)
-    ik = torch.randn(B, N, 1 if shared else G, Di)
+    iq, ik = draw_without_near_ties(lambda: (torch.randn(B, N, G, Di), torch.randn(B, N, 1 if shared else G, Di)),
+                                    lambda iq, ik: msa_scores64(iq, ik, bs), bs, topk)
     ref = ml.select_msa(iq, ik, block_size=bs, top_k=topk)
     got = ml.select_msa(iq, ik, block_size=bs, top_k=topk, backend="triton").validate()
     assert got.per == "group" and got.indices.shape == ref.indices.shape
@@ -49,7 +50,8 @@ def test_query_chunks_agree(monkeypatch):
 
 def test_msa_attention_with_triton_uses_the_triton_selection():
     q, k, v = torch.randn(1, 120, 8, 16), torch.randn(1, 120, 2, 16), torch.randn(1, 120, 2, 16)
-    iq, ik = torch.randn(1, 120, 2, 16), torch.randn(1, 120, 1, 16)
+    iq, ik = draw_without_near_ties(lambda: (torch.randn(1, 120, 2, 16), torch.randn(1, 120, 1, 16)),
+                                    lambda iq, ik: msa_scores64(iq, ik, 16), 16, 3)
     out, sel = ml.msa_attention(q, k, v, iq, ik, block_size=16, top_k=3, backend="triton",
                                 return_selection=True)
     ref = ml.msa_attention(q, k, v, iq, ik, block_size=16, top_k=3)
@@ -74,14 +76,17 @@ MOBA_CASES = [
 
 @pytest.mark.parametrize("B,N,Hq,Hkv,D,bs,topk", MOBA_CASES)
 def test_moba_selection_matches_reference(B, N, Hq, Hkv, D, bs, topk):
-    q, k = torch.randn(B, N, Hq, D), torch.randn(B, N, Hkv, D)
+    q, k = draw_without_near_ties(lambda: (torch.randn(B, N, Hq, D), torch.randn(B, N, Hkv, D)),
+                                  lambda q, k: moba_scores64(q, k, bs), bs, topk)
     ref = ml.select_moba(q, k, block_size=bs, top_k=topk)
     got = ml.select_moba(q, k, block_size=bs, top_k=topk, backend="triton").validate()
     assert got.per == "head" and got.equals(ref)
 
 
 def test_moba_attention_with_triton_uses_the_triton_selection():
-    q, k, v = torch.randn(1, 120, 8, 16), torch.randn(1, 120, 2, 16), torch.randn(1, 120, 2, 16)
+    q, k = draw_without_near_ties(lambda: (torch.randn(1, 120, 8, 16), torch.randn(1, 120, 2, 16)),
+                                  lambda q, k: moba_scores64(q, k, 16), 16, 3)
+    v = torch.randn(1, 120, 2, 16)
     out, sel = ml.moba_attention(q, k, v, block_size=16, top_k=3, backend="triton", return_selection=True)
     assert sel.equals(ml.select_moba(q, k, block_size=16, top_k=3))
     assert ml.output_error(out, ml.moba_attention(q, k, v, block_size=16, top_k=3)) < 1e-5
@@ -101,9 +106,13 @@ def test_half_precision_inputs_select_the_same_blocks():
 
 
 def test_nan_logits_count_as_minus_inf_in_both_backends():
-    iq, ik = torch.randn(1, 64, 1, 4), torch.randn(1, 64, 1, 4)
-    ik[0, 3] = float("nan")  # one NaN token: block 0 scores by its other tokens
-    ik[0, 8:16] = float("nan")  # a whole NaN block: scores -inf, ranks last
+    def draw():
+        iq, ik = torch.randn(1, 64, 1, 4), torch.randn(1, 64, 1, 4)
+        ik[0, 3] = float("nan")  # one NaN token: block 0 scores by its other tokens
+        ik[0, 8:16] = float("nan")  # a whole NaN block: scores -inf, ranks last
+        return iq, ik
+
+    iq, ik = draw_without_near_ties(draw, lambda iq, ik: msa_scores64(iq, ik, 8), 8, 4)
     ref = ml.select_msa(iq, ik, block_size=8, top_k=4)
     got = ml.select_msa(iq, ik, block_size=8, top_k=4, backend="triton")
     assert got.equals(ref)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import msa_lab as ml
-from conftest import dense_masked_attention, make_qkv, rel_err
+from conftest import dense_masked_attention, draw_without_near_ties, make_qkv, moba_scores64, rel_err
 
 
 def moba_naive(q, k, v, block_size, top_k):
@@ -54,7 +54,8 @@ CASES = [
 
 @pytest.mark.parametrize("B,N,Hq,Hkv,D,bs,topk", CASES)
 def test_selection_and_output_match_moba_naive(B, N, Hq, Hkv, D, bs, topk):
-    q, k, v = make_qkv(B, N, Hq, Hkv, D)
+    q, k, v = draw_without_near_ties(lambda: make_qkv(B, N, Hq, Hkv, D),
+                                     lambda q, k, v: moba_scores64(q, k, bs), bs, topk)
     out, sel = ml.moba_attention(q, k, v, block_size=bs, top_k=topk, return_selection=True)
     sel.validate()
     ref_out, need = moba_naive(q, k, v, bs, topk)

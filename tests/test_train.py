@@ -80,6 +80,33 @@ def test_passkey_sits_at_its_depth_and_variable_chains_resolve():
         tasks.passkey(1, 50, 64, gen, depth=2)
     text_x, text_y = tasks.text(2, 64, 300, gen)
     assert torch.equal(text_x[:, 1:], text_y[:, :-1]) and int(text_x.max()) < 256 + tasks.FIRST_FREE
+    with pytest.raises(ValueError, match="split must be one of 'train', 'val'; got 'test'"):
+        tasks.text(1, 64, 300, gen, split="test")
+
+
+def test_text_is_scored_on_held_out_bytes_by_position(tmp_path, monkeypatch):
+    corpus = tasks._corpus()
+    cut = int(0.9 * corpus.numel())
+    seen = []
+    real = tasks.text
+
+    def spy(batch, seq_len, vocab_size, gen, *, split="train"):
+        x, y = real(batch, seq_len, vocab_size, gen, split=split)
+        seen.append((split, x))
+        return x, y
+
+    monkeypatch.setitem(tasks.GENERATORS, "text", spy)
+    raw = tiny(model__vocab_size=261, task={"name": "text", "seq_len": 64}, train__steps=2, train__index_warmup=0,
+               train__eval_every=0, eval__coverage=False)
+    summary = json.loads((run_training(raw, tmp_path, progress=False) / "summary.json").read_text())
+    splits = [split for split, _ in seen]
+    assert splits[:3] == ["train"] * 3 and set(splits[3:]) == {"val"}  # config check, 2 steps, then eval
+    held_out = bytes((corpus[cut:] - tasks.FIRST_FREE).tolist())
+    for _, x in seen[3:]:
+        assert all(bytes((row - tasks.FIRST_FREE).tolist()) in held_out for row in x)
+    for e in summary["eval"]:
+        bins = e["loss_by_position"]
+        assert len(bins) == 16 and all(b is not None and b > 0 for b in bins)  # every position is scored
 
 
 def test_training_writes_metrics_checkpoints_and_resumes_to_the_same_model(tmp_path):
@@ -207,6 +234,14 @@ def test_training_figures(tmp_path):
     loss = training.loss_figure(tmp_path)
     assert {t.name for t in loss.data} >= {"passkey"}
     assert training.index_coverage_figure(run).data
+    by_position = training.loss_by_position_figure(run)
+    assert [a.text for a in by_position.layout.annotations] == ["64 tokens", "80 tokens"]
+    summary = json.loads((run / "summary.json").read_text())
+    for trace, n in zip(by_position.data, (64, 80)):
+        rows = [e["loss_by_position"] for e in summary["eval"] if e["seq_len"] == n]
+        scored = [i for i in range(16) if any(r[i] is not None for r in rows)]  # the passkey's answer only
+        assert 0 < len(scored) < 16 and list(trace.x) == [(i + 0.5) * n / 16 for i in scored]
+        assert trace.y[-1] == pytest.approx(np.mean([r[scored[-1]] for r in rows]))
     with pytest.raises(ValueError, match="no passkey evaluation by depth"):
         training.needle_heatmap_figure(run_training(tiny(train__steps=1, train__index_warmup=0,
                                                          eval__coverage=False), tmp_path / "m", progress=False))

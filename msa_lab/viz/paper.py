@@ -23,7 +23,7 @@ from .coverage_sweeps import budget_figure, coverage_distance_figure, head_figur
 from .export import STATIC_FORMATS, _check_formats, export_figure, save_figure, static_export_session
 from .figures import selection_map_figure
 from .sweeps import grid_figure, latency_figure, speedup_figure, stage_figure
-from .training import accuracy_figure, needle_grid_figure
+from .training import accuracy_figure, loss_by_position_figure, needle_grid_figure
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ PAPER_FIGURES = (
                 "Passkey token accuracy (mean over depths and 3 seeds, ± 1 s.d.) against context length; "
                 "MoBA and MSA at 64 tokens per query in blocks of 8 x 8, 16 x 4 and 32 x 2.", "double",
                 runs=("ablation_gpu_h200", "block_topk_gpu_h200")),
+    PaperFigure("training_text_loss_by_position", None, loss_by_position_figure,
+                "Held-out next-byte loss against position after training at 512 bytes of Python source "
+                "(2-layer model, first layer full; MoBA and MSA at block 32 x top-4 = 1/4 of the context; "
+                "one seed; CPU); right: evaluated at twice the training length.", "double", 2.2,
+                runs=("text_cpu",)),
     PaperFigure("selection_map", None, selection_map_example,
                 "Query block x key block map of MSA's selection for one group (8K tokens, block 128, top-k 8); "
                 "x: blocks the oracle picked that MSA never did."),

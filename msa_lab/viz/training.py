@@ -1,6 +1,6 @@
 """Figures of training runs (folders written by ``msa_lab.train``): loss curves, accuracy by
-context length, the needle-in-a-haystack heat map (passkey accuracy by length and depth),
-and the coverage of a trained index branch. Each is a function of the run folders alone.
+context length, evaluation loss by position, the needle-in-a-haystack heat map (passkey
+accuracy by length and depth), and the coverage of a trained index branch. Each is a function of the run folders alone.
 
 Runs trained over several seeds (``<run>_seed<k>`` folders, ``msa-lab ablate`` with
 ``seeds``) are drawn as one run: the mean over the seeds, with their range (loss) or their
@@ -101,6 +101,47 @@ def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     fig.update_layout(template=TEMPLATE, title=f"{metric.replace('_', ' ')} by context length" + _seeds_note(groups),
                       xaxis=dict(type="log", title="context length (tokens)", tickvals=sorted(lengths_seen)),
                       yaxis=dict(title=metric.replace("_", " "), range=[0, 1.02]))
+    return fig
+
+
+def loss_by_position_figure(paths) -> go.Figure:
+    """Evaluation loss per scored token against position in the sequence, a panel per evaluated
+    context length and a line per finished run: the mean over its seeds (and passkey depths),
+    ± one standard deviation over the seeds. A sparse layer that loses distant tokens shows as
+    a curve that stops falling where full attention's keeps falling."""
+    groups = finished(_groups(paths))
+    if not groups:
+        raise ValueError(f"{paths}: no finished run")
+    styles = _styles(groups)
+    lengths = sorted({e["seq_len"] for runs in groups.values() for r in runs for e in r["summary"]["eval"]})
+    fig = make_subplots(rows=1, cols=len(lengths), subplot_titles=[f"{n} tokens" for n in lengths],
+                        shared_yaxes=True, horizontal_spacing=0.03)
+    for col, n in enumerate(lengths, 1):
+        for name, runs in groups.items():
+            per_seed = []  # per seed: the bins' losses, averaged over that seed's rows at length n
+            for r in runs:
+                rows = [e["loss_by_position"] for e in r["summary"]["eval"] if e["seq_len"] == n]
+                if rows:
+                    per_seed.append([statistics.mean(v) if (v := [row[i] for row in rows if row[i] is not None])
+                                     else None for i in range(len(rows[0]))])
+            if not per_seed:
+                continue
+            bins = len(per_seed[0])
+            x, mean, sd = [], [], []
+            for i in range(bins):
+                values = [seed[i] for seed in per_seed if seed[i] is not None]
+                if values:
+                    m, s = mean_sd(values)
+                    x.append((i + 0.5) * n / bins)
+                    mean.append(m)
+                    sd.append(s)
+            fig.add_scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                            error_y=dict(type="data", array=sd, visible=len(per_seed) > 1),
+                            line=dict(color=styles[name]["color"], dash=styles[name]["dash"]),
+                            marker=dict(symbol=styles[name]["symbol"], size=5), row=1, col=col)
+        fig.update_xaxes(title_text="position (tokens)", row=1, col=col)
+    fig.update_yaxes(title_text="loss per scored token (eval)", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title="Evaluation loss by position" + _seeds_note(groups))
     return fig
 
 
