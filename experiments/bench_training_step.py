@@ -6,7 +6,7 @@ bf16, batch 1).
 Timed per length: MSA selection (Triton index kernels, no gradient), KV-outer forward alone,
 forward + backward (fast: atomics; deterministic where its top_k float32 copies of dQ fit),
 the index KL loss over the selected tokens (forward + backward, the Triton kernels with the
-attention's LSE given), the whole MSA attention step as msa_lab.nn.Attention runs it
+attention's LSE given, bf16 index inputs), the whole MSA attention step as msa_lab.nn.Attention runs it
 (selection, attention forward with its LSE, index KL, one backward through both), and dense
 SDPA forward + backward with the cuDNN and FlashAttention backends. The plain-PyTorch index
 KL (1.6-6.9 s per step here) was timed in bench_training_step_h200.json and
@@ -137,8 +137,9 @@ for N in (32768, 65536, 131072):
     record("kv-outer forward+backward", sparse_step(False), 3.5 * fwd_flop)  # backward: 5 of the 7 matmuls
     if N <= 65536:  # top_k float32 copies of dQ: 34 GB at 64K
         record("kv-outer forward+backward deterministic", sparse_step(True), 3.5 * fwd_flop)
-    iqg, ikg = iq.detach().float().requires_grad_(), ik.detach().float().requires_grad_()
-    _, lse = kv_outer_attention(q, k, v, sel, scale)
+    # bf16 index inputs, as the indexer emits them under train.dtype: bf16-mixed
+    iqg, ikg = iq.detach().requires_grad_(), ik.detach().requires_grad_()
+    lse = kv_outer_attention(q, k, v, sel, scale)[1]
     record("index KL on selected tokens forward+backward (triton, LSE given)",
            lambda: torch.autograd.grad(index_kl_loss(iqg, ikg, q, k, sel, backend="triton", lse=lse), (iqg, ikg)))
 
@@ -147,7 +148,7 @@ for N in (32768, 65536, 131072):
             step_sel = ml.select_msa(iqg, ikg, block_size=BS, top_k=K, backend="triton")
         out, step_lse = ml.block_sparse_attention(qg, kg, vg, step_sel, backend="triton", return_lse=True)
         kl = index_kl_loss(iqg, ikg, qg, kg, step_sel, backend="triton", lse=step_lse)
-        torch.autograd.backward((out, kl), (dout, torch.ones_like(kl)))
+        torch.autograd.grad((out, kl), (qg, kg, vg, iqg, ikg), (dout, torch.ones_like(kl)))
 
     record("msa attention step: selection + attention + index KL, forward+backward", msa_step, 3.5 * fwd_flop)
     dense_flop = 4 * D * Hq * N * (N + 1) / 2

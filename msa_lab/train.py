@@ -98,6 +98,9 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     ev["batch"] = ev["batch"] or tr["batch"]
     if ev["depths"] is not None and t["name"] != "passkey":
         raise ValueError("eval.depths is for task.name: passkey (the needle's depth)")
+    if t["name"] == "text" and "split" in t["options"]:
+        raise ValueError("task.options.split: text trains on its 'train' split and is scored on 'val'; "
+                         "leave split out")
     # A typo in the task options fails now, not after training: draw one tiny batch.
     try:
         make_batch(t["name"], 1, t["seq_len"], m["vocab_size"], torch.Generator().manual_seed(0), **t["options"])
@@ -161,9 +164,7 @@ def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
     for n in ev["seq_lens"]:
         for depth in depths:
             gen = torch.Generator().manual_seed(ev["seed"] + n)
-            options = dict(t["options"], **({} if depth is None else {"depth": depth}))
-            if t["name"] == "text":
-                options["split"] = "val"
+            options = dict(_eval_options(t), **({} if depth is None else {"depth": depth}))
             right = total = exact = seqs = 0
             loss_sum = 0.0
             bins = torch.zeros(16, dtype=torch.float64)
@@ -194,6 +195,11 @@ def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
     return rows
 
 
+def _eval_options(task: dict) -> dict:
+    """The task's options for scoring: text on its held-out split."""
+    return dict(task["options"], **({"split": "val"} if task["name"] == "text" else {}))
+
+
 @torch.no_grad()
 def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
     """Per MSA layer, on the model's own attention for one eval batch: recall of the trained
@@ -206,7 +212,7 @@ def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
         return []
     t, m = cfg["task"], cfg["model"]
     x, _ = make_batch(t["name"], 2, t["seq_len"], m["vocab_size"], torch.Generator().manual_seed(cfg["eval"]["seed"]),
-                      **t["options"])
+                      **_eval_options(t))
     for layer in layers:
         layer.keep_inputs = True
     model.eval()

@@ -1,9 +1,10 @@
 """Fresh random inputs every run; the base seed is printed in the header and can be
 pinned with MSA_LAB_TEST_SEED=<int> to replay a failure.
 
-Tensors are made on MSA_LAB_TEST_DEVICE: ``cpu`` (the default, also on a GPU machine: what CI
-runs) with the Triton kernels interpreted, or ``cuda`` to run the kernel tests compiled on
-the GPU, bf16 included (not yet run on one; docs/kernels.md, "Tests on a GPU")."""
+Tensors are made on MSA_LAB_TEST_DEVICE: ``cpu`` (the default) with the Triton kernels
+interpreted and any GPU hidden, so a GPU machine runs what CI runs, notebooks included; or
+``cuda``, for the kernel test files only (docs/kernels.md, "Tests on a GPU"; not yet run on
+one): compiled kernels, bf16 included."""
 
 import math
 import os
@@ -16,10 +17,14 @@ TEST_DEVICE = os.environ.get("MSA_LAB_TEST_DEVICE", "cpu")
 if TEST_DEVICE not in ("cpu", "cuda") or (TEST_DEVICE == "cuda" and not torch.cuda.is_available()):
     raise RuntimeError(f"MSA_LAB_TEST_DEVICE must be 'cpu' or 'cuda' (with a GPU present), got {TEST_DEVICE!r}")
 # On the CPU, Triton kernels run through the interpreter, chosen when a kernel is defined:
-# set it before any msa_lab kernel module is imported.
+# set it before any msa_lab kernel module is imported. The GPU is hidden before CUDA starts,
+# from this process and the notebook kernels it spawns, which would otherwise take their
+# GPU branches with interpreted kernels.
 if TEST_DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 else:
+    os.environ.pop("TRITON_INTERPRET", None)
     torch.set_default_device(TEST_DEVICE)
 
 import pytest  # noqa: E402
@@ -110,10 +115,10 @@ def no_near_ties(scores, block_size, top_k, rel_gap=1e-5):
     earlier block (own block forced, the ``top_k - 1`` best earlier ones kept) differ by more
     than ``rel_gap`` times the largest score."""
     N, nb = scores.shape[-2:]
-    earlier = torch.arange(nb) < (torch.arange(N) // block_size).view(-1, 1)
-    ranked = scores.masked_fill(~earlier, float("-inf")).sort(-1, descending=True).values
     if not 1 <= top_k - 1 < nb:
         return True
+    earlier = torch.arange(nb) < (torch.arange(N) // block_size).view(-1, 1)
+    ranked = scores.masked_fill(~earlier, float("-inf")).sort(-1, descending=True).values
     kept, dropped = ranked[..., top_k - 2], ranked[..., top_k - 1]
     gap = (kept - dropped)[torch.isfinite(dropped)]
     return bool((gap > rel_gap * scores[torch.isfinite(scores)].abs().max()).all())

@@ -107,11 +107,11 @@ def test_half_precision_inputs(dtype, tol):
     assert out.dtype == dtype and rel_err(out, ref) < tol
 
 
-def test_auto_backend_on_cpu_is_the_reference():
+def test_auto_backend_is_the_reference_on_the_cpu_and_triton_on_cuda():
     q, k, v = make_qkv(1, 40, 2, 1, 8)
     sel = random_selection(1, 1, 40, 8, 2, "group")
     assert torch.equal(ml.block_sparse_attention(q, k, v, sel, backend="auto"),
-                       ml.block_sparse_attention(q, k, v, sel))
+                       ml.block_sparse_attention(q, k, v, sel, backend="triton" if q.is_cuda else "reference"))
 
 
 @pytest.mark.parametrize("N,bs,per", [(300, 128, "group"), (520, 256, "head"), (400, 64, "group"),

@@ -77,7 +77,7 @@ def test_the_attention_lse_as_teacher_normaliser_gives_the_same_loss():
     assert_close(loss_and_grads(iq, ik, q, k, sel, lse=lse), ref, 1e-5, torch.float32)  # the reference too
 
 
-def test_gradients_are_scaled_by_the_upstream_gradient_and_auto_is_the_reference_on_the_cpu():
+def test_gradients_are_scaled_by_the_upstream_gradient_and_auto_picks_by_device():
     q, k, _ = make_qkv(1, 40, 4, 2, 16)
     iq, ik = index_inputs(1, 40, 2, 16)
     sel = random_selection(1, 2, 40, 8, 3, "group")
@@ -87,8 +87,11 @@ def test_gradients_are_scaled_by_the_upstream_gradient_and_auto_is_the_reference
     _, ref_dq, _ = reference(iq, ik, q, k, sel)
     assert rel_err(a.grad, 3 * ref_dq) < 1e-5
     with torch.no_grad():
-        assert torch.equal(index_kl_loss(iq, ik, q, k, sel, backend="auto"),
-                           index_kl_loss(iq, ik, q, k, sel, backend="reference"))
+        auto = index_kl_loss(iq, ik, q, k, sel, backend="auto")
+        if iq.is_cuda:  # the kernel sums the loss with float32 atomics: the last bits vary by run
+            assert rel_err(auto, index_kl_loss(iq, ik, q, k, sel, backend="triton")) < 1e-6
+        else:
+            assert torch.equal(auto, index_kl_loss(iq, ik, q, k, sel, backend="reference"))
 
 
 def test_msa_layer_trains_its_indexer_through_the_kernel():
@@ -130,4 +133,4 @@ def test_bad_inputs_raise_errors_that_name_the_argument(monkeypatch):
 
     monkeypatch.setattr(runtime, "interpreted", lambda: False)  # a CPU without TRITON_INTERPRET
     with pytest.raises(ValueError, match="backend='triton' needs a CUDA GPU"):
-        index_kl_loss(iq, ik, q, k, sel, backend="triton")
+        index_kl_loss(iq.cpu(), ik.cpu(), q.cpu(), k.cpu(), sel.to("cpu"), backend="triton")

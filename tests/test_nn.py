@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import msa_lab as ml
-from conftest import causal_mask, rel_err, token_mask_from_blocks
+from conftest import TEST_DEVICE, causal_mask, rel_err, token_mask_from_blocks
 from msa_lab.nn import Attention, TinyLM, index_kl_loss, rotary
 
 
@@ -83,12 +83,12 @@ def test_index_kl_keeps_float32_under_a_bf16_autocast(sparse):
     sel = ml.select_msa(iq.detach(), ik, block_size=16, top_k=2) if sparse else None
     plain = index_kl_loss(iq, ik, q, k, sel)
     (g_plain,) = torch.autograd.grad(plain, iq)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(TEST_DEVICE, dtype=torch.bfloat16):
         mixed = index_kl_loss(iq, ik, q, k, sel)
     (g_mixed,) = torch.autograd.grad(mixed, iq)
     assert mixed.dtype == torch.float32 and torch.equal(mixed, plain) and torch.equal(g_mixed, g_plain)
     same = torch.randn(1, 40, 1, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(TEST_DEVICE, dtype=torch.bfloat16):
         assert index_kl_loss(same, same, same, same).item() == pytest.approx(0, abs=1e-6)
 
 def copy_weights(dst, src):

@@ -38,6 +38,7 @@ def tiny(**changes):
     (dict(train__step=5), "train: unknown field 'step'; did you mean 'steps'"),
     (dict(task__name="mqr"), "task.name must be one of"),
     (dict(task__options=dict(num_pair=3)), "task.options"),
+    (dict(task=dict(name="text", seq_len=64, options=dict(split="val"))), "task.options.split: text trains on"),
     (dict(model__method="full"), "train.index_warmup is for model.method: msa"),
     (dict(eval__depths=[0.5]), "eval.depths is for task.name: passkey"),
     (dict(model__num_kv_heads=3), "must be a multiple of model.num_kv_heads"),
@@ -273,6 +274,30 @@ def test_training_figures_average_over_seeds():
     names = {t.name for t in training.accuracy_figure([results / "smoke_cpu", results / "passkey_cpu"]).data}
     assert names == {f"{folder}/{run}" for folder in ("smoke_cpu", "passkey_cpu") for run in ("full", "moba", "msa")} | {
         "moba_all_sparse", "msa_all_sparse"}
+
+def test_loss_by_position_of_the_committed_text_runs(tmp_path):
+    from msa_lab.viz import training
+
+    text = tmp_path / "text_cpu"
+    shutil.copytree(Path(__file__).parent.parent / "experiments/results/train/text_cpu", text)
+    fig = training.loss_by_position_figure(text)
+    summary = json.loads((text / "msa/summary.json").read_text())
+    bins = next(e["loss_by_position"] for e in summary["eval"] if e["seq_len"] == 1024)
+    msa = [t for t in fig.data if t.name == "msa"]
+    assert len(msa) == 2 and list(msa[1].y) == pytest.approx(bins) and msa[1].x[-1] == pytest.approx(1024 - 32)
+    assert [t.showlegend for t in msa] == [True, False]
+    # a run with nothing scored at the first length still gets its legend entry, on its first trace
+    for e in summary["eval"]:
+        if e["seq_len"] == 512:
+            e["loss_by_position"] = [None] * 16
+    (text / "msa/summary.json").write_text(json.dumps(summary))
+    msa = [t for t in training.loss_by_position_figure(text).data if t.name == "msa"]
+    assert len(msa) == 1 and msa[0].showlegend and msa[0].yaxis == "y2"  # the 1024-token panel
+    summary["eval"].append(dict(summary["eval"][-1], loss_by_position=[1.0] * 8))  # a second row at 1024
+    (text / "msa/summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="different numbers of bins"):
+        training.loss_by_position_figure(text)
+
 
 def test_bf16_mixed_keeps_float32_weights_and_trains(tmp_path):
     raw = tiny(train__steps=3, train__dtype="bf16-mixed", train__eval_every=0, train__index_warmup=1,

@@ -11,7 +11,7 @@ def rotary(x: torch.Tensor, rotary_dims: int | None = None, base: float = 10000.
     """RoPE of ``x [B, N, H, D]`` at positions ``offset .. offset + N - 1`` on its first
     ``rotary_dims`` channels (all ``D`` when None; must be even), rotate-half convention;
     the other channels pass through. Computed in float32 (float64 for float64 input, so the
-    float64 references stay exact), returned in x's dtype."""
+    float64 references keep float64 accuracy), returned in x's dtype."""
     D = x.shape[-1]
     r = D if rotary_dims is None else rotary_dims
     if isinstance(r, bool) or not isinstance(r, int) or r < 0 or r > D or r % 2:

@@ -1,6 +1,7 @@
 """Figures of training runs (folders written by ``msa_lab.train``): loss curves, accuracy by
 context length, evaluation loss by position, the needle-in-a-haystack heat map (passkey
-accuracy by length and depth), and the coverage of a trained index branch. Each is a function of the run folders alone.
+accuracy by length and depth), and the coverage of a trained index branch. Each is a
+function of the run folders alone.
 
 Runs trained over several seeds (``<run>_seed<k>`` folders, ``msa-lab ablate`` with
 ``seeds``) are drawn as one run: the mean over the seeds, with their range (loss) or their
@@ -104,6 +105,19 @@ def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     return fig
 
 
+def _mean_bins(rows: list[list], where: str) -> list[float | None]:
+    """Bin-wise mean of ``loss_by_position`` rows, skipping empty bins. Results written before
+    empty bins were recorded as None hold 0.0 there; a mean cross-entropy of exactly 0 cannot
+    be told from those, so 0.0 counts as empty too."""
+    if len({len(row) for row in rows}) != 1:
+        raise ValueError(f"{where}: loss_by_position rows with different numbers of bins")
+    means = []
+    for i in range(len(rows[0])):
+        values = [row[i] for row in rows if row[i]]
+        means.append(statistics.mean(values) if values else None)
+    return means
+
+
 def loss_by_position_figure(paths) -> go.Figure:
     """Evaluation loss per scored token against position in the sequence, a panel per evaluated
     context length and a line per finished run: the mean over its seeds (and passkey depths),
@@ -116,29 +130,29 @@ def loss_by_position_figure(paths) -> go.Figure:
     lengths = sorted({e["seq_len"] for runs in groups.values() for r in runs for e in r["summary"]["eval"]})
     fig = make_subplots(rows=1, cols=len(lengths), subplot_titles=[f"{n} tokens" for n in lengths],
                         shared_yaxes=True, horizontal_spacing=0.03)
+    in_legend: set[str] = set()
     for col, n in enumerate(lengths, 1):
         for name, runs in groups.items():
-            per_seed = []  # per seed: the bins' losses, averaged over that seed's rows at length n
-            for r in runs:
-                rows = [e["loss_by_position"] for e in r["summary"]["eval"] if e["seq_len"] == n]
-                if rows:
-                    per_seed.append([statistics.mean(v) if (v := [row[i] for row in rows if row[i] is not None])
-                                     else None for i in range(len(rows[0]))])
-            if not per_seed:
-                continue
-            bins = len(per_seed[0])
+            per_seed = [_mean_bins(rows, f"{name} at {n} tokens") for r in runs
+                        if (rows := [e["loss_by_position"] for e in r["summary"]["eval"] if e["seq_len"] == n])]
+            if len({len(seed) for seed in per_seed}) > 1:
+                raise ValueError(f"{name} at {n} tokens: seeds with different numbers of loss_by_position bins")
             x, mean, sd = [], [], []
-            for i in range(bins):
+            for i in range(len(per_seed[0]) if per_seed else 0):
                 values = [seed[i] for seed in per_seed if seed[i] is not None]
                 if values:
                     m, s = mean_sd(values)
-                    x.append((i + 0.5) * n / bins)
+                    x.append((i + 0.5) * n / len(per_seed[0]))
                     mean.append(m)
                     sd.append(s)
-            fig.add_scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+            if not x:
+                continue
+            fig.add_scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
+                            showlegend=name not in in_legend,
                             error_y=dict(type="data", array=sd, visible=len(per_seed) > 1),
                             line=dict(color=styles[name]["color"], dash=styles[name]["dash"]),
                             marker=dict(symbol=styles[name]["symbol"], size=5), row=1, col=col)
+            in_legend.add(name)
         fig.update_xaxes(title_text="position (tokens)", row=1, col=col)
     fig.update_yaxes(title_text="loss per scored token (eval)", row=1, col=1)
     fig.update_layout(template=TEMPLATE, title="Evaluation loss by position" + _seeds_note(groups))
