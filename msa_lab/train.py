@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .bench.config import _as_list, _choice, _did_you_mean, _int, _unknown
+from .bench.results import gpu_environment
 from .nn import TinyLM
 from .runs import SEED_SUFFIX, find_runs, finished, group_seeds, mean_sd
 from .tasks import TASKS, make_batch
@@ -319,7 +320,8 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     summary = dict(name=cfg["name"], seed=cfg["seed"], method=m["method"], block_size=m["block_size"], top_k=m["top_k"],
                    steps=step, parameters=sum(p.numel() for p in model.parameters()),
                    final_loss=_last_train_loss(metrics), eval=final, coverage=cover, device=device,
-                   gpu=torch.cuda.get_device_name() if device == "cuda" else "none", torch=torch.__version__)
+                   # python too: the text task's corpus is that Python's standard library
+                   **gpu_environment(gpu=torch.cuda.get_device_name() if device == "cuda" else "none"))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     return out
 
