@@ -20,10 +20,11 @@ from .validation import check_positive_int, check_scale, check_tensor
 
 class KVCache:
     """Preallocated cache: ``k, v [B, max_len, Hkv, D]`` and, with ``index_dim``, one shared
-    MSA index key head ``index_k [B, max_len, 1, Di]``. All sequences share one length."""
+    MSA index key head ``index_k [B, max_len, 1, Di]``. All sequences share one length.
+    ``device=None`` is torch's default device, as for ``torch.empty``."""
 
     def __init__(self, batch: int, max_len: int, num_kv_heads: int, head_dim: int, *,
-                 index_dim: int | None = None, dtype=torch.bfloat16, device="cpu"):
+                 index_dim: int | None = None, dtype=torch.bfloat16, device=None):
         shape = (check_positive_int(batch, "batch"), check_positive_int(max_len, "max_len"),
                  check_positive_int(num_kv_heads, "num_kv_heads"), check_positive_int(head_dim, "head_dim"))
         self.k = torch.empty(shape, dtype=dtype, device=device)
