@@ -4,7 +4,7 @@ against dense SDPA at 32K-128K tokens, MSA's config (Hq=64, Hkv=4, D=128, block 
 bf16, batch 1).
 
 Timed per length: MSA selection (Triton index kernels, no gradient), KV-outer forward alone,
-forward + backward (fast: atomics; deterministic where its top_k float32 copies of dQ fit),
+forward + backward (fast: dK/dV by atomics; deterministic),
 the index KL loss over the selected tokens (forward + backward, the Triton kernels with the
 attention's LSE given, bf16 index inputs), the whole MSA attention step as msa_lab.nn.Attention runs it
 (selection, attention forward with its LSE, index KL, one backward through both), and dense
@@ -135,8 +135,7 @@ for N in (32768, 65536, 131072):
         return step
 
     record("kv-outer forward+backward", sparse_step(False), 3.5 * fwd_flop)  # backward: 5 of the 7 matmuls
-    if N <= 65536:  # top_k float32 copies of dQ: 34 GB at 64K
-        record("kv-outer forward+backward deterministic", sparse_step(True), 3.5 * fwd_flop)
+    record("kv-outer forward+backward deterministic", sparse_step(True), 3.5 * fwd_flop)
     # bf16 index inputs, as the indexer emits them under train.dtype: bf16-mixed
     iqg, ikg = iq.detach().requires_grad_(), ik.detach().requires_grad_()
     lse = kv_outer_attention(q, k, v, sel, scale)[1]

@@ -23,7 +23,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
 from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import load_rows, work_item
+from .tiles import load_rows, slot_row, work_item
 
 #: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
 #: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
@@ -96,12 +96,7 @@ def _merge_partials(
     ssb, ssh, ssn, sxb, sxn, sxh, sLb, sLh, sLn,
     K: tl.constexpr, HB: tl.constexpr, HPR: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
 ):
-    r = tl.program_id(0)
-    b = r // C
-    i = r % C
-    heads = tl.program_id(1) * HB + tl.arange(0, HB)
-    h_ok = heads < HQ
-    sel_row = b.to(tl.int64) * ssb + (heads // HPR).to(tl.int64) * ssh + (q0 + i).to(tl.int64) * ssn
+    b, i, heads, h_ok, sel_row = slot_row(C, q0, HQ, ssb, ssh, ssn, HB, HPR)
     l_row = b.to(tl.int64) * slb + i.to(tl.int64) * sln + heads
     m = tl.full([HB], float("-inf"), tl.float32)
     for s in range(K):

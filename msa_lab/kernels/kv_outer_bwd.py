@@ -9,17 +9,23 @@ probabilities from the forward's final LSE:
     dk += dsᵀ·q·scale,          dq += ds·k·scale,       delta = rowsum(do ∘ o).
 
 dK/dV accumulate in registers over the program's queries; dQ of a query gets one
-contribution per selected block. Two ways to sum them:
+contribution per selected block. Each (query, slot, head) writes its contribution to its own
+row of a partial buffer, like the forward's partial outputs, and a second kernel sums a
+query's valid slots in slot order: no atomics on dQ, and in bfloat16 for bfloat16 inputs
+(half the bytes of float32 atomics, which read and write every element; fp16 and fp32
+inputs keep float32 partials, since fp16's range could flush small contributions). As in
+the forward, queries are processed in chunks whose partials fit ``kv_outer.PARTIAL_BYTES``.
+Only a block split over programs by keys (block size above ``KEYS_PER_PROGRAM``) adds its
+dQ by float32 ``atomic_add`` into one buffer instead: its programs share the (query, slot).
+dK/dV two ways:
 
-- fast (default): float32 ``atomic_add`` into dQ, and into dK/dV (heavily chosen blocks are
-  split over programs, and MoBA's per-head selections share a KV head); the order of the
-  additions varies from run to run, so the last bits of the gradients do too;
-- ``deterministic=True``: no atomics. Every (query, slot, head) writes its dQ contribution to
-  its own row of a partial buffer (like the forward's partial outputs) that is then summed
-  over the slots in a fixed order; lists are not split, so each (block, selection head) has
-  one owner that writes its dK/dV rows, summed over a KV head's selection heads in a fixed
-  order. Bitwise reproducible; it costs ``top_k`` float32 copies of dQ in memory and loses
-  the split work items' load balance.
+- fast (default): float32 ``atomic_add`` (heavily chosen blocks are split over programs,
+  and MoBA's per-head selections share a KV head); the order of the additions varies from
+  run to run, so the last bits of dK/dV (and of dQ, for split blocks) do too;
+- ``deterministic=True``: lists are not split and blocks never split by keys, so each
+  (block, selection head) has one owner per query chunk that writes its dK/dV rows, summed
+  over a KV head's selection heads and over the chunks in a fixed order. Bitwise
+  reproducible; it loses the split work items' load balance.
 """
 
 from __future__ import annotations
@@ -29,22 +35,23 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from .kv_outer import Launch
+from . import kv_outer
+from .kv_outer import Launch, chunk_rows
 from .query_lists import build_query_lists
 from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import load_rows, work_item
+from .tiles import load_rows, slot_row, work_item
 
 
 @triton.jit
 def _kv_outer_bwd(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
     query_ptr, slot_ptr, work_list_ptr, work_start_ptr, work_count_ptr,
-    N, HS, NB, scale,
+    N, q0, HS, NB, scale,
     sqb, sqn, sqh, skb, skn, skh, sdob, sdon, sdoh, sLb, sLh, sLn,
     sdqb, sdqn, sdqk, sdqh, sdkb, sdkn, sdkh,
     G: tl.constexpr, HPR: tl.constexpr, QT: tl.constexpr, M: tl.constexpr,
     BS: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    KEYS: tl.constexpr, PRECISION: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    KEYS: tl.constexpr, PRECISION: tl.constexpr, DQ_PER_SLOT: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):
     w = tl.program_id(0)
     part = tl.program_id(1)  # which KEYS keys of the block this program owns
@@ -86,11 +93,11 @@ def _kv_outer_bwd(
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
         dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
-        if DETERMINISTIC:
+        if DQ_PER_SLOT:  # the (query, slot) row of this chunk's partial buffer
             slot = tl.load(slot_ptr + start + e, mask=row_ok, other=0)
-            dq_off = (b.to(tl.int64) * sdqb + tt[:, None] * sdqn + slot[:, None].to(tl.int64) * sdqk
+            dq_off = (b.to(tl.int64) * sdqb + (tt - q0)[:, None] * sdqn + slot[:, None].to(tl.int64) * sdqk
                       + head[:, None] * sdqh + offs_d[None, :])
-            tl.store(dq_ptr + dq_off, dq, mask=mask_qd)
+            tl.store(dq_ptr + dq_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_qd)
         else:
             dq_off = b.to(tl.int64) * sdqb + tt[:, None] * sdqn + head[:, None] * sdqh + offs_d[None, :]
             tl.atomic_add(dq_ptr + dq_off, dq, mask=mask_qd)
@@ -107,6 +114,27 @@ def _kv_outer_bwd(
         tl.atomic_add(dv_ptr + kv_off, dv, mask=kv_mask)
 
 
+@triton.jit
+def _sum_slots(
+    part_ptr, sel_ptr, dq_ptr,
+    C, q0, HQ,
+    spb, spn, spk, sph, ssb, ssh, ssn, sxb, sxn, sxh,
+    K: tl.constexpr, HB: tl.constexpr, HPR: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+):
+    """``dq[b, q0 + i, h] = sum of part[b, i, s, h]`` over the slots ``s`` that hold a block,
+    in slot order (float32), for the ``HB`` heads of this program; unused slots are never read."""
+    b, i, heads, h_ok, sel_row = slot_row(C, q0, HQ, ssb, ssh, ssn, HB, HPR)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    p_row = b.to(tl.int64) * spb + i.to(tl.int64) * spn + heads[:, None] * sph + offs_d[None, :]
+    acc = tl.zeros([HB, D_PAD], tl.float32)
+    for s in range(K):
+        ok = h_ok & (tl.load(sel_ptr + sel_row + s, mask=h_ok, other=-1) >= 0)
+        acc += tl.load(part_ptr + p_row + s * spk, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    x_off = b.to(tl.int64) * sxb + (q0 + i).to(tl.int64) * sxn + heads[:, None] * sxh + offs_d[None, :]
+    tl.store(dq_ptr + x_off, acc.to(dq_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
+
+
 #: Keys of a block per program (fewer split a block over programs) and warps. On an H200 at
 #: MSA's config 128 keys with 8 warps beat 64 and 32 keys and 4 warps (docs/kernels.md).
 KEYS_PER_PROGRAM = 128
@@ -116,48 +144,74 @@ NUM_WARPS = 8
 def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                       dout: torch.Tensor, selection: BlockSelection, scale: float, *,
                       deterministic: bool = False, keys_per_program: int | None = None,
-                      num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      num_warps: int | None = None, query_chunk: int | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` in the inputs' dtypes for valid inputs: ``out`` and ``lse [B, Hq, N]``
-    from the forward, ``dout`` the gradient of ``out``. Deterministic mode gives each block
-    to one program (its dQ rows are per slot, so a split block would write them twice)."""
+    from the forward, ``dout`` the gradient of ``out``. ``query_chunk``: query rows per
+    chunk of dQ partials (default: as many as ``kv_outer.PARTIAL_BYTES`` holds)."""
     B, N, Hq, D = q.shape
     Hkv = k.shape[2]
     Hs = selection.indices.shape[1]
     K = selection.top_k
+    bs = selection.block_size
     launch = Launch.for_rows(selection.per, Hq // Hkv)
     q, k, v, dout = (x.contiguous() for x in (q, k, v, dout))
     lse = lse.contiguous()
+    sel = selection.indices.contiguous()
     delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # [B, Hq, N]
-    entries = N * K if deterministic else launch.entries  # deterministic: lists are never split
-    lists = build_query_lists(selection, 0, N, entries)
-    if deterministic:
-        dq = torch.zeros(B, N, K, Hq, D, device=q.device, dtype=torch.float32)
-        dk = torch.zeros(B, N, Hs, D, device=q.device, dtype=torch.float32)
-        dv = torch.zeros_like(dk)
-    else:
-        dq = torch.zeros(B, N, 1, Hq, D, device=q.device, dtype=torch.float32)
-        dk = torch.zeros(B, N, Hkv, D, device=q.device, dtype=torch.float32)
-        dv = torch.zeros_like(dk)
-    bs = selection.block_size
-    keys = dot_pad(bs) if deterministic else \
-        max(16, min(next_pow2(bs), keys_per_program or KEYS_PER_PROGRAM))
-    if lists.num_items:
-        _kv_outer_bwd[(lists.num_items, triton.cdiv(bs, keys))](
-            q, k, v, dout, lse, delta, dq, dk, dv,
-            lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
-            N, Hs, -(-N // selection.block_size), scale,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            dout.stride(0), dout.stride(1), dout.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
-            dq.stride(0), dq.stride(1), dq.stride(2), dq.stride(3), dk.stride(0), dk.stride(1), dk.stride(2),
-            G=Hq // Hkv, HPR=launch.HPR, QT=launch.QT, M=launch.M,
-            BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PRECISION=dot_precision(q.dtype),
-            DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
-        )
-    dq = dq.sum(2)  # over slots, in slot order (a no-op copy in the fast mode)
+    # Deterministic: one program per (block, selection head) and chunk, never split.
+    keys = dot_pad(bs) if deterministic else max(16, min(next_pow2(bs), keys_per_program or KEYS_PER_PROGRAM))
+    parts = triton.cdiv(bs, keys)
+    per_slot = parts == 1
+    entries = N * K if deterministic else launch.entries
+    if per_slot:
+        part_dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
+        C = min(N, query_chunk or chunk_rows(B, N, K, Hq, D, part_dtype, q.device))
+        dq = torch.empty_like(q)
+        dq_part = torch.empty(B, C, K, Hq, D, device=q.device, dtype=part_dtype)
+        if kv_outer.POISON_PARTIALS:  # checks: a slot the kernel fails to write shows as NaN
+            dq_part.fill_(float("nan"))
+    else:  # a block's key parts add into the same (query, slot): one float32 dQ, by atomics
+        C = N
+        dq_part = torch.zeros(B, N, 1, Hq, D, device=q.device, dtype=torch.float32)
+    dk = torch.zeros(B, N, Hs if deterministic else Hkv, D, device=q.device, dtype=torch.float32)
+    dv = torch.zeros_like(dk)
+    dk_chunk, dv_chunk = (torch.empty_like(dk), torch.empty_like(dv)) if deterministic and C < N else (dk, dv)
+    HB = min(16, next_pow2(Hq))
+    for q0 in range(0, N, C):
+        q1 = min(N, q0 + C)
+        lists = build_query_lists(selection, q0, q1, entries)
+        if dk_chunk is not dk:  # a block's owner in this chunk stores its rows; chunks are summed in order
+            dk_chunk.zero_()
+            dv_chunk.zero_()
+        if lists.num_items:
+            _kv_outer_bwd[(lists.num_items, parts)](
+                q, k, v, dout, lse, delta, dq_part, dk_chunk, dv_chunk,
+                lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
+                N, q0, Hs, -(-N // bs), scale,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                dout.stride(0), dout.stride(1), dout.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+                *dq_part.stride()[:4], dk.stride(0), dk.stride(1), dk.stride(2),
+                G=Hq // Hkv, HPR=launch.HPR, QT=launch.QT, M=launch.M,
+                BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PRECISION=dot_precision(q.dtype),
+                DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
+            )
+        if dk_chunk is not dk:
+            dk += dk_chunk
+            dv += dv_chunk
+        if per_slot:
+            _sum_slots[(B * (q1 - q0), triton.cdiv(Hq, HB))](
+                dq_part, sel, dq, q1 - q0, q0, Hq,
+                *dq_part.stride()[:4], sel.stride(0), sel.stride(1), sel.stride(2),
+                dq.stride(0), dq.stride(1), dq.stride(2),
+                K=K, HB=HB, HPR=launch.HPR, D=D, D_PAD=dot_pad(D),
+            )
+    if not per_slot:
+        dq = dq_part[:, :, 0].to(q.dtype)
     if deterministic:  # the selection heads of each KV head, in head order
         dk = dk.view(B, N, Hkv, Hs // Hkv, D).sum(3)
         dv = dv.view(B, N, Hkv, Hs // Hkv, D).sum(3)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
 class KVOuterAttention(torch.autograd.Function):

@@ -22,3 +22,17 @@ def work_item(work_list_ptr, work_start_ptr, work_count_ptr, w, NB, HS):
     start = tl.load(work_start_ptr + w)
     count = tl.load(work_count_ptr + w)
     return start, count, lst % NB, (lst // NB) % HS, lst // NB // HS
+
+
+@triton.jit
+def slot_row(C, q0, HQ, ssb, ssh, ssn, HB: tl.constexpr, HPR: tl.constexpr):
+    """``(b, i, heads, heads_ok, sel_row)`` of a program that reduces the slots of query row
+    ``q0 + i`` of batch ``b`` for ``HB`` heads (grid ``(B * C, cdiv(HQ, HB))``); ``sel_row``
+    points at the row's block ids in the selection (slot ``s`` at ``+ s``)."""
+    r = tl.program_id(0)
+    b = r // C
+    i = r % C
+    heads = tl.program_id(1) * HB + tl.arange(0, HB)
+    heads_ok = heads < HQ
+    sel_row = b.to(tl.int64) * ssb + (heads // HPR).to(tl.int64) * ssh + (q0 + i).to(tl.int64) * ssn
+    return b, i, heads, heads_ok, sel_row
