@@ -167,3 +167,18 @@ def test_triton_layer_matches_the_reference_layer_forward_and_backward():
         outs.append((y, xx.grad, layer.wk.weight.grad, layer.indexer.wq.weight.grad))
     for a, b in zip(*outs):
         assert rel_err(b, a) < 1e-5
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_index_kl_reaches_only_the_index_projections(sparse):
+    """SPEC: the KL's gradient reaches the index projections, never the backbone (the layer
+    input, the main q/k/v/o projections); sparse routing or the dense warm-up alike."""
+    layer = Attention(32, 4, 2, method="msa", block_size=16, top_k=2, backend="reference")
+    layer.sparse = sparse
+    x = torch.randn(2, 70, 32, requires_grad=True)
+    _, aux = layer(x)
+    aux.backward()
+    assert x.grad is None or not x.grad.any()
+    for name, p in layer.named_parameters():
+        touched = p.grad is not None and bool(p.grad.any())
+        assert touched == name.startswith("indexer."), name

@@ -84,7 +84,9 @@ class Attention(nn.Module):
         selection, aux, lse = None, None, None
         index_q = index_k = None
         if self.indexer is not None:
-            index_q, index_k = self.indexer(x)
+            # The index branch learns from its KL loss alone (selection has no gradient), and
+            # that loss must reach only the index projections: the backbone's input is detached.
+            index_q, index_k = self.indexer(x.detach())
         if self.sparse and self.method != "full":
             with torch.no_grad():  # top-k has no gradient; MSA's indexer learns from the KL loss
                 if self.method == "moba":

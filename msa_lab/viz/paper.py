@@ -87,13 +87,13 @@ PAPER_FIGURES = (
                 "double", 2.0, runs=("ablation_gpu_h200",)),
     PaperFigure("training_accuracy_by_length", None, accuracy_figure,
                 "Passkey token accuracy (mean over depths and 3 seeds, ± 1 s.d.) against context length; "
-                "MoBA and MSA at 64 tokens per query in blocks of 8 x 8, 16 x 4 and 32 x 2.", "double",
-                runs=("ablation_gpu_h200", "block_topk_gpu_h200")),
+                "64 tokens per query: MSA in blocks of 16 x 4, MoBA in blocks of 8 x 8, 16 x 4 and 32 x 2.",
+                "double", runs=("ablation_gpu_h200", "block_topk_gpu_h200")),
     PaperFigure("training_text_loss_by_position", None, loss_by_position_figure,
                 "Held-out next-byte loss against position after training at 512 bytes of Python source "
-                "(2-layer model, first layer full; MoBA and MSA at block 32 x top-4 = 1/4 of the context; "
-                "one seed; CPU); right: evaluated at twice the training length.", "double", 2.2,
-                runs=("text_cpu",)),
+                "(2-layer model, first layer full or both sparse; MoBA and MSA at block 32 x top-4 = 1/4 of "
+                "the context; mean ± s.d. of 3 seeds; H200); right: evaluated at twice the training length.",
+                "double", 2.2, runs=("text_gpu_h200",)),
     PaperFigure("selection_map", None, selection_map_example,
                 "Query block x key block map of MSA's selection for one group (8K tokens, block 128, top-k 8); "
                 "x: blocks the oracle picked that MSA never did."),
