@@ -138,6 +138,10 @@ def test_paper_figures_cli_rebuilds_from_results(coverage_results, tmp_path):
     assert (out / "coverage_equal_budget.html").is_file() and (out / "coverage_recall_vs_top_k.html").is_file()
     index = (out / "figures.md").read_text()
     assert "`coverage_cpu` (CPU)" in index and "equal budget" in index
+    # redrawing one figure keeps the other rows of figures.md
+    done = subprocess.run(cli[:-1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (out / "figures.md").read_text() == index
     done = subprocess.run(cli[:-2] + ["coverage_recal"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown figure(s) coverage_recal" in done.stderr
     done = subprocess.run(cli[:4] + [str(coverage_results), "--only", "x"], capture_output=True, text=True)

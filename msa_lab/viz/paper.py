@@ -11,6 +11,7 @@ reproducible.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -147,8 +148,11 @@ def write_paper_figures(out_dir, formats=STATIC_FORMATS, *, results_dir=None, on
     formats = _check_formats(formats)
     _chosen(only)  # a typo fails before any browser starts
     out = Path(out_dir)
-    written, lines = [], ["# Paper figures", "", "Rebuilt by `msa-lab figures` from committed results.", "",
-                          "| figure | width | source | caption |", "| --- | --- | --- | --- |"]
+    index = out / "figures.md"
+    # With ``only``, the rows of the figures not redrawn stay as they were.
+    rows = {m.group(1): line for line in (index.read_text(encoding="utf-8").splitlines() if index.is_file() else [])
+            if (m := re.match(r"\| `([^`]+)` \|", line))}
+    written = []
     static = tuple(f for f in formats if f != "html")
     with static_export_session(formats):
         for spec, fig, source in draw_paper_figures(results_dir, only, progress):
@@ -156,7 +160,9 @@ def write_paper_figures(out_dir, formats=STATIC_FORMATS, *, results_dir=None, on
                 written += export_figure(fig, out / spec.name, static, width=spec.width, height=spec.height)
             if "html" in formats:
                 written += save_figure(fig, out / spec.name, ("html",))
-            lines.append(f"| `{spec.name}` | {spec.width} | {source} | {spec.caption} |")
-    index = out / "figures.md"
+            rows[spec.name] = f"| `{spec.name}` | {spec.width} | {source} | {spec.caption} |"
+    lines = ["# Paper figures", "", "Rebuilt by `msa-lab figures` from committed results.", "",
+             "| figure | width | source | caption |", "| --- | --- | --- | --- |",
+             *(rows[f.name] for f in PAPER_FIGURES if f.name in rows)]
     index.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [*written, index]
