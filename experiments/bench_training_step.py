@@ -9,7 +9,7 @@ the index KL loss over the selected tokens (forward + backward, the Triton kerne
 attention's LSE given, bf16 index inputs), the whole MSA attention step as msa_lab.nn.Attention runs it
 (selection, attention forward with its LSE, index KL, one backward through both), and dense
 SDPA forward + backward with the cuDNN and FlashAttention backends. The plain-PyTorch index
-KL (1.6-6.9 s per step here) was timed in bench_training_step_h200.json and
+KL (1.6-6.8 s per step here) was timed in bench_training_step_h200.json and
 bench_index_kl_*_h200.json.
 
 Usage: python experiments/bench_training_step.py OUT_DIR

@@ -98,7 +98,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     query head. A query whose row sees no key outputs zeros and LSE = -inf.
     Differentiable in q, k, v with the ``reference`` (autograd), ``flex`` and ``triton``
     (KV-outer backward kernel) backends; ``deterministic=True`` makes the Triton backward
-    bitwise reproducible (no atomics; more memory, see ``kernels/kv_outer_bwd.py``).
+    bitwise reproducible on a given GPU model (no atomics; see ``kernels/kv_outer_bwd.py``).
     """
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     if not isinstance(selection, BlockSelection):

@@ -295,7 +295,7 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tr["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+            clip_gradients(model, tr["grad_clip"])
         opt.step()
         tokens_done += x.numel()
         step += 1
@@ -324,6 +324,17 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
                    **gpu_environment(gpu=torch.cuda.get_device_name() if device == "cuda" else "none"))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     return out
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> None:
+    """Clip the gradient norms of MSA's index projections and of the rest of the model apart.
+    The index branch learns from its KL loss alone and the backbone from the task loss alone;
+    one shared norm would let either loss scale the other's update whenever clipping fires."""
+    index = [p for name, p in model.named_parameters() if "indexer." in name]
+    ids = {id(p) for p in index}
+    for params in (index, [p for p in model.parameters() if id(p) not in ids]):
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def _last_train_loss(metrics: Path) -> float | None:

@@ -3,8 +3,8 @@ pinned with MSA_LAB_TEST_SEED=<int> to replay a failure.
 
 Tensors are made on MSA_LAB_TEST_DEVICE: ``cpu`` (the default) with the Triton kernels
 interpreted and any GPU hidden, so a GPU machine runs what CI runs, notebooks included; or
-``cuda``, for the kernel test files only (docs/kernels.md, "Tests on a GPU"; not yet run on
-one): compiled kernels, bf16 included."""
+``cuda``, for the kernel test files only (docs/kernels.md, "Tests on a GPU", with what they
+gave on an H200): compiled kernels, bf16 included."""
 
 import math
 import os

@@ -73,6 +73,13 @@ def test_half_precision_triton_decode():
     assert out.dtype == torch.float16 and rel_err(out, ref) < 2e-3
 
 
+def test_cache_follows_torchs_default_device():
+    with torch.device("meta"):
+        cache = ml.KVCache(1, 8, 1, 16, index_dim=4)
+    assert cache.k.is_meta and cache.v.is_meta and cache.index_k.is_meta
+    assert ml.KVCache(1, 8, 1, 16, device="meta").k.is_meta
+
+
 def test_cache_refuses_other_dtypes_and_bad_max_len():
     cache = ml.KVCache(1, 8, 1, 16, index_dim=4, dtype=torch.float16)
     with pytest.raises(TypeError, match=r"k must be torch.float16 on \S+ like the cache, got torch.float32"):

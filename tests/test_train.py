@@ -310,3 +310,28 @@ def test_bf16_mixed_keeps_float32_weights_and_trains(tmp_path):
     assert len(train) == 3 and all(math.isfinite(r["loss"]) and math.isfinite(r["index_kl"]) for r in train)
     assert train[1]["index_kl"] > 0  # the sparse phase's KL over the selected tokens
     assert any(r["kind"] == "coverage" for r in rows)
+
+
+def test_gradient_clipping_keeps_the_index_branch_and_the_backbone_apart():
+    """A larger index-KL gradient must not shrink the backbone's clipped update (nor the
+    reverse): the two groups are clipped on their own norms."""
+    from msa_lab.nn import TinyLM
+    from msa_lab.train import clip_gradients
+
+    model = TinyLM(vocab_size=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, method="msa",
+                   block_size=16, top_k=2)
+    index = {name for name, _ in model.named_parameters() if "indexer." in name}
+    assert index
+
+    def clipped(index_scale):
+        for name, p in model.named_parameters():
+            p.grad = torch.full_like(p, index_scale if name in index else 1.0)
+        clip_gradients(model, 1.0)
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    small, large = clipped(0.01), clipped(100.0)
+    for name in small:
+        if name not in index:
+            assert torch.equal(small[name], large[name]), name
+    norm = torch.stack([large[name].norm() for name in index]).norm()
+    assert norm == pytest.approx(1.0, rel=1e-5)

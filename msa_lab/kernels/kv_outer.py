@@ -181,9 +181,14 @@ def merge(o_part, lse_part, sel, out, lse, q0: int, launch: Launch) -> None:
     )
 
 
-def partial_budget(device: torch.device) -> int:
+def partial_budget(device: torch.device, *, reproducible: bool = False) -> int:
+    """Bytes of partials one query chunk may take. ``reproducible``: a budget that depends on
+    the device alone (a quarter of its memory), not on what is free at the call, for results
+    that must not change with the chunking (the deterministic backward)."""
     if PARTIAL_BYTES is not None:
         return PARTIAL_BYTES
+    if device.type == "cuda" and reproducible:
+        return torch.cuda.get_device_properties(device).total_memory // 4
     if device.type == "cuda":
         # Free device memory plus what PyTorch's allocator holds unused: mem_get_info alone
         # shrinks after each call (the last buffers stay cached), so chunking would drift.
@@ -192,10 +197,11 @@ def partial_budget(device: torch.device) -> int:
     return 1 << 30
 
 
-def chunk_rows(B: int, N: int, K: int, Hq: int, D: int, dtype: torch.dtype, device) -> int:
+def chunk_rows(B: int, N: int, K: int, Hq: int, D: int, dtype: torch.dtype, device, *,
+               reproducible: bool = False) -> int:
     """Query rows per chunk: as many as the partial budget holds."""
     per_query = B * K * Hq * (D * dtype.itemsize + 4)
-    return max(1, min(N, partial_budget(torch.device(device)) // per_query))
+    return max(1, min(N, partial_budget(torch.device(device), reproducible=reproducible) // per_query))
 
 
 def partial_buffers(B: int, C: int, K: int, Hq: int, D: int, dtype, device):

@@ -25,7 +25,9 @@ dK/dV two ways:
 - ``deterministic=True``: lists are not split and blocks never split by keys, so each
   (block, selection head) has one owner per query chunk that writes its dK/dV rows, summed
   over a KV head's selection heads and over the chunks in a fixed order. Bitwise
-  reproducible; it loses the split work items' load balance.
+  reproducible for a given chunking, so its chunks are sized from the device's total memory,
+  never from what is free (``kv_outer.partial_budget``): the same inputs on the same GPU
+  model give the same bits; it loses the split work items' load balance.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` in the inputs' dtypes for valid inputs: ``out`` and ``lse [B, Hq, N]``
     from the forward, ``dout`` the gradient of ``out``. ``query_chunk``: query rows per
-    chunk of dQ partials (default: as many as ``kv_outer.PARTIAL_BYTES`` holds)."""
+    chunk of dQ partials (default: as many as the partial budget holds; unused when a block
+    is split over programs by keys, whose dQ goes by atomics in one pass)."""
     B, N, Hq, D = q.shape
     Hkv = k.shape[2]
     Hs = selection.indices.shape[1]
@@ -166,7 +169,7 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
     entries = N * K if deterministic else launch.entries
     if per_slot:
         part_dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
-        C = min(N, query_chunk or chunk_rows(B, N, K, Hq, D, part_dtype, q.device))
+        C = min(N, query_chunk or chunk_rows(B, N, K, Hq, D, part_dtype, q.device, reproducible=deterministic))
         dq = torch.empty_like(q)
         dq_part = torch.empty(B, C, K, Hq, D, device=q.device, dtype=part_dtype)
         if kv_outer.POISON_PARTIALS:  # checks: a slot the kernel fails to write shows as NaN
@@ -181,9 +184,11 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
     for q0 in range(0, N, C):
         q1 = min(N, q0 + C)
         lists = build_query_lists(selection, q0, q1, entries)
-        if dk_chunk is not dk:  # a block's owner in this chunk stores its rows; chunks are summed in order
-            dk_chunk.zero_()
-            dv_chunk.zero_()
+        # A block's owner in this chunk stores its rows, and chunks are summed in order; causal
+        # attention gives keys from q1 on nothing in this chunk, so those rows are left out.
+        if dk_chunk is not dk:
+            dk_chunk[:, :q1].zero_()
+            dv_chunk[:, :q1].zero_()
         if lists.num_items:
             _kv_outer_bwd[(lists.num_items, parts)](
                 q, k, v, dout, lse, delta, dq_part, dk_chunk, dv_chunk,
@@ -197,8 +202,8 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
                 DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
             )
         if dk_chunk is not dk:
-            dk += dk_chunk
-            dv += dv_chunk
+            dk[:, :q1] += dk_chunk[:, :q1]
+            dv[:, :q1] += dv_chunk[:, :q1]
         if per_slot:
             _sum_slots[(B * (q1 - q0), triton.cdiv(Hq, HB))](
                 dq_part, sel, dq, q1 - q0, q0, Hq,
