@@ -330,9 +330,10 @@ def clip_gradients(model: torch.nn.Module, max_norm: float) -> None:
     """Clip the gradient norms of MSA's index projections and of the rest of the model apart.
     The index branch learns from its KL loss alone and the backbone from the task loss alone;
     one shared norm would let either loss scale the other's update whenever clipping fires."""
-    index = [p for name, p in model.named_parameters() if "indexer." in name]
-    ids = {id(p) for p in index}
-    for params in (index, [p for p in model.parameters() if id(p) not in ids]):
+    index, backbone = [], []
+    for name, p in model.named_parameters():
+        (index if "indexer." in name else backbone).append(p)
+    for params in (index, backbone):
         if params:
             torch.nn.utils.clip_grad_norm_(params, max_norm)
 

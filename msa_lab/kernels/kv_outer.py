@@ -204,13 +204,15 @@ def chunk_rows(B: int, N: int, K: int, Hq: int, D: int, dtype: torch.dtype, devi
     return max(1, min(N, partial_budget(torch.device(device), reproducible=reproducible) // per_query))
 
 
+def empty_partials(*shape: int, dtype, device) -> torch.Tensor:
+    """An uninitialised partial buffer (NaN-filled under ``POISON_PARTIALS``)."""
+    part = torch.empty(shape, device=device, dtype=dtype)
+    return part.fill_(float("nan")) if POISON_PARTIALS else part
+
+
 def partial_buffers(B: int, C: int, K: int, Hq: int, D: int, dtype, device):
-    o_part = torch.empty(B, C, K, Hq, D, device=device, dtype=dtype)
-    lse_part = torch.empty(B, C, K, Hq, device=device, dtype=torch.float32)
-    if POISON_PARTIALS:
-        o_part.fill_(float("nan"))
-        lse_part.fill_(float("nan"))
-    return o_part, lse_part
+    return (empty_partials(B, C, K, Hq, D, dtype=dtype, device=device),
+            empty_partials(B, C, K, Hq, dtype=torch.float32, device=device))
 
 
 def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

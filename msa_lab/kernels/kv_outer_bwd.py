@@ -37,8 +37,7 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from . import kv_outer
-from .kv_outer import Launch, chunk_rows
+from .kv_outer import Launch, chunk_rows, empty_partials
 from .query_lists import build_query_lists
 from .runtime import dot_pad, dot_precision, next_pow2
 from .tiles import load_rows, slot_row, work_item
@@ -171,22 +170,22 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
         part_dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
         C = min(N, query_chunk or chunk_rows(B, N, K, Hq, D, part_dtype, q.device, reproducible=deterministic))
         dq = torch.empty_like(q)
-        dq_part = torch.empty(B, C, K, Hq, D, device=q.device, dtype=part_dtype)
-        if kv_outer.POISON_PARTIALS:  # checks: a slot the kernel fails to write shows as NaN
-            dq_part.fill_(float("nan"))
+        dq_part = empty_partials(B, C, K, Hq, D, dtype=part_dtype, device=q.device)
     else:  # a block's key parts add into the same (query, slot): one float32 dQ, by atomics
         C = N
         dq_part = torch.zeros(B, N, 1, Hq, D, device=q.device, dtype=torch.float32)
     dk = torch.zeros(B, N, Hs if deterministic else Hkv, D, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
-    dk_chunk, dv_chunk = (torch.empty_like(dk), torch.empty_like(dv)) if deterministic and C < N else (dk, dv)
+    # Deterministic over several chunks: a block's owner in a chunk stores its rows into
+    # buffers of that chunk, and the chunks are summed in order.
+    per_chunk = deterministic and C < N
+    dk_chunk, dv_chunk = (torch.empty_like(dk), torch.empty_like(dv)) if per_chunk else (dk, dv)
     HB = min(16, next_pow2(Hq))
     for q0 in range(0, N, C):
         q1 = min(N, q0 + C)
         lists = build_query_lists(selection, q0, q1, entries)
-        # A block's owner in this chunk stores its rows, and chunks are summed in order; causal
-        # attention gives keys from q1 on nothing in this chunk, so those rows are left out.
-        if dk_chunk is not dk:
+        # Causal attention gives keys from q1 on nothing in this chunk: those rows are left out.
+        if per_chunk:
             dk_chunk[:, :q1].zero_()
             dv_chunk[:, :q1].zero_()
         if lists.num_items:
@@ -201,7 +200,7 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
                 BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PRECISION=dot_precision(q.dtype),
                 DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
             )
-        if dk_chunk is not dk:
+        if per_chunk:
             dk[:, :q1] += dk_chunk[:, :q1]
             dv[:, :q1] += dv_chunk[:, :q1]
         if per_slot:
