@@ -122,20 +122,16 @@ def inputs(N, index_dtype):
 TILES = [(16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (64, 8)] if not args.smoke else [(16, 4), (32, 8)]
 if args.skip_tiles:
     TILES = []
-STAGES = (("kl and gradients", "TOKENS_PER_TILE", "NUM_WARPS"),
-          ("lse partials", "LSE_TOKENS_PER_TILE", "LSE_NUM_WARPS"))
-DEFAULT_TILES = {attr: getattr(kernel, attr) for _, *attrs in STAGES for attr in attrs}
-chosen = {}  # index dtype -> {attribute: value}: float32 index dots run on other units than bf16's
+STAGES = (("kl and gradients", "kl"), ("lse partials", "lse"))
+DEFAULT_TILES = {size: dict(passes) for size, passes in kernel.TILES.items()}
 N = LENGTHS[0]
 for index_name in INDEX:
     q, k, iq, ik, sel = inputs(N, NAMES[index_name])
-    for attr, value in DEFAULT_TILES.items():
-        setattr(kernel, attr, value)
-    for stage, tile_attr, warp_attr in STAGES:
+    tiles = kernel.TILES[NAMES[index_name].itemsize]  # the sweep edits the kernel's table in place
+    for stage, pass_name in STAGES:
         best = None
         for tokens, warps in TILES:
-            setattr(kernel, tile_attr, tokens)
-            setattr(kernel, warp_attr, warps)
+            tiles[pass_name] = (tokens, warps)
             row = dict(what="tile", stage=stage, N=N, index_dtype=index_name, tokens=tokens, num_warps=warps)
             try:
                 t = time_call(lambda: kernel.index_kl(iq, ik, q, k, sel, D ** -0.5), dev, max_seconds=SECONDS / 2)
@@ -145,10 +141,9 @@ for index_name in INDEX:
             rows.append(dict(row, **t))
             if best is None or t["median_ms"] < best[0]:
                 best = (t["median_ms"], tokens, warps)
-        setattr(kernel, tile_attr, best[1] if best else DEFAULT_TILES[tile_attr])
-        setattr(kernel, warp_attr, best[2] if best else DEFAULT_TILES[warp_attr])
-    chosen[index_name] = {attr: getattr(kernel, attr) for attr in DEFAULT_TILES}
-    rows.append(dict(what="tiles chosen", index_dtype=index_name, default=DEFAULT_TILES, **chosen[index_name]))
+        tiles[pass_name] = best[1:] if best else DEFAULT_TILES[NAMES[index_name].itemsize][pass_name]
+    rows.append(dict(what="tiles chosen", index_dtype=index_name,
+                     default=DEFAULT_TILES[NAMES[index_name].itemsize], **tiles))
     del q, k, iq, ik, sel
 
 # 3. Timing at MSA's config.
@@ -175,8 +170,6 @@ for N in LENGTHS:
     base = dict(N=N, Hq=Hq, Hkv=Hkv, D=D, Di=Di, block_size=BS, top_k=K, qk_dtype=QK)
     for index_name in INDEX[::-1]:
         q, k, iq, ik, sel = inputs(N, NAMES[index_name])
-        for attr, value in chosen[index_name].items():
-            setattr(kernel, attr, value)
         with torch.no_grad():
             _, lse = ml.block_sparse_attention(q, k, rnd(1, N, Hkv, D, dtype=NAMES[QK]), sel, backend="triton",
                                                return_lse=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import msa_lab as ml
-from conftest import make_qkv, rel_err
+from conftest import GRAD_DTYPES, make_qkv, rel_err
 from msa_lab.nn import Attention, index_kl_loss
 from test_block_sparse import random_selection
 
@@ -42,7 +42,7 @@ def assert_close(got, ref, tol, dtype):
 
 
 @pytest.mark.parametrize("B,N,Hq,Hkv,D,Di,bs,topk", SHAPES)
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("dtype,tol", GRAD_DTYPES)
 def test_loss_and_gradients_match_the_reference(B, N, Hq, Hkv, D, Di, bs, topk, dtype, tol):
     q, k, _ = make_qkv(B, N, Hq, Hkv, D, dtype)
     iq, ik = index_inputs(B, N, Hkv, Di, dtype)

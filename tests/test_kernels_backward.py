@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import msa_lab as ml
-from conftest import TEST_DEVICE, make_qkv, rel_err
+from conftest import GRAD_DTYPES, make_qkv, rel_err
 from test_block_sparse import random_selection
 
 SHAPES = [
@@ -24,14 +24,9 @@ def grads(q, k, v, sel, dout, **kw):
     return out, q.grad, k.grad, v.grad
 
 
-# bf16 on the GPU only: the CPU interpreter's bf16 dot is wrong (docs/kernels.md, "Known limits").
-DTYPES = [(torch.float32, 1e-5), (torch.float16, 5e-3),
-          pytest.param(torch.bfloat16, 1e-2, marks=pytest.mark.skipif(TEST_DEVICE != "cuda", reason="bf16: GPU only"))]
-
-
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("B,N,Hq,Hkv,D,bs,topk,per", SHAPES)
-@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("dtype,tol", GRAD_DTYPES)
 def test_gradients_match_autograd_through_the_reference(B, N, Hq, Hkv, D, bs, topk, per, dtype, tol,
                                                          deterministic):
     q, k, v = make_qkv(B, N, Hq, Hkv, D)

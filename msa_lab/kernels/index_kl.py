@@ -44,15 +44,13 @@ from .tiles import load_rows, work_item
 LOG2E = tl.constexpr(1.4426950408889634)  # exp2 domain: exp(x) = exp2(x * log2(e))
 LN2 = tl.constexpr(0.6931471805599453)
 
-#: Query tokens per tile and warps of the two passes; ``experiments/bench_index_kl.py`` times
-#: others. Chosen from ptxas's report for sm_90 (triton 3.9, MSA's config): larger tiles, or
-#: fewer warps, spill (pass 2 at 32 tokens x 8 warps: 344 bytes of stack a thread with bf16
-#: inputs, 3 KB with float32 index inputs, whose dots run on the FMA units); these do not or
-#: barely (pass 2: 160 bytes).
-TOKENS_PER_TILE = 16
-NUM_WARPS = 16
-LSE_TOKENS_PER_TILE = 16
-LSE_NUM_WARPS = 8
+#: (query tokens per tile, warps) of pass 1 ("lse") and pass 2 ("kl"), by the index inputs'
+#: element size: their dots run on the tensor cores in 16 bits and on the FMA units in float32,
+#: which spill at other tiles. The fastest of ``experiments/bench_index_kl.py``'s tile sweep on an
+#: H200 at 32K, MSA's config (``bench_index_kl_tiles_32k_h200.json``): pass 2 at 32 x 4 takes
+#: 28.3 ms with bf16 index inputs where 16 x 16 took 38.6, but 330 ms with float32 ones.
+TILES = {2: {"lse": (32, 4), "kl": (32, 4)},
+         4: {"lse": (16, 8), "kl": (32, 8)}}
 
 
 @triton.jit
@@ -172,7 +170,8 @@ def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: t
     q, k, index_q, index_k = (x.contiguous() for x in (q, k, index_q, index_k))
     lse = None if lse is None else lse.float()
     dev = q.device
-    entries = max(TOKENS_PER_TILE, ROWS_PER_ITEM // G // TOKENS_PER_TILE * TOKENS_PER_TILE)
+    (lse_tokens, lse_warps), (kl_tokens, kl_warps) = (TILES[index_q.element_size()][p] for p in ("lse", "kl"))
+    entries = max(kl_tokens, ROWS_PER_ITEM // G // kl_tokens * kl_tokens)
     lists = build_query_lists(selection, 0, N, entries)
     index_scale = Di ** -0.5
     shapes = dict(G=G, BS=bs, BS_PAD=dot_pad(bs), D=D, D_PAD=dot_pad(D),
@@ -192,7 +191,7 @@ def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: t
             q, k, index_q, index_k, t_part, s_part,
             lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
             *common, *t_part.stride()[:3], *s_part.stride()[:3],
-            QT=LSE_TOKENS_PER_TILE, TEACHER=lse is None, **shapes, num_warps=LSE_NUM_WARPS, num_stages=1,
+            QT=lse_tokens, TEACHER=lse is None, **shapes, num_warps=lse_warps, num_stages=1,
         )
     zlse = s_part.logsumexp(2)  # [B, N, Hkv]
     if lse is None:
@@ -203,7 +202,7 @@ def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: t
             lists.query, lists.work_list, lists.work_start, lists.work_count,
             *common[:5], 1.0 / (B * N * Hkv) * index_scale, *common[5:],
             *lse.stride(), *zlse.stride(), *diq.stride()[:3], *dik.stride()[:2],
-            QT=TOKENS_PER_TILE, **shapes, num_warps=NUM_WARPS, num_stages=1,
+            QT=kl_tokens, **shapes, num_warps=kl_warps, num_stages=1,
         )
     loss = (kl.double().sum() / (B * N * Hkv)).float()
     return loss, diq, dik
