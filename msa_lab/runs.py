@@ -49,6 +49,13 @@ def find_runs(paths) -> list[dict]:
     return runs
 
 
+def sparse_from_step_0(paths) -> list[Path]:
+    """The run folders of ``paths`` (as ``find_runs`` takes them) trained without an index
+    warm-up: full attention, MoBA, and MSA sparse from the first step. Comparing methods on
+    these leaves out MSA's dense-to-sparse variants, whose early steps are full attention."""
+    return [r["path"] for r in find_runs(paths) if r["config"].get("train", {}).get("index_warmup", 0) == 0]
+
+
 def group_seeds(runs: list[dict]) -> dict[str, list[dict]]:
     """The runs by name (folder order), the seeds of a run together. A name that two parent
     folders both hold (``full`` of two ablations) is shown as ``<parent>/<name>``."""

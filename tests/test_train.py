@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -274,6 +275,20 @@ def test_training_figures_average_over_seeds():
     names = {t.name for t in training.accuracy_figure([results / "smoke_cpu", results / "passkey_cpu"]).data}
     assert names == {f"{folder}/{run}" for folder in ("smoke_cpu", "passkey_cpu") for run in ("full", "moba", "msa")} | {
         "moba_all_sparse", "msa_all_sparse"}
+
+
+def test_sparse_from_step_0_leaves_out_the_index_warm_up_runs():
+    from msa_lab.runs import sparse_from_step_0
+
+    results = Path(__file__).parent.parent / "experiments/results/train"
+    kept = {p.parent.name + "/" + re.sub(r"_seed\d+$", "", p.name)
+            for p in sparse_from_step_0([results / "ablation_gpu_h200", results / "block_topk_gpu_h200"])}
+    assert kept == {"ablation_gpu_h200/full", "ablation_gpu_h200/moba", "ablation_gpu_h200/msa_no_warmup",
+                    "block_topk_gpu_h200/moba_b8_k8", "block_topk_gpu_h200/moba_b32_k2",
+                    "block_topk_gpu_h200/msa_b8_k8_scratch", "block_topk_gpu_h200/msa_b32_k2_scratch"}
+    one = results / "ablation_gpu_h200" / "msa_seed0"  # 800 warm-up steps
+    assert sparse_from_step_0([one]) == [] and sparse_from_step_0(one.parent / "full_seed0") == [one.parent / "full_seed0"]
+
 
 def test_loss_by_position_of_the_committed_text_runs(tmp_path):
     from msa_lab.viz import training

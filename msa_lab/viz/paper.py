@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from ..bench.store import checkout_path, load_results
+from ..runs import sparse_from_step_0
 from .coverage_sweeps import budget_figure, coverage_distance_figure, head_figure, position_figure, recall_figure
 from .export import STATIC_FORMATS, _check_formats, export_figure, save_figure, static_export_session
 from .figures import selection_map_figure
@@ -86,9 +87,9 @@ PAPER_FIGURES = (
                 "Passkey token accuracy by context length and needle depth after training at 512 tokens "
                 "(2-layer model, first layer full; block 16 x top-4 = 1/8 of the context; mean of 3 seeds; H200).",
                 "double", 2.0, runs=("ablation_gpu_h200",)),
-    PaperFigure("training_accuracy_by_length", None, accuracy_figure,
+    PaperFigure("training_accuracy_by_length", None, lambda paths: accuracy_figure(sparse_from_step_0(paths)),
                 "Passkey token accuracy (mean over depths and 3 seeds, ± 1 s.d.) against context length; "
-                "64 tokens per query: MSA in blocks of 16 x 4, MoBA in blocks of 8 x 8, 16 x 4 and 32 x 2.",
+                "64 tokens per query in blocks of 8 x 8, 16 x 4 and 32 x 2, MoBA and MSA sparse from step 0.",
                 "double", runs=("ablation_gpu_h200", "block_topk_gpu_h200")),
     PaperFigure("training_text_loss_by_position", None, loss_by_position_figure,
                 "Held-out next-byte loss against position after training at 512 bytes of Python source "
