@@ -119,9 +119,9 @@ def inputs(N, index_dtype):
     return q, k, iq, ik, sel
 
 
-TILES = [(16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (64, 8)] if not args.smoke else [(16, 4), (32, 8)]
+CANDIDATES = [(16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (64, 8)] if not args.smoke else [(16, 4), (32, 8)]
 if args.skip_tiles:
-    TILES = []
+    CANDIDATES = []
 STAGES = (("kl and gradients", "kl"), ("lse partials", "lse"))
 DEFAULT_TILES = {size: dict(passes) for size, passes in kernel.TILES.items()}
 N = LENGTHS[0]
@@ -130,7 +130,7 @@ for index_name in INDEX:
     tiles = kernel.TILES[NAMES[index_name].itemsize]  # the sweep edits the kernel's table in place
     for stage, pass_name in STAGES:
         best = None
-        for tokens, warps in TILES:
+        for tokens, warps in CANDIDATES:
             tiles[pass_name] = (tokens, warps)
             row = dict(what="tile", stage=stage, N=N, index_dtype=index_name, tokens=tokens, num_warps=warps)
             try:

@@ -116,7 +116,7 @@ if "tiles" in args.sections:
     del q, k, v, dout, out, lse, sel
 
 # 3. Training step of the attention at MSA's config.
-for N in args.lengths:
+for N in args.lengths if {"steps", "dense"} & set(args.sections) else ():
     q, k, v = rnd(1, N, Hq, D), rnd(1, N, Hkv, D), rnd(1, N, Hkv, D)
     iq, ik = rnd(1, N, Hkv, Di), rnd(1, N, 1, Di)
     dout = rnd(1, N, Hq, D)

@@ -46,9 +46,10 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 #: (query tokens per tile, warps) of pass 1 ("lse") and pass 2 ("kl"), by the index inputs'
 #: element size: their dots run on the tensor cores in 16 bits and on the FMA units in float32,
-#: which spill at other tiles. The fastest of ``experiments/bench_index_kl.py``'s tile sweep on an
-#: H200 at 32K, MSA's config (``bench_index_kl_tiles_32k_h200.json``): pass 2 at 32 x 4 takes
-#: 28.3 ms with bf16 index inputs where 16 x 16 took 38.6, but 330 ms with float32 ones.
+#: which want other tiles. The fastest of ``experiments/bench_index_kl.py``'s tile sweep on an H200
+#: at 32K, MSA's config, bf16 q/k (``bench_index_kl_tiles_32k_h200.json``): the whole loss +
+#: gradients took 28.3 ms with pass 2 at 32 x 4 where 16 x 16 took 38.6 (bf16 index inputs), but
+#: 330 ms at 32 x 4 with float32 ones.
 TILES = {2: {"lse": (32, 4), "kl": (32, 4)},
          4: {"lse": (16, 8), "kl": (32, 8)}}
 
