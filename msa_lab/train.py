@@ -271,6 +271,9 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         if step >= tr["steps"] and (out / "summary.json").is_file():
             return out  # finished and evaluated: a re-run of an ablation leaves it as it is
     stop = tr["steps"] if max_steps is None else min(tr["steps"], max_steps)
+    # read before training: the checkout may change while a long run trains (python too: the
+    # text task's corpus is that Python's standard library)
+    environment = gpu_environment(gpu=torch.cuda.get_device_name() if device == "cuda" else "none")
     bar = tqdm(range(step, stop), desc=cfg["name"], unit="step", disable=not progress, dynamic_ncols=True,
                initial=step, total=tr["steps"], position=progress_position)
     started = time.perf_counter()
@@ -319,9 +322,7 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
         _append(metrics, row)
     summary = dict(name=cfg["name"], seed=cfg["seed"], method=m["method"], block_size=m["block_size"], top_k=m["top_k"],
                    steps=step, parameters=sum(p.numel() for p in model.parameters()),
-                   final_loss=_last_train_loss(metrics), eval=final, coverage=cover, device=device,
-                   # python too: the text task's corpus is that Python's standard library
-                   **gpu_environment(gpu=torch.cuda.get_device_name() if device == "cuda" else "none"))
+                   final_loss=_last_train_loss(metrics), eval=final, coverage=cover, device=device, **environment)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     return out
 

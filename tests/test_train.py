@@ -137,6 +137,21 @@ def test_training_writes_metrics_checkpoints_and_resumes_to_the_same_model(tmp_p
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_summary_records_the_revision_read_before_training(tmp_path, monkeypatch):
+    import msa_lab.train as train_module
+
+    calls = []
+
+    def environment(**extra):  # a commit lands while the run trains
+        calls.append(len(calls))
+        return dict(extra, git_revision=f"rev{len(calls)}")
+    monkeypatch.setattr(train_module, "gpu_environment", environment)
+    real_evaluate = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: (environment(), real_evaluate(*a, **k))[1])
+    out = run_training(tiny(), tmp_path / "run", progress=False)
+    assert len(calls) > 1 and json.loads((out / "summary.json").read_text())["git_revision"] == "rev1"
+
+
 def test_ablation_runs_every_entry_and_tabulates(tmp_path):
     raw = tiny(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
     raw["runs"] = [{"name": "full", "model.method": "full"}, {"name": "msa", "model.top_k": 3}]
