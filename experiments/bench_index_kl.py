@@ -127,7 +127,8 @@ DEFAULT_TILES = {size: dict(passes) for size, passes in kernel.TILES.items()}
 N = LENGTHS[0]
 for index_name in INDEX:
     q, k, iq, ik, sel = inputs(N, NAMES[index_name])
-    tiles = kernel.TILES[NAMES[index_name].itemsize]  # the sweep edits the kernel's table in place
+    size = NAMES[index_name].itemsize
+    tiles = kernel.TILES[size]  # the sweep edits the kernel's table in place
     for stage, pass_name in STAGES:
         best = None
         for tokens, warps in CANDIDATES:
@@ -141,9 +142,8 @@ for index_name in INDEX:
             rows.append(dict(row, **t))
             if best is None or t["median_ms"] < best[0]:
                 best = (t["median_ms"], tokens, warps)
-        tiles[pass_name] = best[1:] if best else DEFAULT_TILES[NAMES[index_name].itemsize][pass_name]
-    rows.append(dict(what="tiles chosen", index_dtype=index_name,
-                     default=DEFAULT_TILES[NAMES[index_name].itemsize], **tiles))
+        tiles[pass_name] = best[1:] if best else DEFAULT_TILES[size][pass_name]
+    rows.append(dict(what="tiles chosen", index_dtype=index_name, default=DEFAULT_TILES[size], **tiles))
     del q, k, iq, ik, sel
 
 # 3. Timing at MSA's config.

@@ -138,18 +138,19 @@ def test_training_writes_metrics_checkpoints_and_resumes_to_the_same_model(tmp_p
 
 
 def test_summary_records_the_revision_read_before_training(tmp_path, monkeypatch):
+    import itertools
+
     import msa_lab.train as train_module
 
-    calls = []
+    revisions = itertools.count(1)
 
-    def environment(**extra):  # a commit lands while the run trains
-        calls.append(len(calls))
-        return dict(extra, git_revision=f"rev{len(calls)}")
+    def environment(**extra):  # each call sees a newer commit: one lands while the run trains
+        return dict(extra, git_revision=f"rev{next(revisions)}")
     monkeypatch.setattr(train_module, "gpu_environment", environment)
     real_evaluate = train_module.evaluate
     monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: (environment(), real_evaluate(*a, **k))[1])
     out = run_training(tiny(), tmp_path / "run", progress=False)
-    assert len(calls) > 1 and json.loads((out / "summary.json").read_text())["git_revision"] == "rev1"
+    assert next(revisions) > 2 and json.loads((out / "summary.json").read_text())["git_revision"] == "rev1"
 
 
 def test_ablation_runs_every_entry_and_tabulates(tmp_path):

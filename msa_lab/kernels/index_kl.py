@@ -171,7 +171,8 @@ def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: t
     q, k, index_q, index_k = (x.contiguous() for x in (q, k, index_q, index_k))
     lse = None if lse is None else lse.float()
     dev = q.device
-    (lse_tokens, lse_warps), (kl_tokens, kl_warps) = (TILES[index_q.element_size()][p] for p in ("lse", "kl"))
+    tiles = TILES[index_q.element_size()]
+    (lse_tokens, lse_warps), (kl_tokens, kl_warps) = tiles["lse"], tiles["kl"]
     entries = max(kl_tokens, ROWS_PER_ITEM // G // kl_tokens * kl_tokens)
     lists = build_query_lists(selection, 0, N, entries)
     index_scale = Di ** -0.5
