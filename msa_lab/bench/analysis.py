@@ -2,7 +2,10 @@
 
 The baseline (SPEC) is the fastest exact dense attention of PyTorch SDPA in the same run:
 the faster of the cuDNN and FlashAttention backends at the same shape on the same GPU
-(``sdpa``, PyTorch's own pick, where neither was pinned, e.g. on the CPU).
+(``sdpa``, PyTorch's own pick, where neither was pinned, e.g. on the CPU). A ratio divides
+two timings of one process only (SPEC): rows pair when their ``process`` ids match, and rows
+written before processes were recorded pair only when their git revisions match as well, so
+a point re-measured later by another process never forms a ratio with an older baseline.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ PUBLISHED = (
          label="MoBA report: 6.5x prefill at 1M"),
 )
 DENSE_BASELINES = ("sdpa_cudnn", "sdpa_flash", "sdpa")
-#: Columns that identify a shape for the baseline lookup.
-SHAPE = ("gpu", "mode", "batch", "seq_len", "num_heads", "num_kv_heads", "head_dim", "dtype")
+#: Columns that identify a shape, and the process that timed it, for the baseline lookup.
+SHAPE = ("gpu", "process", "git_revision", "mode", "batch", "seq_len", "num_heads", "num_kv_heads",
+         "head_dim", "dtype")
 
 
 def totals(rows, status: str = "ok") -> list[dict]:

@@ -23,9 +23,15 @@ import torch
 #: "sdpa" lets PyTorch choose. Sparse attention backends are those of block_sparse_attention.
 SPARSE_BACKENDS = ("triton", "triton_q_outer", "flex", "reference")
 DENSE_BACKENDS = ("sdpa_cudnn", "sdpa_flash", "sdpa", "triton", "reference")
+#: Given selections of a prefill sweep (inputs of the experiment, not timed): the oracle, a
+#: sliding window, random blocks (picks spread evenly, the worst case of union tiles),
+#: "structured" (MSA's selection on generated data with planted patterns, ``msa_lab.data``)
+#: and "coherent" (every query of a block-sized tile picks the same blocks: the best case of
+#: union tiles such as FlexAttention's).
+GIVEN_SELECTIONS = ("oracle", "random", "window", "structured", "coherent")
 BACKENDS = {
     "prefill": {"full": DENSE_BACKENDS, "msa": SPARSE_BACKENDS, "moba": SPARSE_BACKENDS,
-                "oracle": SPARSE_BACKENDS, "random": SPARSE_BACKENDS, "window": SPARSE_BACKENDS},
+                **{m: SPARSE_BACKENDS for m in GIVEN_SELECTIONS}},
     "decode": {"full": DENSE_BACKENDS, "msa": ("triton", "reference")},
     # Coverage of a selection against full attention; the backend computes the outputs
     # whose relative error is reported.
@@ -41,7 +47,7 @@ COVERAGE_FIELDS = ("pattern", "rows")
 COVERAGE_DEFAULTS = {"pattern": "mixed", "rows": 1024}
 TOP_FIELDS = ("name", "description", "mode", "device", "repeats", "max_seconds_per_point",
               "seed", "cuda_graph", "grid", "methods")
-METHOD_FIELDS = ("method", "backend", "selection_backend", "per", "stages", "max_seq_len", "grid")
+METHOD_FIELDS = ("method", "backend", "selection_backend", "per", "stages", "max_seq_len", "cuda_graph", "grid")
 SELECTION_BACKENDS = ("auto", "triton", "reference")
 
 
@@ -67,12 +73,15 @@ class Point:
     dtype: str
     pattern: str | None = None
     rows: int | None = None
+    cuda_graph: bool = False
 
     @property
     def params(self) -> dict:
-        """What identifies the point (its row columns and the resume key)."""
+        """What identifies the point (its row columns and the resume key); a decode point
+        is timed either as CUDA-graph replays or per synchronised call, so that is part of it."""
         fields = GRID_FIELDS if self.mode == "coverage" else tuple(f for f in GRID_FIELDS if f not in COVERAGE_FIELDS)
-        keys = ("mode", "method", "backend", "selection_backend", "per", *fields)
+        timing = ("cuda_graph",) if self.mode == "decode" else ()
+        keys = ("mode", "method", "backend", "selection_backend", "per", *fields, *timing)
         return {k: getattr(self, k) for k in keys}
 
     @property
@@ -166,10 +175,19 @@ def _unused_fields(method: str, mode: str) -> tuple[str, ...]:
     return () if method == "msa" and mode != "coverage" else ("index_dim",)
 
 
-def _check_device(device: str, points: list[Point], cuda_graph: bool) -> None:
+def _check_cuda_graph(value, where: str, mode: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    if value and mode != "decode":
+        raise ValueError(f"{where}: true is for mode: decode (a prefill call is long enough "
+                         "that launch overheads do not matter)")
+    return value
+
+
+def _check_device(device: str, points: list[Point]) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' was asked for but no CUDA device is visible; use device: cpu")
-    if device == "cpu" and cuda_graph:
+    if device == "cpu" and any(p.cuda_graph for p in points):
         raise ValueError("cuda_graph: true needs device: cuda")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     for p in points:
@@ -180,7 +198,7 @@ def _check_device(device: str, points: list[Point], cuda_graph: bool) -> None:
         if device == "cpu" and p.backend in ("sdpa_cudnn", "sdpa_flash"):
             raise ValueError(f"methods[{p.method}]: backend {p.backend!r} is a CUDA kernel; "
                              "use 'sdpa' or 'reference' with device: cpu")
-        if cuda_graph and "reference" in (p.backend, p.selection_backend):
+        if p.cuda_graph and "reference" in (p.backend, p.selection_backend):
             raise ValueError(f"methods[{p.method}/{p.backend}]: the reference path syncs with the "
                              "host and cannot be captured in a CUDA graph; set cuda_graph: false")
 
@@ -205,12 +223,7 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise ValueError(f"max_seconds_per_point must be a number > 0, got {budget!r}")
     seed = _int(raw.get("seed", 0), "seed", minimum=0)
-    cuda_graph = raw.get("cuda_graph", False)
-    if not isinstance(cuda_graph, bool):
-        raise ValueError(f"cuda_graph must be true or false, got {cuda_graph!r}")
-    if cuda_graph and mode != "decode":
-        raise ValueError("cuda_graph: true is for mode: decode (a prefill call is long enough "
-                         "that launch overheads do not matter)")
+    cuda_graph = _check_cuda_graph(raw.get("cuda_graph", False), "cuda_graph", mode)
     base = _check_grid(raw["grid"], "grid")
     if mode != "coverage":
         extra = [f for f in COVERAGE_FIELDS if f in base]
@@ -251,13 +264,14 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
             sel_backend = "none"
         default_per = "head" if method == "moba" else ("group" if method != "full" else "none")
         per = entry.get("per", default_per)
-        if method in ("oracle", "random", "window"):
+        if method in ("oracle", "random", "window", "coherent"):
             _choice(per, f"{where}.per", ("group", "head"))
         elif per != default_per:
             raise ValueError(f"{where}.per: {method!r} selects per {default_per}; got {per!r}")
         stages = entry.get("stages", method != "full" and mode != "coverage")
         if not isinstance(stages, bool):
             raise ValueError(f"{where}.stages must be true or false, got {stages!r}")
+        graph = _check_cuda_graph(entry.get("cuda_graph", cuda_graph), f"{where}.cuda_graph", mode)
         max_len = entry.get("max_seq_len")
         if max_len is not None:
             max_len = _int(max_len, f"{where}.max_seq_len")
@@ -269,7 +283,7 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
             if cell["num_heads"] % cell["num_kv_heads"]:
                 raise ValueError(f"{where}: num_heads {cell['num_heads']} is not a multiple of "
                                  f"num_kv_heads {cell['num_kv_heads']} (GQA needs Hq = G * Hkv)")
-            point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell)
+            point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell, cuda_graph=graph)
             if point.point_id not in seen:  # grid fields the method ignores collapse
                 seen.add(point.point_id)
                 points.append(point)
@@ -278,7 +292,7 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         dup = next(p for p in points if ids.count(p.point_id) > 1)
         raise ValueError(f"methods: the point {dup.describe()} appears twice")
     if check_device:
-        _check_device(device, points, cuda_graph)
+        _check_device(device, points)
     return SweepConfig(name=name, mode=mode, device=device, points=tuple(points),
                        description=str(raw.get("description", "")), repeats=repeats,
                        max_seconds_per_point=float(budget), seed=seed, cuda_graph=cuda_graph,

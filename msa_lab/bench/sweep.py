@@ -75,7 +75,10 @@ def run_point(p, config: SweepConfig, base: dict, ceilings: Ceilings) -> list[di
     """Rows of one point: the whole operator, then its stages; a failure becomes a row."""
     device = config.device
     cuda = device == "cuda"
-    kw = dict(repeats=config.repeats, max_seconds=config.max_seconds_per_point, cuda_graph=config.cuda_graph)
+    # Decode without graphs is timed per synchronised call: a generation loop of single
+    # calls pays each call's launches and host work.
+    kw = dict(repeats=config.repeats, max_seconds=config.max_seconds_per_point, cuda_graph=p.cuda_graph,
+              synchronised=p.mode == "decode" and not p.cuda_graph)
     base = dict(base, point_id=p.point_id, **p.params)
     if p.max_seq_len is not None and p.seq_len > p.max_seq_len:
         return [_row(base, p, "total", None, ceilings, None, "skipped",

@@ -14,6 +14,9 @@ L2_FLUSH_BYTES = 256 << 20
 #: Short calls are repeated until about this much time is spent (and at most MAX_REPEATS).
 TARGET_SECONDS = 1.0
 MAX_REPEATS = 2000
+#: Untimed calls before the timed ones (SPEC: at least 3): compilation and autotuning, cuDNN
+#: plans and the caching allocator's first carve-up all happen in the first calls.
+WARMUP_CALLS = 3
 #: Floor for slow calls (a dense 1M-token prefill takes ~38 s on an H200): a spread needs
 #: more than one run.
 MIN_REPEATS = 3
@@ -25,7 +28,7 @@ def _summary(times_ms: list[float], how: str) -> dict:
     median = statistics.median(ordered)
     return dict(median_ms=median, min_ms=ordered[0], max_ms=ordered[-1], p25_ms=quart[0],
                 p75_ms=quart[2], spread_pct=100.0 * (quart[2] - quart[0]) / median if median else 0.0,
-                repeats=len(ordered), timing=how)
+                repeats=len(ordered), warmup=WARMUP_CALLS, timing=how)
 
 
 def _cuda_graph(fn):
@@ -46,17 +49,24 @@ def _cuda_graph(fn):
 
 
 def time_call(fn, device: str, *, repeats: int = 20, max_seconds: float = 120.0,
-              cuda_graph: bool = False) -> dict:
-    """Time ``fn()``: one warm-up run (compilation, autotuning, caches), then at least
+              cuda_graph: bool = False, synchronised: bool = False) -> dict:
+    """Time ``fn()``: ``WARMUP_CALLS`` untimed runs (compilation, autotuning, caches), then at least
     ``repeats`` timed runs; more for short calls (about ``TARGET_SECONDS`` in all, at most a
     quarter of ``max_seconds``), fewer
     for slow ones so that a point stays near ``max_seconds`` (never fewer than
     ``MIN_REPEATS``). The first timed run sizes the count; the result says how many ran.
 
+    ``cuda_graph``: time replays of ``fn`` captured in a CUDA graph (no launch overheads).
+    ``synchronised``: wait for the GPU to be idle before each run, so the run's time includes
+    its own launch overheads and host work, as a loop of single calls sees them (decode without
+    graphs); otherwise runs are queued back to back and the CPU launches ahead.
+
     Returns median, min, max, quartiles (ms), ``spread_pct`` (interquartile range over the
-    median), ``repeats`` and ``timing`` (how the runs were timed)."""
+    median), ``repeats``, ``warmup`` and ``timing`` (how the runs were timed)."""
+    if cuda_graph and synchronised:
+        raise ValueError("time_call: cuda_graph and synchronised exclude each other (a replay has no launches)")
     if device != "cuda":
-        fn()
+        _warm_up(fn)
 
         def wall_ms():
             start = time.perf_counter()
@@ -68,13 +78,14 @@ def time_call(fn, device: str, *, repeats: int = 20, max_seconds: float = 120.0,
         return _summary(times, "wall clock")
     if cuda_graph:
         fn = _cuda_graph(fn)
-    else:
-        fn()
+    _warm_up(fn)
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     events = []
 
     def timed_run():
         flush.zero_()
+        if synchronised:
+            torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -86,7 +97,14 @@ def time_call(fn, device: str, *, repeats: int = 20, max_seconds: float = 120.0,
     for _ in range(_repeat_count(events[0][0].elapsed_time(events[0][1]) / 1e3, repeats, max_seconds) - 1):
         timed_run()
     torch.cuda.synchronize()
-    return _summary([s.elapsed_time(e) for s, e in events], "cuda graph replay" if cuda_graph else "cuda events")
+    how = "cuda graph replay" if cuda_graph else ("cuda events, synchronised per call" if synchronised
+                                                  else "cuda events")
+    return _summary([s.elapsed_time(e) for s, e in events], how)
+
+
+def _warm_up(fn) -> None:
+    for _ in range(WARMUP_CALLS):
+        fn()
 
 
 def _repeat_count(first_seconds: float, repeats: int, max_seconds: float) -> int:
@@ -107,10 +125,10 @@ def bench_median(fn, warmup_ms: int = 100, rep_ms: int = 500) -> dict:
 
 
 def event_timed(fn, repeats: int = 5, warmup: bool = True) -> dict:
-    """For calls of seconds: ``repeats`` event-timed runs after one warm-up run; median,
-    min and max in ms."""
+    """For calls of seconds: ``repeats`` event-timed runs after ``WARMUP_CALLS`` warm-up
+    runs; median, min and max in ms."""
     if warmup:
-        fn()
+        _warm_up(fn)
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
