@@ -1,0 +1,250 @@
+"""The numbers that README.md and docs/ quote, computed from the committed result files.
+
+Each ``Claim`` names the doc that quotes it, the result file it comes from, a function that
+computes its values from that file, and the text as the doc has it (a format string).
+``tests/test_claims.py`` recomputes every claim and fails when a doc's text and the file
+disagree; ``Table`` blocks are rendered whole from the files between markers in the doc:
+
+    <!-- table:NAME -->
+    ...   (rendered by experiments/claims.py from the file the table names; do not edit)
+    <!-- /table:NAME -->
+
+``python experiments/claims.py --write`` re-renders every table in place after new results
+come in (then fix any claim the test reports). ``python experiments/claims.py`` prints each
+claim with its value and source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from msa_lab.bench import load_results  # noqa: E402
+from msa_lab.bench.analysis import with_speedups  # noqa: E402
+from msa_lab.bench.config import load_config  # noqa: E402
+from msa_lab.bench.costs import dense_equiv_flop, stage_costs  # noqa: E402
+from msa_lab.runs import find_runs, group_seeds  # noqa: E402
+
+SWEEPS = "experiments/results/sweeps"
+TRAIN = "experiments/results/train"
+PREFILL_128K = f"{SWEEPS}/headline_prefill_128k_h200"
+PREFILL_1M = f"{SWEEPS}/headline_prefill_1m_h200"
+DECODE = f"{SWEEPS}/headline_decode_h200"
+
+
+@dataclass(frozen=True)
+class Claim:
+    doc: str
+    text: str  # the quoted text, ``str.format``-ed with ``values()``
+    source: str
+    values: Callable[[], tuple]
+
+    def rendered(self) -> str:
+        return self.text.format(*self.values())
+
+
+@dataclass(frozen=True)
+class Table:
+    doc: str
+    name: str
+    source: str
+    render: Callable[[], str]
+
+
+# --- reading the result files ---------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def sweep_rows(folder: str) -> tuple[dict, ...]:
+    return tuple(load_results(ROOT / folder))
+
+
+def total(folder: str, method: str, backend: str, seq_len: int | None = None, **match) -> dict:
+    """The one finished whole-operator row of ``folder`` that matches, with its speedup over
+    the dense baseline of the same process where there is one."""
+    found = [r for r in with_speedups(sweep_rows(folder))
+             if r["method"] == method and r["backend"] == backend
+             and (seq_len is None or r["seq_len"] == seq_len) and all(r.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise ValueError(f"{folder}: {len(found)} finished total rows for {method}/{backend} N={seq_len} {match}")
+    return found[0]
+
+
+def stage(folder: str, method: str, backend: str, name: str, seq_len: int | None = None, **match) -> dict:
+    row = total(folder, method, backend, seq_len, **match)
+    found = [r for r in sweep_rows(folder) if r["point_id"] == row["point_id"] and r["stage"] == name
+             and r["status"] == "ok"]
+    if len(found) != 1:
+        raise ValueError(f"{folder}: no {name!r} stage row for {method}/{backend} N={seq_len}")
+    return found[0]
+
+
+def ratio(a: dict, b: dict) -> float:
+    """``a``'s time over ``b``'s: only for two rows of one process (SPEC)."""
+    if a.get("process") is None or a.get("process") != b.get("process"):
+        raise ValueError(f"rows of different processes: {a.get('process')} vs {b.get('process')}")
+    return a["median_ms"] / b["median_ms"]
+
+
+def json_rows(path: str) -> list[dict]:
+    return json.loads((ROOT / path).read_text())["rows"]
+
+
+@lru_cache(maxsize=None)
+def seed_values(folder: str, run: str, metric: Callable[[dict], float]) -> tuple[float, ...]:
+    """``metric(summary)`` of each finished seed of ``run`` in ``folder``, by seed."""
+    groups = group_seeds(find_runs(ROOT / folder))
+    seeds = sorted((r["seed"], metric(r["summary"])) for r in groups[run] if r["summary"] is not None)
+    return tuple(v for _, v in seeds)
+
+
+def passkey_accuracy(seq_len: int) -> Callable[[dict], float]:
+    """Token accuracy at ``seq_len``, averaged over the evaluated needle depths."""
+    def metric(summary: dict) -> float:
+        accs = [e["token_accuracy"] for e in summary["eval"] if e["seq_len"] == seq_len]
+        return statistics.mean(accs)
+    return metric
+
+
+def held_out_loss(seq_len: int) -> Callable[[dict], float]:
+    def metric(summary: dict) -> float:
+        (loss,) = [e["loss"] for e in summary["eval"] if e["seq_len"] == seq_len]
+        return loss
+    return metric
+
+
+#: Two-sided 95 % Student t quantiles by degrees of freedom (scipy is not a dependency).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_interval(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired seeds and its 95 % t interval."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("paired_interval needs two equal-length series of at least 2 seeds")
+    diff = [x - y for x, y in zip(a, b)]
+    mean, sd = statistics.mean(diff), statistics.stdev(diff)
+    half = T95[len(diff) - 1] * sd / math.sqrt(len(diff))
+    return mean, mean - half, mean + half
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+def ms(value: float) -> str:
+    """A time as the docs write it: ``35.9 s``, ``69.8 ms``, ``0.535 ms``."""
+    if value >= 1000:
+        return f"{value / 1000:.3g} s" if value < 10_000 else f"{value / 1000:.1f} s"
+    return f"{value:.3g} ms"
+
+
+def times(value: float) -> str:
+    return f"{value:.1f}x" if value < 100 else f"{value:.0f}x"
+
+
+def seeds(values) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+# --- the claims -------------------------------------------------------------------------------
+
+def _decode_bound() -> tuple:
+    """The decode speedup bound of the byte model at 1M context, batch 8 (bf16 index keys)."""
+    cfg = load_config(ROOT / "experiments/configs/headline_decode.yaml", check_device=False)
+    dense, msa = (next(p for p in cfg.points if p.method == m and p.seq_len == 1 << 20 and p.cuda_graph)
+                  for m in ("full", "msa"))
+    return (stage_costs(dense)["total"].bytes / stage_costs(msa)["total"].bytes,)
+
+
+def _compute_ratio_1m() -> tuple:
+    cfg = load_config(ROOT / "experiments/configs/headline_prefill_1m.yaml", check_device=False)
+    msa = next(p for p in cfg.points if p.method == "msa")
+    return (dense_equiv_flop(msa) / stage_costs(msa)["total"].flop,)
+
+
+def _ceiling() -> tuple:
+    """``2 Hq D / (G Di)``: the dense / useful FLOP ratio as N grows (the index branch's N^2
+    term is all that is left of MSA's cost), for the published config."""
+    Hq, D, G, Di = 64, 128, 4, 128
+    return (2 * Hq * D / (G * Di),)
+
+
+def _passkey(run: str, folder: str = f"{TRAIN}/ablation_gpu_h200") -> tuple[float, ...]:
+    return seed_values(folder, run, passkey_accuracy(512))
+
+
+CLAIMS: list[Claim] = [
+    Claim("docs/cost_model.md", "the dense / useful ratio is {0:.1f}", "experiments/configs/headline_prefill_1m.yaml",
+          _compute_ratio_1m),
+    Claim("docs/cost_model.md", "the ceiling is {0:.0f}x, `2 · Hq · D / (G · Di)`", "the published config",
+          _ceiling),
+    Claim("docs/results.md", "the byte model bounds the speedup at {0:.1f}x", "experiments/configs/headline_decode.yaml",
+          _decode_bound),
+    Claim("README.md", "MSA sparse from step 0 minus full attention, paired by seed: {0:+.3f} (95 % interval "
+          "[{1:+.3f}, {2:+.3f}])", f"{TRAIN}/ablation_gpu_h200",
+          lambda: paired_interval(_passkey("msa_no_warmup"), _passkey("full"))),
+    Claim("README.md", "full attention {0}; MSA sparse from step 0 {1}", f"{TRAIN}/ablation_gpu_h200",
+          lambda: (seeds(_passkey("full")), seeds(_passkey("msa_no_warmup")))),
+    Claim("README.md", "MoBA at block 16 × top-4 learned on two seeds of three ({0})", f"{TRAIN}/ablation_gpu_h200",
+          lambda: (seeds(_passkey("moba")),)),
+    Claim("README.md", "at block 8 × top-8 on all three ({0})", f"{TRAIN}/block_topk_gpu_h200",
+          lambda: (seeds(_passkey("moba_b8_k8", f"{TRAIN}/block_topk_gpu_h200")),)),
+    Claim("README.md", "held-out loss at 512 bytes: full attention {0}, MSA {1}", f"{TRAIN}/text_gpu_h200",
+          lambda: tuple(seeds(seed_values(f"{TRAIN}/text_gpu_h200", r, held_out_loss(512))) for r in ("full", "msa"))),
+]
+
+TABLES: list[Table] = []
+
+
+# --- checking and writing the docs -----------------------------------------------------------
+
+def normalise(text: str) -> str:
+    """Whitespace collapsed, so a claim may wrap across lines of the doc."""
+    return re.sub(r"\s+", " ", text)
+
+
+def table_block(name: str, body: str) -> str:
+    return f"<!-- table:{name} -->\n{body.rstrip()}\n<!-- /table:{name} -->"
+
+
+def table_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"<!-- table:{re.escape(name)} -->\n.*?<!-- /table:{re.escape(name)} -->", re.S)
+
+
+def write_tables() -> list[str]:
+    changed = []
+    for table in TABLES:
+        path = ROOT / table.doc
+        text = path.read_text()
+        pattern = table_pattern(table.name)
+        if not pattern.search(text):
+            raise ValueError(f"{table.doc}: no <!-- table:{table.name} --> block to fill")
+        new = pattern.sub(lambda _: table_block(table.name, table.render()), text)
+        if new != text:
+            path.write_text(new)
+            changed.append(f"{table.doc}:{table.name}")
+    return changed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="re-render every table block in the docs")
+    args = parser.parse_args()
+    if args.write:
+        for name in write_tables():
+            print(f"rewrote {name}")
+    for claim in CLAIMS:
+        print(f"{claim.doc}: {claim.rendered()!r}  <- {claim.source}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
