@@ -2,6 +2,7 @@
 (experiments/claims.py): a doc that drifts from its file fails here."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("claims", ROOT / "experiments" / "claims.py")
 claims = importlib.util.module_from_spec(_spec)
+sys.modules["claims"] = claims  # dataclasses look their module up while the file runs
 _spec.loader.exec_module(claims)
 
 

@@ -23,8 +23,10 @@ PUBLISHED = (
 )
 DENSE_BASELINES = ("sdpa_cudnn", "sdpa_flash", "sdpa")
 #: Columns that identify a shape, and the process that timed it, for the baseline lookup.
+#: A decode row timed as CUDA-graph replays pairs with a baseline timed the same way, a row
+#: timed per synchronised call with one timed per call.
 SHAPE = ("gpu", "process", "git_revision", "mode", "batch", "seq_len", "num_heads", "num_kv_heads",
-         "head_dim", "dtype")
+         "head_dim", "dtype", "cuda_graph")
 
 
 def totals(rows, status: str = "ok") -> list[dict]:
