@@ -14,7 +14,7 @@ import torch
 from .attention import full_attention
 from .reference import attention_reference
 from .selection import BlockSelection
-from .selectors import _use_triton, msa_block_scores, select_top_blocks
+from .selectors import _msa_block_scores, _select_top_blocks, _use_triton
 from .validation import check_positive_int, check_scale, check_tensor
 
 
@@ -137,8 +137,8 @@ def msa_decode(q: torch.Tensor, index_q: torch.Tensor, cache: KVCache, *, block_
         out, _, ids = msa_decode_triton(q, index_q, k, v, ik, block_size, top_k, scale)
     else:
         position = torch.tensor([L - 1], device=q.device)
-        scores = msa_block_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
-        ids = select_top_blocks(scores, position, block_size=block_size, top_k=top_k)  # [B, G, 1, K]
+        scores = _msa_block_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
+        ids = _select_top_blocks(scores, position, block_size, top_k)  # [B, G, 1, K]
         selection = BlockSelection._trusted(ids, block_size, "group")
         out, _ = attention_reference(q, k, v, scale=scale, selection=selection)
         ids = ids[:, :, 0]
