@@ -185,3 +185,11 @@ def check_positions(positions, name: str, seq_len: int) -> torch.Tensor:
     if lo < 0 or hi >= seq_len:
         raise ValueError(f"{name} must be query positions in [0, {seq_len - 1}], got range [{lo}, {hi}]")
     return positions.long()
+
+
+def check_hidden(x, d_model: int) -> tuple[int, int, int]:
+    """A layer input ``x [batch, seq, d_model]`` (floating point); return its shape."""
+    check_tensor(x, "x", 3, f"[batch, seq, d_model={d_model}]")
+    if x.shape[2] != d_model:
+        raise ValueError(f"x must be [batch, seq, d_model={d_model}], got {tuple(x.shape)}")
+    return tuple(x.shape)
