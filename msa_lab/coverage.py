@@ -25,7 +25,7 @@ import torch
 
 from .reference import block_mass, query_chunk_size
 from .selection import PER_CHOICES, BlockSelection, _block_one_hot
-from .selectors import _select_top_blocks
+from .selectors import select_top_blocks
 from .validation import (
     check_bool,
     check_choice,
@@ -286,7 +286,7 @@ def oracle_blocks(mass: torch.Tensor, positions: torch.Tensor, *, block_size: in
     block mass ``[B, Hq, C, nb]``: the ``top_k`` blocks with the most mass (summed over the
     group's heads for per-group selections), no block forced."""
     score = mass.unflatten(1, (-1, group_size)).sum(2) if per == "group" else mass
-    return _select_top_blocks(score, positions, block_size, top_k, force_local=False)
+    return select_top_blocks(score, positions, block_size=block_size, top_k=top_k, force_local=False)
 
 
 def block_overlap(ids: torch.Tensor, oracle_ids: torch.Tensor, num_blocks: int, top_k: int) -> torch.Tensor:
