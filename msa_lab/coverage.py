@@ -250,12 +250,16 @@ def evenly_spaced_rows(seq_len: int, rows: int, device=None) -> torch.Tensor:
 
 def distance_octave(distance: torch.Tensor) -> torch.Tensor:
     """Block distance ``d >= 0`` to its octave: 0 -> 0, 1 -> 1, 2-3 -> 2, 4-7 -> 3, ..."""
+    if not isinstance(distance, torch.Tensor) or distance.is_floating_point() or distance.is_complex():
+        raise TypeError("distance must be an integer tensor of block distances, got "
+                        f"{distance.dtype if isinstance(distance, torch.Tensor) else type(distance).__name__}")
     d = distance.clamp_min(0)
     return torch.where(d > 0, torch.floor(torch.log2(d.clamp_min(1).double())).long() + 1, 0)
 
 
 def distance_labels(num_bins: int) -> list[str]:
     """Labels of the octaves of ``distance_octave``, in blocks: '0', '1', '2-3', '4-7', ..."""
+    num_bins = check_int(num_bins, "num_bins", minimum=0)
     labels = ["0", "1"]
     labels += [f"{2 ** (b - 1)}-{2 ** b - 1}" for b in range(2, num_bins)]
     return labels[:num_bins]

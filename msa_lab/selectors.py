@@ -24,6 +24,7 @@ from .validation import (
     check_positive_int,
     check_qkv,
     check_scale,
+    check_tensor,
 )
 
 
@@ -113,6 +114,8 @@ def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
     As in MoBA's reference, the mean is rounded to the input dtype before the fp32
     gate, so bf16 inputs gate exactly as MoBA does.
     """
+    check_tensor(k, "k", 4, "[batch, seq, kv_heads, dim]")
+    block_size = check_positive_int(block_size, "block_size")
     B, N, Hkv, D = k.shape
     nb = num_blocks(N, block_size)
     kf = torch.nn.functional.pad(k.to(compute_dtype(k)), (0, 0, 0, 0, 0, nb * block_size - N))
@@ -124,6 +127,13 @@ def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
 def moba_gate(q: torch.Tensor, mean_keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """MoBA's gate ``[B, Hq, C, num_blocks]`` for the query rows at ``positions``:
     ``q[t, h] . mean_keys[block, group(h)]`` in fp32 (``mean_keys`` from ``block_mean_keys``)."""
+    check_tensor(q, "q", 4, "[batch, seq, heads, dim]")
+    check_tensor(mean_keys, "mean_keys", 4, "[batch, num_blocks, kv_heads, dim]")
+    B, N, Hq, D = q.shape
+    if mean_keys.shape[0] != B or mean_keys.shape[3] != D or mean_keys.shape[2] == 0 or Hq % mean_keys.shape[2]:
+        raise ValueError(f"mean_keys must be [batch={B}, num_blocks, kv_heads dividing {Hq}, dim={D}] for q "
+                         f"{tuple(q.shape)}, got {tuple(mean_keys.shape)}")
+    positions = check_positions(positions, "positions", N)
     return grouped_scores(q[:, positions], mean_keys, 1.0).flatten(1, 2)
 
 
