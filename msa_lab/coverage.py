@@ -24,16 +24,31 @@ from dataclasses import dataclass
 import torch
 
 from .reference import block_mass, query_chunk_size
-from .selection import BlockSelection, _block_one_hot
+from .selection import PER_CHOICES, BlockSelection, _block_one_hot
 from .selectors import select_top_blocks
-from .validation import check_positive_int, check_qkv, check_scale
+from .validation import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_int,
+    check_positions,
+    check_positive_int,
+    check_qkv,
+    check_scale,
+    check_tensor,
+)
 
 PERCENTILES = (1, 5, 25, 50, 75, 95)
 
 
 def _stats(x: torch.Tensor, threshold: float | None = None) -> dict:
+    """Mean, min and percentiles of ``x``. A non-finite value (NaN from overflowing logits)
+    ranks below every finite one and counts as under ``threshold``: a failed row is never
+    reported as a good one (``min`` and the low percentiles then read NaN)."""
     x = x.flatten().double().cpu()
-    ordered = x.sort().values
+    finite = torch.isfinite(x)
+    bad = int((~finite).sum())
+    ordered = torch.cat([torch.full((bad,), float("nan"), dtype=torch.float64), x[finite].sort().values])
     n = ordered.numel()
     out = {"mean": float(x.mean()), "min": float(ordered[0])}
     for p in PERCENTILES:
@@ -42,8 +57,53 @@ def _stats(x: torch.Tensor, threshold: float | None = None) -> dict:
         hi = min(lo + 1, n - 1)
         out[f"p{p}"] = float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
     if threshold is not None:
-        out[f"share_below_{threshold:g}"] = float((x < threshold).double().mean())
+        out[f"share_below_{threshold:g}"] = float(((x < threshold) | ~finite).double().mean())
     return out
+
+
+def _check_threshold(threshold) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def _check_block_ids(ids, name: str, shape: tuple, num_blocks: int) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.is_complex() \
+            or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of block ids, got "
+                        f"{ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    if tuple(ids.shape) != shape:
+        raise ValueError(f"{name} must be [batch, selection heads, rows, top_k] = {list(shape)}, "
+                         f"got {list(ids.shape)}")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < -1 or hi >= num_blocks:
+        raise ValueError(f"{name} must be block ids in [-1, {num_blocks - 1}], got range [{lo}, {hi}]")
+
+
+def _check_block_mass_inputs(mass, ids, positions, oracle_ids, *, per, group_size, block_size, top_k,
+                             threshold) -> None:
+    """The checks of ``CoverageReport.from_block_mass``: every tensor against ``mass``."""
+    check_choice(per, "per", PER_CHOICES)
+    group_size = check_positive_int(group_size, "group_size")
+    block_size = check_positive_int(block_size, "block_size")
+    top_k = check_positive_int(top_k, "top_k")
+    _check_threshold(threshold)
+    check_tensor(mass, "mass", 4, "[batch, heads, rows, num_blocks]")
+    B, Hq, R, nb = mass.shape
+    if Hq % group_size:
+        raise ValueError(f"mass has {Hq} heads, not a multiple of group_size {group_size}")
+    if R == 0 or nb == 0:
+        raise ValueError(f"mass must have rows and num_blocks > 0, got {tuple(mass.shape)}")
+    positions = check_positions(positions, "positions", nb * block_size)
+    if positions.numel() != R:
+        raise ValueError(f"positions must give one position per row of mass ({R}), got {positions.numel()}")
+    shape = (B, Hq // group_size if per == "group" else Hq, R, top_k)
+    _check_block_ids(ids, "ids", shape, nb)
+    if oracle_ids is not None:
+        _check_block_ids(oracle_ids, "oracle_ids", shape, nb)
+    for name, x in (("ids", ids), ("positions", positions), ("oracle_ids", oracle_ids)):
+        if x is not None and x.device != mass.device:
+            raise ValueError(f"{name} is on {x.device} but mass is on {mass.device}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,13 +132,18 @@ class CoverageReport:
 
     def summary(self) -> dict:
         """Mean, min and percentiles of recall, relative recall, oracle recall and
-        overlap; for recall also the share of rows under ``threshold``."""
+        overlap; for recall also the share of rows under ``threshold``. ``nonfinite_rows``
+        counts the rows whose recall or oracle recall is NaN or inf (only possible when
+        the logits overflow); they count as under ``threshold`` and make ``mean``, ``min``
+        and the low percentiles NaN."""
+        nonfinite = ~(torch.isfinite(self.recall) & torch.isfinite(self.oracle_recall))
         return {
             "recall": _stats(self.recall, self.threshold),
             "relative_recall": _stats(self.relative_recall),
             "oracle_recall": _stats(self.oracle_recall, self.threshold),
             "overlap": _stats(self.overlap),
             "rows": int(self.recall.numel()),
+            "nonfinite_rows": int(nonfinite.sum()),
         }
 
     def by_head(self) -> torch.Tensor:
@@ -109,6 +174,8 @@ class CoverageReport:
                         oracle_ids: torch.Tensor | None = None) -> CoverageReport:
         """The report of block ids ``[B, Hs, R, K]`` for rows at ``positions`` from their true
         block mass ``[B, Hq, R, nb]`` (``oracle_ids``: the oracle's ids, if already known)."""
+        _check_block_mass_inputs(mass, ids, positions, oracle_ids, per=per, group_size=group_size,
+                                 block_size=block_size, top_k=top_k, threshold=threshold)
         if oracle_ids is None:
             oracle_ids = oracle_blocks(mass, positions, block_size=block_size, top_k=top_k, per=per,
                                        group_size=group_size)
@@ -124,7 +191,16 @@ class CoverageReport:
     @staticmethod
     def concat(reports) -> CoverageReport:
         """One report from reports of the same selection on disjoint rows (query chunks)."""
-        first, *_ = reports
+        reports = list(reports)
+        if not reports or not all(isinstance(r, CoverageReport) for r in reports):
+            raise TypeError("reports must be a non-empty sequence of CoverageReport")
+        first = reports[0]
+        settings = ("per", "group_size", "block_size", "top_k", "threshold")
+        for r in reports[1:]:
+            differ = [f for f in settings if getattr(r, f) != getattr(first, f)]
+            if differ or r.recall.shape[:2] != first.recall.shape[:2]:
+                raise ValueError(f"reports must come from one selection on disjoint rows; they differ in "
+                                 f"{', '.join(differ) or 'batch or heads'}")
         cat = {f: torch.cat([getattr(r, f) for r in reports], -1)
                for f in ("recall", "oracle_recall", "overlap", "positions")}
         summed = {f: sum(getattr(r, f) for r in reports) for f in ("mass_by_distance", "kept_by_distance")}
@@ -135,7 +211,7 @@ class CoverageReport:
         the share of the true mass at that distance that was selected, and the share of
         all true mass that lies at that distance."""
         mass, kept = self.mass_by_distance, self.kept_by_distance
-        keep = mass > 0
+        keep = (mass > 0) | ~torch.isfinite(mass)  # a NaN octave shows as NaN, not as missing
         labels = [label for label, k in zip(distance_labels(mass.numel()), keep.tolist()) if k]
         return labels, (kept[keep] / mass[keep]), (mass[keep] / mass.sum())
 
@@ -147,7 +223,8 @@ class CoverageReport:
             f"CoverageReport(per={self.per!r}, block_size={self.block_size}, top_k={self.top_k}, "
             f"rows={s['rows']:,}: recall mean {r['mean']:.3f} p5 {r['p5']:.3f}, "
             f"{100 * below:.1f}% of rows < {self.threshold:g}; "
-            f"vs oracle {rel['mean']:.3f}; overlap {ov['mean']:.3f})"
+            f"vs oracle {rel['mean']:.3f}; overlap {ov['mean']:.3f}"
+            + (f"; {s['nonfinite_rows']:,} rows non-finite" if s["nonfinite_rows"] else "") + ")"
         )
 
 
@@ -155,12 +232,7 @@ def _sample_positions(seq_len: int, rows, seed: int, device) -> torch.Tensor:
     if rows is None:
         return torch.arange(seq_len, device=device)
     if isinstance(rows, torch.Tensor):
-        if rows.dtype.is_floating_point or rows.dtype == torch.bool or rows.is_complex():
-            raise TypeError(f"rows must be an integer tensor of query positions, got {rows.dtype}")
-        pos = rows.to(device=device, dtype=torch.long).flatten()
-        if pos.numel() == 0 or int(pos.min()) < 0 or int(pos.max()) >= seq_len:
-            raise ValueError(f"rows must be query positions in [0, {seq_len - 1}]")
-        return pos
+        return check_positions(rows, "rows", seq_len).to(device)
     rows = check_positive_int(rows, "rows")
     if rows >= seq_len:
         return torch.arange(seq_len, device=device)
@@ -171,17 +243,23 @@ def _sample_positions(seq_len: int, rows, seed: int, device) -> torch.Tensor:
 def evenly_spaced_rows(seq_len: int, rows: int, device=None) -> torch.Tensor:
     """``min(rows, seq_len)`` query positions spread evenly over ``[0, seq_len)``, first and
     last included (sorted, distinct): the rows the sweeps and the explorer measure."""
+    seq_len = check_positive_int(seq_len, "seq_len")
+    rows = check_positive_int(rows, "rows")
     return torch.linspace(0, seq_len - 1, min(rows, seq_len), device=device).round().long().unique()
 
 
 def distance_octave(distance: torch.Tensor) -> torch.Tensor:
     """Block distance ``d >= 0`` to its octave: 0 -> 0, 1 -> 1, 2-3 -> 2, 4-7 -> 3, ..."""
+    if not isinstance(distance, torch.Tensor) or distance.is_floating_point() or distance.is_complex():
+        raise TypeError("distance must be an integer tensor of block distances, got "
+                        f"{distance.dtype if isinstance(distance, torch.Tensor) else type(distance).__name__}")
     d = distance.clamp_min(0)
     return torch.where(d > 0, torch.floor(torch.log2(d.clamp_min(1).double())).long() + 1, 0)
 
 
 def distance_labels(num_bins: int) -> list[str]:
     """Labels of the octaves of ``distance_octave``, in blocks: '0', '1', '2-3', '4-7', ..."""
+    num_bins = check_int(num_bins, "num_bins", minimum=0)
     labels = ["0", "1"]
     labels += [f"{2 ** (b - 1)}-{2 ** b - 1}" for b in range(2, num_bins)]
     return labels[:num_bins]
@@ -240,9 +318,13 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
     always exact. Returns a ``CoverageReport`` (or a dict of them).
     """
     B, N, Hq, Hkv, D = check_qkv(q, k)
+    # A NaN or inf in q or k makes whole rows of the true attention NaN: there is no true
+    # mass to compare against, so such inputs are refused rather than summarised.
+    check_finite(q, "q")
+    check_finite(k, "k")
     scale = check_scale(scale, D)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    threshold = _check_threshold(threshold)
+    seed = check_int(seed, "seed")
     named = dict(selection) if isinstance(selection, Mapping) else {None: selection}
     if not named:
         raise ValueError("selection mapping is empty")
@@ -275,16 +357,35 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
 
 
 def output_error(out: torch.Tensor, ref: torch.Tensor, *, per_head: bool = False):
-    """``||out - ref|| / ||ref||`` in float64 over ``[B, N, H, D]`` tensors; with
-    ``per_head=True`` a ``[H]`` tensor, one error per head."""
-    if not isinstance(out, torch.Tensor) or not isinstance(ref, torch.Tensor):
-        raise TypeError("out and ref must be torch.Tensor")
+    """``||out - ref|| / ||ref||`` in float64 over real floating-point tensors of one shape
+    (``[B, N, H, D]``); with ``per_head=True`` a ``[H]`` tensor, one error per head.
+
+    Where ``ref`` is all zero (over the whole tensor, or over a head) the error is 0 if
+    ``out`` is all zero there too, and a ``ValueError`` otherwise: a relative error to
+    nothing is undefined. Empty and complex inputs are refused; a NaN or inf in either
+    input gives NaN (the output is broken, and the error says so)."""
+    check_bool(per_head, "per_head")
+    for name, x in (("out", out), ("ref", ref)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a real floating-point tensor, got {x.dtype}")
     if out.shape != ref.shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but ref has {tuple(ref.shape)}")
+    if out.numel() == 0:
+        raise ValueError(f"out and ref must not be empty, got shape {tuple(out.shape)}")
     if per_head and out.dim() != 4:
         raise ValueError(f"per_head=True needs [batch, seq, heads, dim] tensors, got {tuple(out.shape)}")
-    diff = (out.double() - ref.double())
-    if per_head:
-        dims = (0, 1, 3)
-        return (diff.square().sum(dims).sqrt() / ref.double().square().sum(dims).sqrt()).float()
-    return float(diff.norm() / ref.double().norm())
+    if out.device != ref.device:
+        raise ValueError(f"out is on {out.device} but ref is on {ref.device}")
+    dims = (0, 1, 3) if per_head else tuple(range(out.dim()))
+    diff = out.double() - ref.double()
+    err_norm = diff.square().sum(dims).sqrt()
+    ref_norm = ref.double().square().sum(dims).sqrt()
+    zero_ref = ref_norm == 0
+    undefined = zero_ref & (err_norm != 0)
+    if bool(undefined.any()):
+        where = f"head {int(undefined.nonzero()[0])} of ref" if per_head else "ref"
+        raise ValueError(f"{where} is all zero but out is not: the relative error is undefined")
+    error = torch.where(zero_ref, torch.zeros_like(err_norm), err_norm / ref_norm)
+    return error.float() if per_head else float(error)

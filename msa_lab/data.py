@@ -21,11 +21,12 @@ with their own strength and noise. Reproducible from ``seed``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
-from .validation import check_positive_int
+from .validation import check_float_dtype, check_int, check_positive_int
 
 PATTERNS = ("local", "needle", "periodic", "heavy_hitter")
 
@@ -99,10 +100,14 @@ def structured_qkv(*, batch: int = 1, seq_len: int = 8192, num_heads: int = 8,
         raise ValueError(f"num_heads ({Hq}) must be a multiple of num_kv_heads ({Hkv})")
     if D < 16:
         raise ValueError(f"head_dim must be >= 16 to hold the planted patterns, got {D}")
+    seed = check_int(seed, "seed")
+    check_float_dtype(dtype, "dtype")
     if isinstance(patterns, str):
         names = [PATTERNS[g % len(PATTERNS)] for g in range(Hkv)] if patterns == "mixed" \
             else [patterns] * Hkv
     else:
+        if isinstance(patterns, bytes) or not isinstance(patterns, Iterable):
+            raise TypeError(f"patterns must be 'mixed', a pattern name or a sequence of names, got {patterns!r}")
         names = list(patterns)
         if len(names) != Hkv:
             raise ValueError(f"patterns must name one pattern per KV group ({Hkv}), got {len(names)}")

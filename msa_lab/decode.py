@@ -14,19 +14,25 @@ import torch
 from .attention import full_attention
 from .reference import attention_reference
 from .selection import BlockSelection
-from .selectors import _use_triton, msa_block_scores, select_top_blocks
-from .validation import check_positive_int, check_scale, check_tensor
+from .selectors import _msa_block_scores, _select_top_blocks, _use_triton
+from .validation import check_bool, check_float_dtype, check_positive_int, check_scale, check_tensor
 
 
 class KVCache:
     """Preallocated cache: ``k, v [B, max_len, Hkv, D]`` and, with ``index_dim``, one shared
     MSA index key head ``index_k [B, max_len, 1, Di]``. All sequences share one length.
-    ``device=None`` is torch's default device, as for ``torch.empty``."""
+    ``dtype``: a floating-point dtype. ``device=None`` is torch's default device, as for
+    ``torch.empty``."""
 
     def __init__(self, batch: int, max_len: int, num_kv_heads: int, head_dim: int, *,
                  index_dim: int | None = None, dtype=torch.bfloat16, device=None):
         shape = (check_positive_int(batch, "batch"), check_positive_int(max_len, "max_len"),
                  check_positive_int(num_kv_heads, "num_kv_heads"), check_positive_int(head_dim, "head_dim"))
+        check_float_dtype(dtype, "dtype")
+        try:
+            device = torch.device(device) if device is not None else None
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from e
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.index_k = None
@@ -38,10 +44,16 @@ class KVCache:
     @classmethod
     def from_prefill(cls, k: torch.Tensor, v: torch.Tensor, index_k: torch.Tensor | None = None, *,
                      max_len: int | None = None) -> "KVCache":
-        """A cache holding a prefilled prefix, with room for ``max_len`` tokens in all."""
+        """A cache holding a prefilled prefix, with room for ``max_len`` tokens in all:
+        ``k, v [B, N, Hkv, D]``, ``index_k [B, N, 1, Di]``."""
         check_tensor(k, "k", 4, "[batch, seq, kv_heads, dim]")
+        check_tensor(v, "v", 4, "[batch, seq, kv_heads, dim]")
+        if index_k is not None:
+            check_tensor(index_k, "index_k", 4, "[batch, seq, 1, index_dim]")
         B, N, Hkv, D = k.shape
         max_len = N if max_len is None else check_positive_int(max_len, "max_len")
+        if max_len < N:
+            raise ValueError(f"max_len must be at least the prefix length {N}, got {max_len}")
         cache = cls(B, max_len, Hkv, D, index_dim=None if index_k is None else index_k.shape[3],
                     dtype=k.dtype, device=k.device)
         cache.append(k, v, index_k)
@@ -51,6 +63,8 @@ class KVCache:
         """Append ``T`` tokens: ``k, v [B, T, Hkv, D]``, ``index_k [B, T, 1, Di]``."""
         check_tensor(k, "k", 4, "[batch, tokens, kv_heads, dim]")
         check_tensor(v, "v", 4, "[batch, tokens, kv_heads, dim]")
+        if index_k is not None:
+            check_tensor(index_k, "index_k", 4, "[batch, tokens, 1, index_dim]")
         B, T, Hkv, D = k.shape
         if (B, Hkv, D) != (self.k.shape[0], self.k.shape[2], self.k.shape[3]) or v.shape != k.shape:
             raise ValueError(f"k and v must be [batch={self.k.shape[0]}, tokens, kv_heads={self.k.shape[2]}, "
@@ -59,8 +73,6 @@ class KVCache:
             raise ValueError("index_k must be given exactly when the cache was built with index_dim")
         named = {"k": k, "v": v} if index_k is None else {"k": k, "v": v, "index_k": index_k}
         for name, x in named.items():
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
             if x.dtype != self.k.dtype or x.device != self.k.device:
                 raise TypeError(f"{name} must be {self.k.dtype} on {self.k.device} like the cache, "
                                 f"got {x.dtype} on {x.device}")
@@ -129,6 +141,7 @@ def msa_decode(q: torch.Tensor, index_q: torch.Tensor, cache: KVCache, *, block_
     block_size = check_positive_int(block_size, "block_size")
     top_k = check_positive_int(top_k, "top_k")
     scale = check_scale(scale, q.shape[3])
+    check_bool(return_blocks, "return_blocks")
     L = cache.length
     k, v, ik = cache.keys(), cache.values(), cache.index_k[:, :L]
     if _use_triton(backend, q):
@@ -137,8 +150,8 @@ def msa_decode(q: torch.Tensor, index_q: torch.Tensor, cache: KVCache, *, block_
         out, _, ids = msa_decode_triton(q, index_q, k, v, ik, block_size, top_k, scale)
     else:
         position = torch.tensor([L - 1], device=q.device)
-        scores = msa_block_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
-        ids = select_top_blocks(scores, position, block_size=block_size, top_k=top_k)  # [B, G, 1, K]
+        scores = _msa_block_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
+        ids = _select_top_blocks(scores, position, block_size, top_k)  # [B, G, 1, K]
         selection = BlockSelection._trusted(ids, block_size, "group")
         out, _ = attention_reference(q, k, v, scale=scale, selection=selection)
         ids = ids[:, :, 0]

@@ -16,11 +16,15 @@ import torch
 from .reference import block_mass, compute_dtype, grouped_scores, query_chunk_size
 from .selection import PER_CHOICES, BlockSelection, num_blocks
 from .validation import (
+    check_bool,
     check_choice,
     check_index_inputs,
+    check_int,
+    check_positions,
     check_positive_int,
     check_qkv,
     check_scale,
+    check_tensor,
 )
 
 
@@ -36,10 +40,32 @@ def select_top_blocks(
     ``int32 [..., C, top_k]`` block ids, ``-1`` padded.
 
     Scores of blocks after the own block are ignored. The ranking needs no softmax
-    (monotone), so raw logits, max-pooled logits and masses all work.
+    (monotone), so raw logits, max-pooled logits and masses all work. Every position must
+    lie in one of the scored blocks (``position // block_size < num_blocks``), so every id
+    returned is a valid block.
     """
     block_size = check_positive_int(block_size, "block_size")
     top_k = check_positive_int(top_k, "top_k")
+    check_bool(force_local, "force_local")
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        raise TypeError("scores must be a floating-point torch.Tensor [..., rows, num_blocks], got "
+                        f"{scores.dtype if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+    if scores.dim() < 2 or scores.shape[-1] == 0:
+        raise ValueError(f"scores must be [..., rows, num_blocks] with num_blocks > 0, got {tuple(scores.shape)}")
+    nb = scores.shape[-1]
+    positions = check_positions(positions, f"positions (rows scored over {nb} blocks of {block_size})",
+                                nb * block_size)
+    if positions.numel() != scores.shape[-2]:
+        raise ValueError(f"positions must give one position per score row ({scores.shape[-2]}), "
+                         f"got {positions.numel()}")
+    if positions.device != scores.device:
+        raise ValueError(f"positions is on {positions.device} but scores is on {scores.device}")
+    return _select_top_blocks(scores, positions, block_size, top_k, force_local)
+
+
+def _select_top_blocks(scores: torch.Tensor, positions: torch.Tensor, block_size: int, top_k: int,
+                       force_local: bool = True) -> torch.Tensor:
+    """``select_top_blocks`` on inputs already checked (the selectors' inner loops)."""
     nb = scores.shape[-1]
     own = (positions // block_size).view(-1, 1)
     blk = torch.arange(nb, device=scores.device)
@@ -88,6 +114,8 @@ def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
     As in MoBA's reference, the mean is rounded to the input dtype before the fp32
     gate, so bf16 inputs gate exactly as MoBA does.
     """
+    check_tensor(k, "k", 4, "[batch, seq, kv_heads, dim]")
+    block_size = check_positive_int(block_size, "block_size")
     B, N, Hkv, D = k.shape
     nb = num_blocks(N, block_size)
     kf = torch.nn.functional.pad(k.to(compute_dtype(k)), (0, 0, 0, 0, 0, nb * block_size - N))
@@ -99,6 +127,13 @@ def block_mean_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
 def moba_gate(q: torch.Tensor, mean_keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """MoBA's gate ``[B, Hq, C, num_blocks]`` for the query rows at ``positions``:
     ``q[t, h] . mean_keys[block, group(h)]`` in fp32 (``mean_keys`` from ``block_mean_keys``)."""
+    check_tensor(q, "q", 4, "[batch, seq, heads, dim]")
+    check_tensor(mean_keys, "mean_keys", 4, "[batch, num_blocks, kv_heads, dim]")
+    B, N, Hq, D = q.shape
+    if mean_keys.shape[0] != B or mean_keys.shape[3] != D or mean_keys.shape[2] == 0 or Hq % mean_keys.shape[2]:
+        raise ValueError(f"mean_keys must be [batch={B}, num_blocks, kv_heads dividing {Hq}, dim={D}] for q "
+                         f"{tuple(q.shape)}, got {tuple(mean_keys.shape)}")
+    positions = check_positions(positions, "positions", N)
     return grouped_scores(q[:, positions], mean_keys, 1.0).flatten(1, 2)
 
 
@@ -121,16 +156,27 @@ def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int
     nb = kmean.shape[1]
     parts = []
     for _, pos in _rows(N, query_chunk_size(nb, B, Hq), q.device):
-        parts.append(select_top_blocks(moba_gate(q, kmean, pos), pos, block_size=block_size, top_k=top_k))
+        parts.append(_select_top_blocks(moba_gate(q, kmean, pos), pos, block_size, top_k))
     return BlockSelection._trusted(torch.cat(parts, 2), block_size, "head")
 
 
 def msa_block_scores(index_q: torch.Tensor, index_k: torch.Tensor, positions: torch.Tensor,
                      block_size: int) -> torch.Tensor:
     """MSA index-branch block scores ``[B, G, C, num_blocks]`` for the query rows at
-    ``positions``: the max over each block's visible tokens of
+    ``positions`` (``[C]``, in ``[0, N)``): the max over each block's visible tokens of
     ``index_q[t, g] . index_k[j] * Di**-0.5`` (-inf where no token is visible; NaN logits
     count as -inf)."""
+    _, N, _, _ = check_index_inputs(index_q, index_k)
+    block_size = check_positive_int(block_size, "block_size")
+    positions = check_positions(positions, "positions", N)
+    if positions.device != index_q.device:
+        raise ValueError(f"positions is on {positions.device} but index_q is on {index_q.device}")
+    return _msa_block_scores(index_q, index_k, positions, block_size)
+
+
+def _msa_block_scores(index_q: torch.Tensor, index_k: torch.Tensor, positions: torch.Tensor,
+                      block_size: int) -> torch.Tensor:
+    """``msa_block_scores`` on inputs already checked."""
     B, N, G, Di = index_q.shape
     L = int(positions.max()) + 1
     s = grouped_scores(index_q[:, positions], index_k[:, :L], Di ** -0.5).flatten(1, 2)
@@ -162,8 +208,8 @@ def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int 
         return msa_select_triton(index_q, index_k, block_size, top_k)
     parts = []
     for _, pos in _rows(N, query_chunk_size(N, B, G), index_q.device):
-        scores = msa_block_scores(index_q, index_k, pos, block_size)
-        parts.append(select_top_blocks(scores, pos, block_size=block_size, top_k=top_k))
+        scores = _msa_block_scores(index_q, index_k, pos, block_size)
+        parts.append(_select_top_blocks(scores, pos, block_size, top_k))
     return BlockSelection._trusted(torch.cat(parts, 2), block_size, "group")
 
 
@@ -186,13 +232,13 @@ def select_oracle(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
     top_k = check_positive_int(top_k, "top_k")
     check_choice(per, "per", PER_CHOICES)
     scale = check_scale(scale, D)
+    check_bool(force_local, "force_local")
     parts = []
     for _, pos in _rows(N, query_chunk_size(N, B, Hq), q.device):
         mass = block_mass(q, k, pos, block_size=block_size, scale=scale)
         if per == "group":
             mass = mass.unflatten(1, (Hkv, Hq // Hkv)).sum(2)
-        parts.append(select_top_blocks(mass, pos, block_size=block_size, top_k=top_k,
-                                       force_local=force_local))
+        parts.append(_select_top_blocks(mass, pos, block_size, top_k, force_local))
     return BlockSelection._trusted(torch.cat(parts, 2), block_size, per)
 
 
@@ -218,13 +264,12 @@ def select_random(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
     block_size = check_positive_int(block_size, "block_size")
     top_k = check_positive_int(top_k, "top_k")
     check_choice(per, "per", PER_CHOICES)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = check_int(seed, "seed")
     Hs = Hkv if per == "group" else Hq
     nb = num_blocks(N, block_size)
     gen = torch.Generator(device=k.device).manual_seed(seed)
     parts = []
     for _, pos in _rows(N, query_chunk_size(nb, B, Hs), k.device):
         scores = torch.rand(B, Hs, pos.numel(), nb, generator=gen, device=k.device)
-        parts.append(select_top_blocks(scores, pos, block_size=block_size, top_k=top_k))
+        parts.append(_select_top_blocks(scores, pos, block_size, top_k))
     return BlockSelection._trusted(torch.cat(parts, 2), block_size, per)

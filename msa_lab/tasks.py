@@ -21,8 +21,11 @@ marker tokens, then keys and values in disjoint ranges of the vocabulary.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
+
+from .validation import check_int, check_positive_int
 
 PAD, PASS, QUERY, ASSIGN, SEP = 0, 1, 2, 3, 4
 FIRST_FREE = 5  # first id not used by a marker
@@ -36,11 +39,22 @@ def _split_vocab(vocab_size: int, parts: int) -> list[range]:
     return [range(FIRST_FREE + i * size, FIRST_FREE + (i + 1) * size) for i in range(parts)]
 
 
+def _check_batch(batch, seq_len, vocab_size, gen) -> tuple[int, int, int]:
+    """The arguments every task shares: positive sizes and a ``torch.Generator`` (the
+    batch is reproducible from it)."""
+    if not isinstance(gen, torch.Generator):
+        raise TypeError(f"gen must be a torch.Generator, got {type(gen).__name__}")
+    return (check_positive_int(batch, "batch"), check_positive_int(seq_len, "seq_len"),
+            check_positive_int(vocab_size, "vocab_size"))
+
+
 def _rand(rng: range, shape, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(rng.start, rng.stop, shape, generator=gen)
 
 
 def mqar(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, num_pairs: int = 8):
+    batch, seq_len, vocab_size = _check_batch(batch, seq_len, vocab_size, gen)
+    num_pairs = check_positive_int(num_pairs, "num_pairs")
     keys_r, vals_r, filler_r = _split_vocab(vocab_size, 3)
     if 4 * num_pairs > seq_len:
         raise ValueError(f"num_pairs={num_pairs} needs seq_len >= {4 * num_pairs}, got {seq_len}")
@@ -61,7 +75,11 @@ def mqar(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, num
 
 def passkey(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, depth: float | None = None,
             digits: int = 4):
+    batch, seq_len, vocab_size = _check_batch(batch, seq_len, vocab_size, gen)
+    digits = check_positive_int(digits, "digits")
     digit_r, filler_r = _split_vocab(vocab_size, 2)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, numbers.Real)):
+        raise TypeError(f"depth must be a number in [0, 1] or None, got {type(depth).__name__} {depth!r}")
     if depth is not None and not 0 <= depth <= 1:
         raise ValueError(f"depth must be in [0, 1] (0 = start of the context, 1 = its end), got {depth!r}")
     need = 2 * digits + 3
@@ -84,6 +102,9 @@ def passkey(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, 
 
 def variable_tracking(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, hops: int = 2,
                       chains: int = 4):
+    batch, seq_len, vocab_size = _check_batch(batch, seq_len, vocab_size, gen)
+    hops = check_int(hops, "hops", minimum=0)
+    chains = check_positive_int(chains, "chains")
     names_r, vals_r, filler_r = _split_vocab(vocab_size, 3)
     statements = chains * (hops + 1)
     if 3 * statements + 3 > seq_len:
@@ -131,6 +152,7 @@ TEXT_SPLITS = ("train", "val")
 
 
 def text(batch: int, seq_len: int, vocab_size: int, gen: torch.Generator, *, split: str = "train"):
+    batch, seq_len, vocab_size = _check_batch(batch, seq_len, vocab_size, gen)
     if split not in TEXT_SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, TEXT_SPLITS))}; got {split!r}")
     if vocab_size < 256 + FIRST_FREE:

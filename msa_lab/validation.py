@@ -124,3 +124,72 @@ def check_scale(scale, head_dim: int) -> float:
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive finite number, got {scale}")
     return float(scale)
+
+
+# ---- checks for the public helpers (selectors' building blocks, caches, layers, data) ----
+
+def check_int(value, name: str, minimum: int | None = None) -> int:
+    """An int (numpy ints too; bools refused), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_number(value, name: str, *, above: float) -> float:
+    """A finite real number strictly greater than ``above`` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > above):
+        raise ValueError(f"{name} must be a finite number > {above:g}, got {value}")
+    return float(value)
+
+
+def check_float_dtype(dtype, name: str) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be torch.float16, bfloat16, float32 or float64, got {dtype!r}")
+    return dtype
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ``ValueError`` naming the first position of a NaN or inf in ``x``. Checked in
+    slices along dim 1 (the sequence of ``[B, N, H, D]``), so the mask stays small at 1M tokens."""
+    dim = 1 if x.dim() > 1 else 0
+    if x.dim() == 0 or x.numel() == 0:
+        slices = [(0, x)]
+    else:
+        step = max(1, (1 << 24) // max(1, x.numel() // x.shape[dim]))
+        slices = [(s, x.narrow(dim, s, min(step, x.shape[dim] - s))) for s in range(0, x.shape[dim], step)]
+    for start, part in slices:
+        bad = ~torch.isfinite(part)
+        if bool(bad.any()):
+            where = [int(i) for i in bad.nonzero()[0]]
+            if where:
+                where[dim] += start
+            raise ValueError(f"{name} must be finite, got {float(part[bad][0])} at index {tuple(where)}")
+    return x
+
+
+def check_positions(positions, name: str, seq_len: int) -> torch.Tensor:
+    """A 1-D integer tensor of query positions in ``[0, seq_len)``, returned as int64."""
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"{name} must be a 1-D integer torch.Tensor of query positions, "
+                        f"got {type(positions).__name__}")
+    if positions.dtype.is_floating_point or positions.is_complex() or positions.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of query positions, got {positions.dtype}")
+    if positions.dim() != 1 or positions.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor of query positions, got shape "
+                         f"{tuple(positions.shape)}")
+    lo, hi = int(positions.min()), int(positions.max())
+    if lo < 0 or hi >= seq_len:
+        raise ValueError(f"{name} must be query positions in [0, {seq_len - 1}], got range [{lo}, {hi}]")
+    return positions.long()
+
+
+def check_hidden(x, d_model: int) -> tuple[int, int, int]:
+    """A layer input ``x [batch, seq, d_model]`` (floating point); return its shape."""
+    check_tensor(x, "x", 3, f"[batch, seq, d_model={d_model}]")
+    if x.shape[2] != d_model:
+        raise ValueError(f"x must be [batch, seq, d_model={d_model}], got {tuple(x.shape)}")
+    return tuple(x.shape)

@@ -27,9 +27,9 @@ from torch import nn
 
 from ..attention import block_sparse_attention, full_attention
 from ..selectors import select_moba, select_msa
-from ..validation import check_choice, check_positive_int
+from ..validation import check_bool, check_choice, check_hidden, check_positive_int
 from .indexer import MSAIndexer, index_kl_loss
-from .rope import rotary
+from .rope import check_rope_base, check_rotary_dims, rotary
 
 METHODS = ("full", "moba", "msa")
 BACKENDS = ("auto", "reference", "triton")
@@ -44,24 +44,35 @@ class Attention(nn.Module):
                  rotary_dims: int | None = None, rope_base: float = 10000.0, backend: str = "auto",
                  deterministic: bool = False):
         super().__init__()
-        self.method = check_choice(method, "method", METHODS)
-        self.backend = check_choice(backend, "backend", BACKENDS)
+        # Each argument is checked under its own name before anything is derived from it.
+        d_model = check_positive_int(d_model, "d_model")
         num_heads = check_positive_int(num_heads, "num_heads")
         num_kv_heads = check_positive_int(num_kv_heads, "num_kv_heads")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
-        self.head_dim = check_positive_int(head_dim or d_model // num_heads, "head_dim")
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(f"d_model ({d_model}) must be a multiple of num_heads ({num_heads}) when "
+                                 "head_dim is None; give head_dim to use another head size")
+            head_dim = d_model // num_heads
+        self.head_dim = check_positive_int(head_dim, "head_dim")
+        self.method = check_choice(method, "method", METHODS)
+        self.backend = check_choice(backend, "backend", BACKENDS)
         self.block_size = check_positive_int(block_size, "block_size")
         self.top_k = check_positive_int(top_k, "top_k")
-        self.rotary_dims, self.rope_base, self.deterministic = rotary_dims, rope_base, deterministic
+        if index_dim is not None:
+            index_dim = check_positive_int(index_dim, "index_dim")
+        check_rotary_dims(rotary_dims, self.head_dim)
+        self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
+        self.rotary_dims, self.rope_base = rotary_dims, check_rope_base(rope_base)
+        self.deterministic = check_bool(deterministic, "deterministic")
         self.wq = nn.Linear(d_model, num_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
         self.indexer = None
         if method == "msa":
-            idx_dim = check_positive_int(index_dim or self.head_dim, "index_dim")
+            idx_dim = self.head_dim if index_dim is None else index_dim
             idx_rot = None if rotary_dims is None else round(rotary_dims * idx_dim / self.head_dim / 2) * 2
             self.indexer = MSAIndexer(d_model, num_kv_heads, idx_dim, rotary_dims=idx_rot, rope_base=rope_base)
         self.sparse = method != "full"
@@ -76,7 +87,7 @@ class Attention(nn.Module):
         return self.backend
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, N, _ = x.shape
+        B, N, _ = check_hidden(x, self.d_model)
         q = rotary(self.wq(x).view(B, N, self.num_heads, self.head_dim), self.rotary_dims, self.rope_base)
         k = rotary(self.wk(x).view(B, N, self.num_kv_heads, self.head_dim), self.rotary_dims, self.rope_base)
         v = self.wv(x).view(B, N, self.num_kv_heads, self.head_dim)

@@ -32,8 +32,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..reference import compute_dtype, grouped_scores, query_chunk_size
 from ..selection import BlockSelection
-from ..validation import check_choice
-from .rope import rotary
+from ..validation import check_choice, check_hidden, check_positive_int, check_scale, check_tensor
+from .rope import check_rope_base, check_rotary_dims, rotary
 
 KL_BACKENDS = ("reference", "triton", "auto")
 
@@ -45,15 +45,18 @@ class MSAIndexer(nn.Module):
     def __init__(self, d_model: int, num_kv_heads: int, index_dim: int, *, rotary_dims: int | None = None,
                  rope_base: float = 10000.0):
         super().__init__()
-        self.num_kv_heads, self.index_dim = num_kv_heads, index_dim
-        self.rotary_dims, self.rope_base = rotary_dims, rope_base
+        self.d_model = check_positive_int(d_model, "d_model")
+        self.num_kv_heads = check_positive_int(num_kv_heads, "num_kv_heads")
+        self.index_dim = index_dim = check_positive_int(index_dim, "index_dim")
+        check_rotary_dims(rotary_dims, index_dim)
+        self.rotary_dims, self.rope_base = rotary_dims, check_rope_base(rope_base)
         self.wq = nn.Linear(d_model, num_kv_heads * index_dim, bias=False)
         self.wk = nn.Linear(d_model, index_dim, bias=False)
         self.q_norm = nn.RMSNorm(index_dim)
         self.k_norm = nn.RMSNorm(index_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, N, _ = x.shape
+        B, N, _ = check_hidden(x, self.d_model)
         iq = _rms_norm(self.q_norm, self.wq(x).view(B, N, self.num_kv_heads, self.index_dim))
         ik = _rms_norm(self.k_norm, self.wk(x).view(B, N, 1, self.index_dim))
         return (rotary(iq, self.rotary_dims, self.rope_base), rotary(ik, self.rotary_dims, self.rope_base))
@@ -82,14 +85,34 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
     recomputed in the backward pass), ``"triton"`` (the fused kernels of
     ``kernels/index_kl.py``; selected tokens only) or ``"auto"`` (Triton for CUDA tensors
     with a selection, the reference otherwise)."""
+    # Dtypes may differ between the index and main inputs (and, on the reference path, within
+    # each pair), so each tensor is checked on its own and the shapes against q.
+    for name, x, layout in (("index_q", index_q, "[batch, seq, kv_heads, index_dim]"),
+                            ("index_k", index_k, "[batch, seq, 1, index_dim]"),
+                            ("q", q, "[batch, seq, heads, dim]"), ("k", k, "[batch, seq, kv_heads, dim]")):
+        check_tensor(x, name, 4, layout)
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
     B, N, Hq, D = q.shape
     Hkv, Di = k.shape[2], index_q.shape[-1]
+    if k.shape[:2] != (B, N) or k.shape[3] != D or Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"k must be [batch={B}, seq={N}, kv_heads dividing {Hq}, dim={D}] like q, "
+                         f"got {tuple(k.shape)}")
+    if min(B, N, Hq, D, Di) == 0:
+        raise ValueError(f"q and index_q must have no empty dimension, got {tuple(q.shape)} and "
+                         f"{tuple(index_q.shape)}")
     G = Hq // Hkv
     if index_q.shape[:3] != (B, N, Hkv) or index_k.shape[:3] != (B, N, 1) or index_k.shape[-1] != Di:
         raise ValueError(f"index_q must be [{B}, {N}, {Hkv}, Di] and index_k [{B}, {N}, 1, Di]; got "
                          f"{tuple(index_q.shape)} and {tuple(index_k.shape)}")
-    if selection is not None and selection.per != "group":
-        raise ValueError("selection must be per group (MSA's index branch selects per KV group)")
+    if selection is not None:
+        if not isinstance(selection, BlockSelection):
+            raise TypeError(f"selection must be a BlockSelection or None, got {type(selection).__name__}")
+        if selection.per != "group":
+            raise ValueError("selection must be per group (MSA's index branch selects per KV group)")
+        selection.check_matches(B, N, Hq, Hkv, q.device)
+    if query_chunk is not None:
+        query_chunk = check_positive_int(query_chunk, "query_chunk")
     backend = check_choice(backend, "backend", KL_BACKENDS)
     if lse is not None:
         if selection is None:
@@ -99,7 +122,7 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
             raise ValueError(f"lse must be a float tensor [{B}, {Hq}, {N}] (the attention's return_lse), got "
                              f"{tuple(lse.shape) if isinstance(lse, torch.Tensor) else type(lse).__name__}")
         lse = lse.detach()
-    scale = D ** -0.5 if scale is None else scale
+    scale = check_scale(scale, D)
     q, k = q.detach(), k.detach()
     if backend == "auto":
         backend = "triton" if index_q.is_cuda and selection is not None else "reference"

@@ -8,11 +8,32 @@ layers' auxiliary losses (MSA's index KL; zero otherwise).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import check_bool, check_int, check_number, check_positive_int
 from .attention import Attention
+
+
+def check_tokens(tokens, vocab_size: int, device: torch.device) -> None:
+    """Token ids ``[batch, seq]``: an integer tensor on ``device`` with every id in
+    ``[0, vocab_size)`` (an id outside would index past the embedding: an IndexError on the
+    CPU, a device-side assert on a GPU)."""
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"tokens must be a torch.Tensor of token ids [batch, seq], got {type(tokens).__name__}")
+    if tokens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"tokens must be int64 or int32 token ids, got {tokens.dtype}")
+    if tokens.dim() != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens must be a non-empty [batch, seq] tensor, got shape {tuple(tokens.shape)}")
+    if tokens.device != device:
+        raise ValueError(f"tokens are on {tokens.device} but the model is on {device}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"tokens must be ids in [0, {vocab_size - 1}] (vocab_size {vocab_size}), "
+                         f"got range [{lo}, {hi}]")
 
 
 class SwiGLU(nn.Module):
@@ -45,9 +66,18 @@ class TinyLM(nn.Module):
                  block_size: int = 64, top_k: int = 8, index_dim: int | None = None, rotary_dims: int | None = None,
                  mlp_ratio: float = 8 / 3, backend: str = "auto", deterministic: bool = False):
         super().__init__()
+        self.vocab_size = check_positive_int(vocab_size, "vocab_size")
+        d_model = check_positive_int(d_model, "d_model")
+        num_layers = check_positive_int(num_layers, "num_layers")
+        if isinstance(full_layers, (str, bytes)) or not isinstance(full_layers, Iterable):
+            raise TypeError(f"full_layers must be a sequence of layer indices, got {full_layers!r}")
+        full_layers = [check_int(i, "full_layers entry") for i in full_layers]
         bad = [i for i in full_layers if not 0 <= i < num_layers]
         if bad:
             raise ValueError(f"full_layers must be layer indices in [0, {num_layers - 1}], got {bad}")
+        mlp_ratio = check_number(mlp_ratio, "mlp_ratio", above=0.0)
+        if int(mlp_ratio * d_model) < 1:
+            raise ValueError(f"mlp_ratio * d_model must give an MLP of at least 1 unit, got {mlp_ratio} * {d_model}")
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
             Block(d_model, Attention(d_model, num_heads, num_kv_heads, head_dim,
@@ -65,10 +95,13 @@ class TinyLM(nn.Module):
     def set_sparse(self, on: bool) -> None:
         """Route the sparse layers through their selected blocks (True) or run them as full
         attention (False: MSA's indexer warm-up)."""
+        check_bool(on, "on")
         for layer in self.attention_layers:
-            layer.sparse = bool(on) and layer.method != "full"
+            layer.sparse = on and layer.method != "full"
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens``: integer ids ``[batch, seq]`` in ``[0, vocab_size)``."""
+        check_tokens(tokens, self.vocab_size, self.embed.weight.device)
         x = self.embed(tokens)
         aux = x.new_zeros((), dtype=torch.float32)
         for block in self.blocks:

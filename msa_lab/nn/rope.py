@@ -5,17 +5,35 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import check_int, check_number, check_tensor
+
+
+def check_rotary_dims(rotary_dims, head_dim: int) -> int:
+    """``rotary_dims`` (None: all of ``head_dim``) as an even int in ``[0, head_dim]``."""
+    r = head_dim if rotary_dims is None else rotary_dims
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0 or r > head_dim or r % 2:
+        raise ValueError(f"rotary_dims must be an even int in [0, {head_dim}] (the head dim), got {rotary_dims!r}")
+    return r
+
+
+def check_rope_base(base) -> float:
+    # inv_freq = base ** (-i / half): a base <= 1 gives every channel the same or a rising
+    # frequency (no long wavelengths), 0 or NaN gives NaN angles.
+    return check_number(base, "rope_base", above=1.0)
+
 
 def rotary(x: torch.Tensor, rotary_dims: int | None = None, base: float = 10000.0,
            offset: int = 0) -> torch.Tensor:
-    """RoPE of ``x [B, N, H, D]`` at positions ``offset .. offset + N - 1`` on its first
-    ``rotary_dims`` channels (all ``D`` when None; must be even), rotate-half convention;
-    the other channels pass through. Computed in float32 (float64 for float64 input, so the
-    float64 references keep float64 accuracy), returned in x's dtype."""
+    """RoPE of ``x [B, N, H, D]`` at positions ``offset .. offset + N - 1`` (``offset >= 0``)
+    on its first ``rotary_dims`` channels (all ``D`` when None; must be even), rotate-half
+    convention; the other channels pass through. ``base``: a finite number > 1. Computed in
+    float32 (float64 for float64 input, so the float64 references keep float64 accuracy),
+    returned in x's dtype."""
+    check_tensor(x, "x", 4, "[batch, seq, heads, dim]")
     D = x.shape[-1]
-    r = D if rotary_dims is None else rotary_dims
-    if isinstance(r, bool) or not isinstance(r, int) or r < 0 or r > D or r % 2:
-        raise ValueError(f"rotary_dims must be an even int in [0, {D}] (the head dim), got {rotary_dims!r}")
+    r = check_rotary_dims(rotary_dims, D)
+    base = check_rope_base(base)
+    offset = check_int(offset, "offset", minimum=0)
     if r == 0:
         return x
     half = r // 2
