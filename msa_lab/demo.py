@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import block_sparse_attention, full_attention
+from .bench.results import gpu_environment
 from .coverage import coverage, output_error
 from .data import structured_qkv
 from .selectors import index_from_qk, select_moba, select_msa, select_oracle, select_random, select_window
@@ -69,7 +70,7 @@ def run_demo(*, out_dir="results/demo", seq_len: int = 8192, num_heads: int = 8,
 
     rows = [{"method": "full", "per": "-", "tokens_per_query": (seq_len + 1) / 2, "density": 1.0,
              "output_error": 0.0, "recall_mean": 1.0, "recall_p5": 1.0, "rows_below_0.9": 0.0,
-             "recall_vs_oracle": float("nan"), "overlap_with_oracle": float("nan")}]
+             "recall_vs_oracle": None, "overlap_with_oracle": None}]  # no selection to compare
     for name, sel in selections.items():
         s, rep = sel.summary(), reports[name].summary()
         row = {"method": name, "per": sel.per, "tokens_per_query": s["mean_tokens_per_query"],
@@ -86,8 +87,8 @@ def run_demo(*, out_dir="results/demo", seq_len: int = 8192, num_heads: int = 8,
     config = dict(seq_len=seq_len, num_heads=num_heads, num_kv_heads=num_kv_heads,
                   head_dim=head_dim, block_size=block_size, top_k=top_k, seed=seed,
                   device=str(device), patterns=list(data.patterns))
-    env = dict(torch=torch.__version__, python=platform.python_version(),
-               device_name=torch.cuda.get_device_name(q.device) if q.is_cuda else platform.processor() or "cpu")
+    env = gpu_environment(device_name=torch.cuda.get_device_name(q.device) if q.is_cuda
+                          else platform.processor() or "cpu")
     (out_dir / "summary.json").write_text(json.dumps(
         dict(config=config, environment=env, seconds=round(time.perf_counter() - started, 1),
              rows=rows), indent=2, default=float) + "\n")
@@ -120,6 +121,8 @@ def format_table(rows: list[dict], fields=None) -> str:
     fields = fields or list(dict.fromkeys(key for row in rows for key in row))
 
     def cell(x):
+        if x is None:  # not applicable (full attention has no selection to compare)
+            return "-"
         if isinstance(x, float):
             return "-" if x != x else (f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3f}")
         return str(x)
