@@ -63,42 +63,17 @@ class FolderLock:
         self.release()
 
 
-def check_writable(path) -> None:
-    """Raise a ``PermissionError`` naming ``path`` unless it can be written: a folder must
-    let a file be created in it, an existing file must open for appending. Called before
-    any work, so a read-only folder or file fails at once, not after the first point."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            probe = path / f".msa_lab.write_check.{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        else:
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
-    except OSError as err:
-        what = "folder" if path.is_dir() else "file"
-        raise PermissionError(f"cannot write to the {what} {path} ({err.strerror}); make it writable or "
-                              "choose another output folder") from None
-
-
-def safe_file_name(text: str) -> str:
-    """``text`` made into one plain file name: every character but letters, digits, ``_``
-    and ``-`` becomes ``_`` (no separators, no ``..``, no dots a suffix could be read from),
-    for names built from values read out of files."""
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(text))
-    if not name:
-        raise ValueError(f"cannot make a file name of {text!r}")
-    return name
-
-
-def path_inside(folder, name: str) -> Path:
-    """``folder / safe_file_name(name)``, checked to resolve inside ``folder`` (a link out
-    of it is refused)."""
+def check_writable(folder) -> None:
+    """Raise a ``PermissionError`` naming ``folder`` unless a file can be created in it;
+    called before any work so a read-only folder fails at once, not after the first point."""
     folder = Path(folder)
-    path = folder / safe_file_name(name)
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"{path} resolves to {path.resolve()}, outside {folder}; refusing to write there")
-    return path
+    probe = folder / f".msa_lab.write_check.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write to {folder} ({err.strerror}); choose a writable output "
+                              "folder") from None
 
 
 def append_json_lines(path, rows: list[dict]) -> None:
@@ -161,3 +136,33 @@ def write_text_atomic(path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def check_file_writable(path) -> None:
+    """Like ``check_writable`` for an existing file (opened for appending, nothing written):
+    a read-only results file fails before any work, not at the first row."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as err:
+        raise PermissionError(f"cannot write to {path} ({err.strerror}); make it writable or choose "
+                              "another output folder") from None
+
+
+def safe_file_name(text: str) -> str:
+    """``text`` made into one plain file name: every character but letters, digits, ``_``
+    and ``-`` becomes ``_`` (no separators, no ``..``, no dots a suffix could be read from),
+    for names built from values read out of files."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(text))
+    if not name:
+        raise ValueError(f"cannot make a file name of {text!r}")
+    return name
+
+
+def path_inside(folder, name: str) -> Path:
+    """``folder / safe_file_name(name)``, checked to resolve inside ``folder`` (a link out
+    of it is refused)."""
+    folder = Path(folder)
+    path = folder / safe_file_name(name)
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{path} resolves to {path.resolve()}, outside {folder}; refusing to write there")
+    return path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..files import append_json_lines, check_writable, repair_last_line
+from ..files import append_json_lines, check_file_writable, check_writable, repair_last_line
 
 #: Statuses of a point that ran to an end; "error" points are re-run with retry_failed.
 FINISHED = ("ok", "oom", "unsupported", "skipped")
@@ -63,7 +63,9 @@ class ResultStore:
         """Check the file (or its folder) can be written, before any work, and cut a last
         line left partial by a killed write; returns whether one was cut."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        check_writable(self.path if self.path.exists() else self.path.parent)
+        check_writable(self.path.parent)
+        if self.path.exists():
+            check_file_writable(self.path)
         return repair_last_line(self.path)
 
     def append(self, row: dict) -> None:

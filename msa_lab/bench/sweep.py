@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import FolderLock, check_writable, write_text_atomic
+from ..files import FolderLock, check_file_writable, write_text_atomic
 from .config import Point, SweepConfig, load_config
 from .costs import Ceilings, dense_equiv_flop, measure_ceilings, stage_costs
 from .results import gpu_environment
@@ -225,7 +225,8 @@ def run_sweep(config: SweepConfig | str | Path, out_dir=None, *, retry_failed: b
             print(f"{store.path}: cut a partial last line (a write interrupted by a kill); "
                   "its point runs again", flush=True)
         if source is not None and source.resolve() != (out / "config.yaml").resolve():
-            check_writable(out / "config.yaml" if (out / "config.yaml").exists() else out)
+            if (out / "config.yaml").exists():  # the folder itself was checked by the lock
+                check_file_writable(out / "config.yaml")
             shutil.copyfile(source, out / "config.yaml")
         environment = gpu_environment()
         context = dict(gpu=environment["gpu"], device=config.device, seed=config.seed,
