@@ -6,12 +6,28 @@ paper figures from committed results, or draw a sweep's results), ``train`` and 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu or cuda (or cuda:N), got {device!r}") from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda (or cuda:N), got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is visible here; use --device cpu")
 
 
 def _demo(args) -> int:
     from .demo import COLUMNS, format_table, run_demo
 
+    _check_device(args.device)
     rows = run_demo(out_dir=args.out, seq_len=args.seq_len, num_heads=args.heads,
                     num_kv_heads=args.kv_heads, head_dim=args.head_dim,
                     block_size=args.block_size, top_k=args.top_k, seed=args.seed,
@@ -44,8 +60,16 @@ def _sweep(args) -> int:
         redo = dict(item.split("=", 1) for item in args.redo)
     path = run_sweep(args.config, args.out, retry_failed=args.retry_failed, redo=redo,
                      max_minutes=args.max_minutes, progress=not args.quiet)
-    print(f"results: {path}\ndraw them with: msa-lab figures {path.parent}")
+    print(f"results: {path}\ndraw them with: msa-lab figures {shlex.quote(str(path.parent))}"
+          f" (writes {shlex.quote(str(_figures_folder(path.parent)))})")
     return 0
+
+
+def _figures_folder(results) -> Path:
+    """Where ``msa-lab figures RESULTS`` writes without ``--out``: ``figures/`` in the folder
+    of the results."""
+    results = Path(results)
+    return (results if results.is_dir() else results.parent) / "figures"
 
 
 def _figures(args) -> int:
@@ -59,11 +83,12 @@ def _figures(args) -> int:
         return 0
     if args.only or args.results_dir:
         raise ValueError("--only and --results-dir are for the paper figures (msa-lab figures without results)")
-    if args.out is None:
-        raise ValueError("--out: give a folder for the figures of these results")
+    if args.out is None and len(args.results) > 1:
+        raise ValueError("--out: give a folder for the figures of several results")
     from .viz.sweeps import write_sweep_figures
 
-    paths = write_sweep_figures(args.results, args.out, formats=args.format or ("html",), prefix=args.prefix)
+    out = args.out if args.out is not None else _figures_folder(args.results[0])
+    paths = write_sweep_figures(args.results, out, formats=args.format or ("html",), prefix=args.prefix)
     for path in paths:
         print(path)
     return 0
@@ -127,7 +152,8 @@ def main(argv=None) -> int:
     figures = sub.add_parser("figures", help="rebuild every paper figure from committed results, or draw the "
                                              "figures of given sweep results")
     figures.add_argument("results", nargs="*", help="results folders or results.jsonl files (none: the paper figures)")
-    figures.add_argument("--out", default=None, help="folder for the figures (paper figures: figures/paper)")
+    figures.add_argument("--out", default=None, help="folder for the figures (default: figures/paper for the "
+                                                       "paper figures, <results folder>/figures for one results)")
     figures.add_argument("--format", nargs="+", default=None, choices=["html", "png", "svg", "pdf"],
                          help="formats to write (default: png svg pdf for the paper figures, html for results; "
                               "png/svg/pdf need kaleido and Chrome/Chromium)")
@@ -155,9 +181,11 @@ def main(argv=None) -> int:
     ablate.add_argument("--quiet", action="store_true", help="no progress bars")
     ablate.set_defaults(run=_ablate)
     args = parser.parse_args(argv)
+    from .files import FolderLocked
+
     try:
         return args.run(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError, FolderLocked) as err:  # bad input, a folder in use or read-only
         parser.exit(2, f"msa-lab {args.command}: error: {err}\n")
 
 

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 
 LOCK_NAME = ".msa_lab.lock"
@@ -135,3 +136,33 @@ def write_text_atomic(path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def check_file_writable(path) -> None:
+    """Like ``check_writable`` for an existing file (opened for appending, nothing written):
+    a read-only results file fails before any work, not at the first row."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as err:
+        raise PermissionError(f"cannot write to {path} ({err.strerror}); make it writable or choose "
+                              "another output folder") from None
+
+
+def safe_file_name(text: str) -> str:
+    """``text`` made into one plain file name: every character but letters, digits, ``_``
+    and ``-`` becomes ``_`` (no separators, no ``..``, no dots a suffix could be read from),
+    for names built from values read out of files."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(text))
+    if not name:
+        raise ValueError(f"cannot make a file name of {text!r}")
+    return name
+
+
+def path_inside(folder, name: str) -> Path:
+    """``folder / safe_file_name(name)``, checked to resolve inside ``folder`` (a link out
+    of it is refused)."""
+    folder = Path(folder)
+    path = folder / safe_file_name(name)
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{path} resolves to {path.resolve()}, outside {folder}; refusing to write there")
+    return path

@@ -92,4 +92,4 @@ def test_decode_points_are_timed_per_call_and_with_graphs_as_separate_points():
                  {"method": "msa", "backend": "triton", "cuda_graph": True}]), check_device=False)
     a, b = cfg.points
     assert (a.cuda_graph, b.cuda_graph) == (False, True) and a.point_id != b.point_id
-    assert a.params["cuda_graph"] is False
+    assert a.params["per_call"] is True and "per_call" not in b.params  # graph points keep their old ids

@@ -30,3 +30,14 @@ def test_bad_arguments_exit_with_a_named_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--heads", "6", "--kv-heads", "4", "--out", str(tmp_path), "--quiet"])
     assert "multiple of num_kv_heads" in capsys.readouterr().err
+
+
+def test_demo_on_a_missing_gpu_is_a_one_line_error(tmp_path, capsys):
+    # Issue 14: "--device cuda" without a GPU printed a raw traceback (the tests hide the GPU).
+    for device, message in [("cuda", "--device cuda: no CUDA device is visible here; use --device cpu"),
+                            ("tpu", "--device: expected cpu or cuda (or cuda:N), got 'tpu'")]:
+        with pytest.raises(SystemExit) as err:
+            main(["demo", "--out", str(tmp_path), "--device", device, "--quiet"])
+        text = capsys.readouterr().err
+        assert err.value.code == 2 and message in text and text.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # refused before any work

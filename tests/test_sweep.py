@@ -1,5 +1,9 @@
 """Sweep runner: config checks, resume, failures as rows, cost model, figures."""
 
+import errno
+import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +15,7 @@ import msa_lab as ml
 from msa_lab.bench import analysis, costs, sweep, timing
 from msa_lab.bench.config import load_config, parse_config
 from msa_lab.bench.store import ResultStore, load_results
+from msa_lab.files import FolderLock, FolderLocked
 
 ROOT = Path(__file__).parent.parent
 TINY_GRID = dict(seq_len=[200, 333], batch=1, num_heads=4, num_kv_heads=2, head_dim=16, index_dim=8,
@@ -50,6 +55,11 @@ def quick_timing(monkeypatch):
     (dict(methods=[{"method": "moba", "backend": "reference", "per": "group"}]), "methods[0].per"),
     (dict(name="a b"), "name must be"),
     (dict(max_seconds_per_point=0), "max_seconds_per_point"),
+    # impossible values are refused before any work (issue 14: block_size 100000 was accepted)
+    (dict(grid=dict(TINY_GRID, block_size=100000)), "block_size 100000 is longer than seq_len 200"),
+    (dict(grid=dict(TINY_GRID, top_k=8)), "top_k 8 is more than the 7 blocks of seq_len 200"),
+    (dict(mode="coverage", grid=dict(TINY_GRID, rows=300), methods=[{"method": "msa", "backend": "reference"}]),
+     "rows 300 (query rows measured) is more than seq_len 200"),
 ])
 def test_bad_configs_fail_before_any_work_naming_the_field(change, field):
     with pytest.raises(ValueError) as err:
@@ -93,7 +103,7 @@ REQUIRED = ("method", "backend", "batch", "seq_len", "num_heads", "num_kv_heads"
             "bound_ms", "pct_of_bound", "peak_mem_gb", "status", "stage")
 
 
-def test_sweep_writes_tidy_rows_with_stages_and_resumes(tmp_path):
+def test_sweep_writes_tidy_rows_with_stages_and_resumes(tmp_path, fixed_ceilings):
     cfg = parse_config(config())
     path = sweep.run_sweep(cfg, tmp_path, progress=False)
     rows = load_results(path)
@@ -114,7 +124,7 @@ def test_sweep_writes_tidy_rows_with_stages_and_resumes(tmp_path):
     assert len(analysis.totals(load_results(path))) == 8
 
 
-def test_interrupted_sweep_keeps_finished_points(tmp_path, monkeypatch):
+def test_interrupted_sweep_keeps_finished_points(tmp_path, monkeypatch, fixed_ceilings):
     cfg = parse_config(config())
     real = sweep.run_point
     calls = []
@@ -135,37 +145,85 @@ def test_interrupted_sweep_keeps_finished_points(tmp_path, monkeypatch):
     assert sorted(ids) == sorted(p.point_id for p in cfg.points)
 
 
-def test_oom_and_unsupported_points_are_rows_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    cfg = parse_config(config())
-    real = sweep.build_workload
-    bug = [True]
+def _triton_compile_error():
+    import ast
+
+    from triton.compiler.errors import CompilationError
+
+    src = "def kernel(x):\n    tl.dot(x, x)\n"
+    return CompilationError(src, ast.parse(src).body[0].body[0], "dot needs 2-D blocks")
+
+
+def test_every_failure_of_a_point_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch, fixed_ceilings):
+    # Issue 14: a Triton compile error, a MemoryError or a bug used to abort the sweep and every
+    # resume at the same point, and a CPU out-of-memory was recorded as "error".
+    from triton.runtime.errors import InterpreterError
+
+    cfg = parse_config(config(grid=dict(TINY_GRID, seq_len=[200, 333, 400])))
+    from msa_lab.bench.workloads import Workload
+
+    def instant(p, device, seed):  # the points that do not fail: nothing to compute
+        return Workload(lambda: None, lambda: {"attention": lambda: None})
+
+    failures = {("msa", 333): torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 270.00 GiB"),
+                ("moba", 200): ValueError("block_size must divide ..."),
+                ("random", 200): KeyError("a bug"),
+                ("msa", 200): MemoryError(),
+                ("moba", 333): RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                                            "allocate memory: you tried to allocate 2199023255552 bytes."),
+                ("random", 333): _triton_compile_error(),
+                ("moba", 400): InterpreterError("interpreted kernel raised IndexError")}
 
     def failing(p, device, seed):
-        if p.method == "msa" and p.seq_len == 333:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 270.00 GiB")
-        if p.method == "moba" and p.seq_len == 200:
-            raise ValueError("block_size must divide ...")
-        if bug[0] and p.method == "random" and p.seq_len == 200:
-            raise KeyError("a bug")
-        return real(p, device, seed)
+        if (p.method, p.seq_len) in failures:
+            raise failures[(p.method, p.seq_len)]
+        return instant(p, device, seed)
 
     monkeypatch.setattr(sweep, "build_workload", failing)
-    with pytest.raises(KeyError):  # a bug is not a result: it stops the sweep
-        sweep.run_sweep(cfg, tmp_path, progress=False)
-    bug[0] = False
     sweep.run_sweep(cfg, tmp_path, progress=False)
-    status = {(r["method"], r["seq_len"]): r["status"] for r in analysis.totals(load_results(tmp_path), "oom")}
-    assert status == {("msa", 333): "oom"}
-    unsupported = analysis.totals(load_results(tmp_path), "unsupported")
-    assert [(r["method"], r["seq_len"]) for r in unsupported] == [("moba", 200)]
-    assert "block_size" in unsupported[0]["message"]
-    assert len(analysis.totals(load_results(tmp_path))) == 6  # the others finished
-    monkeypatch.setattr(sweep, "build_workload", real)
+    rows = {(r["method"], r["seq_len"]): r for r in load_results(tmp_path) if r["stage"] == "total"}
+    assert {key: rows[key]["status"] for key in failures} == {
+        ("msa", 333): "oom", ("moba", 200): "unsupported", ("random", 200): "error", ("msa", 200): "oom",
+        ("moba", 333): "oom", ("random", 333): "error", ("moba", 400): "error"}
+    assert rows[("moba", 200)]["message"] == "ValueError: block_size must divide ..."
+    assert rows[("random", 200)]["message"] == "KeyError: 'a bug'"
+    assert rows[("random", 333)]["message"].startswith("CompilationError: at 2:4:")
+    assert rows[("random", 333)]["message"].endswith("dot needs 2-D blocks")
+    assert rows[("moba", 400)]["message"] == "InterpreterError: interpreted kernel raised IndexError"
+    assert len(analysis.totals(load_results(tmp_path))) == len(cfg.points) - len(failures)
+    sweep.run_sweep(cfg, tmp_path, progress=False)  # a resume does not retry them
+    assert len(analysis.totals(load_results(tmp_path))) == len(cfg.points) - len(failures)
+    monkeypatch.setattr(sweep, "build_workload", instant)
     sweep.run_sweep(cfg, tmp_path, progress=False, retry_failed=True)  # the failed points, again
-    assert len(analysis.totals(load_results(tmp_path))) == 8
+    assert len(analysis.totals(load_results(tmp_path))) == len(cfg.points)
 
 
-def test_max_seq_len_points_are_recorded_as_skipped(tmp_path):
+def test_a_stage_that_fails_makes_its_point_failed(tmp_path, monkeypatch, fixed_ceilings):
+    cfg = parse_config(config(methods=[{"method": "msa", "backend": "reference"}], grid=dict(TINY_GRID, seq_len=200)))
+    real = sweep.build_workload
+
+    def out_of_memory():
+        raise MemoryError
+
+    def stages_fail(p, device, seed):
+        workload = real(p, device, seed)
+        workload.stages = out_of_memory
+        return workload
+
+    monkeypatch.setattr(sweep, "build_workload", stages_fail)
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    assert [(r["stage"], r["status"]) for r in load_results(tmp_path)] == [("total", "ok"), ("stages", "oom")]
+    store = ResultStore(tmp_path / "results.jsonl")
+    assert store.finished(retry_failed=True) == set()
+    monkeypatch.setattr(sweep, "build_workload", real)
+    sweep.run_sweep(cfg, tmp_path, progress=False, retry_failed=True)
+    rows = load_results(tmp_path)
+    stages = {r["stage"] for r in rows}
+    assert stages >= {"total", "selection", "attention"} and "stages" not in stages
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_max_seq_len_points_are_recorded_as_skipped(tmp_path, fixed_ceilings):
     cfg = parse_config(config(methods=[{"method": "full", "backend": "reference", "max_seq_len": 256}]))
     sweep.run_sweep(cfg, tmp_path, progress=False)
     rows = {r["seq_len"]: r for r in load_results(tmp_path)}
@@ -290,3 +348,208 @@ def test_cli_sweep_dry_run_and_errors(tmp_path):
     done = subprocess.run(cli + ["sweep", str(ROOT / "experiments/configs/tiny_cpu.yaml"), "--redo", "method"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "KEY=VALUE" in done.stderr
+
+
+# Edges that hold (issue 14): resume, redo, locking and writability. ``fake_points`` stands in
+# for the measurement so that these tests check the bookkeeping alone, fast.
+
+@pytest.fixture
+def fixed_ceilings(monkeypatch):
+    """Roofline ceilings given, not measured, and no garbage collection after each point:
+    each takes seconds on a busy CPU."""
+    ceilings = costs.Ceilings({"fp32": 1.0}, 1.0)
+    monkeypatch.setattr(sweep, "measure_ceilings", lambda device, dtypes: ceilings)
+    monkeypatch.setattr(sweep, "_free", lambda device: None)
+    return ceilings
+
+
+@pytest.fixture
+def fake_points(monkeypatch, fixed_ceilings):
+    """run_point without measuring (a total row, and an attention row for a sparse point);
+    returns the ids of the points it was asked for."""
+    calls = []
+    timed = dict(median_ms=2.0, min_ms=1.0, max_ms=3.0, p25_ms=1.5, p75_ms=2.5, spread_pct=50.0, repeats=3,
+                 timing="wall clock")
+
+    def fake(p, config, base, _ceilings):
+        calls.append(p.point_id)
+        base = dict(base, point_id=p.point_id, **p.params)
+        stages = ("total", "attention") if p.sparse else ("total",)
+        return [sweep._row(base, p, stage, timed, fixed_ceilings, None) for stage in stages]
+
+    monkeypatch.setattr(sweep, "run_point", fake)
+    return calls
+
+
+def test_a_cut_last_line_is_repaired_and_a_point_missing_rows_runs_again(tmp_path, fake_points, capsys):
+    cfg = parse_config(config())
+    path = sweep.run_sweep(cfg, tmp_path, progress=False)
+    ids = sorted(p.point_id for p in cfg.points)
+    lines = path.read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])["point_id"]
+    assert json.loads(lines[-2])["point_id"] == last  # its total row, then its stage row
+    path.write_text("".join(lines[:-1]) + lines[-1][:40])  # killed in the middle of a write
+    fake_points.clear()
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    assert fake_points == [last]  # the point with a row missing, and only it
+    assert "cut a partial last line" in capsys.readouterr().out
+    assert all(json.loads(line) for line in path.read_text().splitlines())  # nothing glued to a cut line
+    assert sorted(r["point_id"] for r in analysis.totals(load_results(path))) == ids
+    assert len(load_results(path)) == len(lines)
+    # A point whose total row is on disk but not its stage row is not finished either.
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+    fake_points.clear()
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    assert fake_points == [last]
+
+
+def test_an_interrupted_redo_resumes_with_the_points_it_has_not_redone(tmp_path, fake_points, monkeypatch, capsys):
+    cfg = parse_config(config())
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    redone = sorted(p.point_id for p in cfg.points if p.method in ("msa", "moba"))
+    redo = {"method": "msa,moba"}
+    fake_points.clear()
+    for _ in redone:  # a time limit that lets each call measure one point
+        sweep.run_sweep(cfg, tmp_path, progress=False, redo=redo, max_minutes=1e-9)
+    assert sorted(fake_points) == redone  # each call a new point, none twice
+    out = capsys.readouterr().out
+    assert out.count("run the same command again to resume") == len(redone) - 1
+    assert "resuming the redo method=msa,moba: 1 of 4 matching points" in out
+    assert not (tmp_path / "redo_pending.json").exists()  # finished: the next redo starts over
+    assert len(analysis.totals(load_results(tmp_path))) == len(cfg.points)
+
+    # Interrupted (Ctrl-C) after the first point of a new redo: the re-run does the other three.
+    fake, calls = sweep.run_point, []
+
+    def interrupted(p, *args):
+        calls.append(p.point_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake(p, *args)
+
+    monkeypatch.setattr(sweep, "run_point", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, tmp_path, progress=False, redo=redo)
+    monkeypatch.setattr(sweep, "run_point", fake)
+    fake_points.clear()
+    sweep.run_sweep(cfg, tmp_path, progress=False, redo=redo)
+    assert sorted(fake_points + calls[:1]) == redone
+    with pytest.raises(ValueError, match="redo: no point of the config matches seq_len=7"):
+        sweep.run_sweep(cfg, tmp_path, progress=False, redo={"seq_len": 7})
+
+
+def test_resume_counts_only_the_rows_of_this_gpu_device_and_seed(tmp_path, fake_points):
+    cfg = parse_config(config())
+    path = sweep.run_sweep(cfg, tmp_path, progress=False)
+    fake_points.clear()
+    sweep.run_sweep(parse_config(config(seed=1)), tmp_path, progress=False)
+    assert len(fake_points) == len(cfg.points)  # another seed's rows are not this sweep's
+    assert sorted(r["seed"] for r in analysis.totals(load_results(path))) == [0] * 8 + [1] * 8
+    path.write_text(path.read_text().replace('"gpu": "none"', '"gpu": "NVIDIA H200"'))
+    fake_points.clear()
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    assert len(fake_points) == len(cfg.points)  # nor another GPU's
+    # Rows from before the seed, cuda_graph and attempt were recorded still count (as seed 0).
+    old = "".join(json.dumps({k: v for k, v in json.loads(line).items()
+                              if k not in ("seed", "cuda_graph", "attempt", "point_rows")}) + "\n"
+                  for line in path.read_text().splitlines() if '"gpu": "none"' in line and '"seed": 0' in line)
+    path.write_text(old)
+    fake_points.clear()
+    sweep.run_sweep(cfg, tmp_path, progress=False)
+    assert fake_points == []
+
+
+def test_committed_results_load_with_every_row_and_resume_as_finished():
+    # Rows written before seed, cuda_graph and attempt were recorded: every row still loads,
+    # and a resume of the committed folder on its GPU would find every point of its config done.
+    for path in sorted((ROOT / "experiments/results/sweeps").glob("*/results.jsonl")):
+        keys = {(r["gpu"], r["point_id"], r["stage"]) for r in map(json.loads, path.read_text().splitlines())}
+        rows = load_results(path)
+        assert sorted((r["gpu"], r["point_id"], r["stage"]) for r in rows) == sorted(keys), path
+        cfg = load_config(path.parent / "config.yaml", check_device=False)
+        done = ResultStore(path).finished(gpu=rows[0]["gpu"], device=cfg.device, seed=cfg.seed)
+        assert done == {p.point_id for p in cfg.points}, path
+
+
+def test_a_second_sweep_on_a_folder_in_use_fails_before_any_work(tmp_path, fake_points):
+    with FolderLock(tmp_path, "a test"):
+        with pytest.raises(FolderLocked, match="in use by another process"):
+            sweep.run_sweep(parse_config(config()), tmp_path, progress=False)
+    assert fake_points == []
+    sweep.run_sweep(parse_config(config()), tmp_path, progress=False)  # free again once released
+    assert len(fake_points) == 8
+
+
+def test_a_read_only_results_file_fails_before_any_work(tmp_path, fake_points, monkeypatch):
+    # The tests may run as root, which a chmod does not stop: the refusal is simulated.
+    (tmp_path / "results.jsonl").write_text("")
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith("results.jsonl") and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(PermissionError, match="cannot write to .*results.jsonl"):
+        sweep.run_sweep(parse_config(config()), tmp_path, progress=False)
+    assert fake_points == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_a_read_only_folder_fails_before_any_work(tmp_path, fake_points):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="cannot write to"):
+            sweep.run_sweep(parse_config(config()), out, progress=False)
+    finally:
+        out.chmod(0o755)
+    assert fake_points == []
+
+
+def test_figure_names_from_crafted_rows_stay_inside_out(tiny_results, tmp_path):
+    # Issue 14 (security): method/backend values of results.jsonl became file names, so
+    # "x/../../ESCAPED" wrote outside --out.
+    from msa_lab.viz.sweeps import write_sweep_figures
+
+    crafted = tmp_path / "crafted" / "results.jsonl"
+    crafted.parent.mkdir()
+    rows = [json.loads(line) for line in tiny_results.read_text().splitlines()]
+    for r in rows:
+        if r["method"] == "msa":
+            r.update(method="x/../../ESCAPED", backend="../../../BACK")
+    crafted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "a" / "b" / "out"
+    written = write_sweep_figures(crafted, out)
+    everything = [p for p in tmp_path.rglob("*") if p.is_file() and "crafted" not in p.parts]
+    assert everything and all(p.resolve().is_relative_to(out.resolve()) for p in everything)
+    assert set(written) <= set(everything)
+    assert out / "prefill_stages_x_______ESCAPED__________BACK.html" in written
+
+
+def test_cli_sweep_hint_runs_and_errors_are_one_line(tmp_path, capsys, fake_points):
+    from msa_lab.cli import main
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text((ROOT / "experiments/configs/tiny_cpu.yaml").read_text())
+    out = tmp_path / "my sweeps" / "tiny"
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet"]) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("draw them with: "))
+    command = shlex.split(hint.removeprefix("draw them with: ").split(" (writes ")[0])
+    assert command[:2] == ["msa-lab", "figures"]
+    assert main(command[1:]) == 0  # the printed hint works as printed
+    assert (out / "figures" / "prefill_latency.html").is_file()
+    with FolderLock(out, "a test"), pytest.raises(SystemExit) as err:
+        main(["sweep", str(cfg), "--out", str(out), "--quiet"])
+    assert err.value.code == 2 and "is in use by another process" in capsys.readouterr().err
+    for args, message in [(["figures", str(out), str(out)], "--out: give a folder for the figures of several"),
+                          (["figures", str(tmp_path / "nowhere")], "no results file at"),
+                          (["sweep", str(cfg), "--out", str(out), "--max-minutes", "nan"], "max_minutes must be"),
+                          (["sweep", str(cfg), "--out", str(out / "results.jsonl")], "results.jsonl")]:
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        text = capsys.readouterr().err
+        assert err.value.code == 2 and message in text and text.count("\n") == 1, (args, text)

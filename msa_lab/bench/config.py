@@ -77,12 +77,17 @@ class Point:
 
     @property
     def params(self) -> dict:
-        """What identifies the point (its row columns and the resume key); a decode point
-        is timed either as CUDA-graph replays or per synchronised call, so that is part of it."""
+        """What identifies the point (its row columns and the resume key). A decode point not
+        replayed from a CUDA graph is timed per synchronised call, a measurement of its own:
+        ``per_call`` marks it, so graph-replayed points keep the ids of the sweeps before it."""
         fields = GRID_FIELDS if self.mode == "coverage" else tuple(f for f in GRID_FIELDS if f not in COVERAGE_FIELDS)
-        timing = ("cuda_graph",) if self.mode == "decode" else ()
+        timing = ("per_call",) if self.per_call else ()
         keys = ("mode", "method", "backend", "selection_backend", "per", *fields, *timing)
         return {k: getattr(self, k) for k in keys}
+
+    @property
+    def per_call(self) -> bool:
+        return self.mode == "decode" and not self.cuda_graph
 
     @property
     def point_id(self) -> str:
@@ -165,6 +170,23 @@ def _check_grid(grid, where: str) -> dict:
         else:
             out[key] = [_int(v, f"{where}.{key}") for v in values]
     return out
+
+
+def _check_cell(cell: dict, where: str) -> None:
+    """Values no point can have, refused before any work: a block longer than the sequence,
+    more blocks to keep than there are, more query rows than tokens."""
+    if cell["num_heads"] % cell["num_kv_heads"]:
+        raise ValueError(f"{where}: num_heads {cell['num_heads']} is not a multiple of "
+                         f"num_kv_heads {cell['num_kv_heads']} (GQA needs Hq = G * Hkv)")
+    N, bs, k = cell["seq_len"], cell["block_size"], cell["top_k"]
+    split = "; give this method its own grid lengths (methods[i].grid) if other lengths fit"
+    if bs is not None and bs > N:
+        raise ValueError(f"{where}: block_size {bs} is longer than seq_len {N}{split}")
+    if bs is not None and k is not None and k > -(-N // bs):
+        raise ValueError(f"{where}: top_k {k} is more than the {-(-N // bs)} blocks of seq_len {N} with "
+                         f"block_size {bs}{split}")
+    if cell["rows"] is not None and cell["rows"] > N:
+        raise ValueError(f"{where}: rows {cell['rows']} (query rows measured) is more than seq_len {N}{split}")
 
 
 def _unused_fields(method: str, mode: str) -> tuple[str, ...]:
@@ -280,9 +302,7 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         seen = set()
         for values in itertools.product(*(grid[f] for f in GRID_FIELDS)):
             cell = dict(zip(GRID_FIELDS, values), **dict.fromkeys(unused))
-            if cell["num_heads"] % cell["num_kv_heads"]:
-                raise ValueError(f"{where}: num_heads {cell['num_heads']} is not a multiple of "
-                                 f"num_kv_heads {cell['num_kv_heads']} (GQA needs Hq = G * Hkv)")
+            _check_cell(cell, where)
             point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell, cuda_graph=graph)
             if point.point_id not in seen:  # grid fields the method ignores collapse
                 seen.add(point.point_id)

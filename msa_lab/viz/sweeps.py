@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from ..bench.analysis import PUBLISHED, totals, with_speedups
 from ..bench.store import load_results
+from ..files import path_inside
 from .coverage_sweeps import coverage_figures
 from .export import save_figure, static_export_session
 from .theme import TEMPLATE, method_color
@@ -321,6 +322,6 @@ def write_sweep_figures(results, out_dir, formats=("html",), prefix: str = "") -
             figures[f"{tag}stages_{method}_{backend}"] = stage_figure(rows, method, backend, mode, x)
     written = []
     with static_export_session(formats):
-        for name, fig in figures.items():
-            written += save_figure(fig, out / f"{prefix}{name}", formats)
+        for name, fig in figures.items():  # names hold values read from the rows: made safe
+            written += save_figure(fig, path_inside(out, f"{prefix}{name}"), formats)
     return written
