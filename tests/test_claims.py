@@ -40,6 +40,7 @@ def test_a_ratio_of_two_processes_is_refused():
         claims.ratio(dict(process="a", median_ms=1.0), dict(process="b", median_ms=2.0))
 
 
-def test_paired_interval_matches_a_hand_computation():
-    mean, lo, hi = claims.paired_interval((1.0, 2.0, 3.0), (0.0, 0.0, 0.0))
-    assert mean == 2.0 and abs((hi - mean) - 4.303 * 1.0 / 3 ** 0.5) < 1e-12 and lo < mean < hi
+def test_welch_interval_matches_a_hand_computation():
+    # Equal variances and sizes: df = 2 (n - 1) = 4, half width t(4) * sqrt(2 * var / n).
+    diff, lo, hi = claims.welch_interval((1.0, 2.0, 3.0), (0.0, 1.0, 2.0))
+    assert diff == 1.0 and abs((hi - diff) - 2.776 * (2 * 1.0 / 3) ** 0.5) < 1e-12 and lo < diff < hi
