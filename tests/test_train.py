@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from msa_lab import tasks
-from msa_lab.train import parse_run_config, run_ablation, run_training, summary_table
+from msa_lab.files import FolderLock, FolderLocked
+from msa_lab.train import load_checkpoint, parse_run_config, run_ablation, run_training, summary_table
 
 TINY = dict(name="tiny", device="cpu", seed=3,
             model=dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, method="msa",
@@ -102,9 +103,10 @@ def test_text_is_scored_on_held_out_bytes_by_position(tmp_path, monkeypatch):
                train__eval_every=0, eval__coverage=False)
     summary = json.loads((run_training(raw, tmp_path, progress=False) / "summary.json").read_text())
     splits = [split for split, _ in seen]
-    assert splits[:3] == ["train"] * 3 and set(splits[3:]) == {"val"}  # config check, 2 steps, then eval
+    # the config check (the task, then each eval length), 2 steps, then the evaluation
+    assert splits[:5] == ["train", "val", "val", "train", "train"] and set(splits[5:]) == {"val"}
     held_out = bytes((corpus[cut:] - tasks.FIRST_FREE).tolist())
-    for _, x in seen[3:]:
+    for _, x in seen[5:]:
         assert all(bytes((row - tasks.FIRST_FREE).tolist()) in held_out for row in x)
     for e in summary["eval"]:
         bins = e["loss_by_position"]
@@ -132,8 +134,8 @@ def test_training_writes_metrics_checkpoints_and_resumes_to_the_same_model(tmp_p
     run_training(tiny(), parts, progress=False, max_steps=4)
     assert not (parts / "summary.json").exists()
     run_training(tiny(), parts, progress=False)  # resumes at step 4
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(parts / "checkpoint.pt", weights_only=False)["model"]
+    a = load_checkpoint(whole / "checkpoint.pt")["model"]
+    b = load_checkpoint(parts / "checkpoint.pt")["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
@@ -176,8 +178,8 @@ def test_ablation_runs_side_by_side_train_the_same_models(tmp_path):
     assert sorted(p.parent.name for p in alone.glob("*/summary.json")) == ["full", "msa"]
     shared = run_ablation(raw, tmp_path / "shared", progress=False, jobs=2, only=["full", "msa"])
     for run in ("full", "msa"):
-        a = torch.load(alone / run / "checkpoint.pt", weights_only=False)["model"]
-        b = torch.load(shared / run / "checkpoint.pt", weights_only=False)["model"]
+        a = load_checkpoint(alone / run / "checkpoint.pt")["model"]
+        b = load_checkpoint(shared / run / "checkpoint.pt")["model"]
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert (alone / "summary.md").read_text() == (shared / "summary.md").read_text()
 
@@ -194,8 +196,8 @@ def test_ablation_over_seeds_tabulates_mean_and_spread(tmp_path):
     assert "| 2 |" in row and f"{mean:.3f} ± {spread:.3f}" in row
     again = run_ablation(raw, tmp_path / "one", progress=False, seeds=[5], only=["msa"])
     assert [p.name for p in again.iterdir() if p.is_dir()] == ["msa_seed5"]
-    a = torch.load(again / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(out / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
+    a = load_checkpoint(again / "msa_seed5" / "checkpoint.pt")["model"]
+    b = load_checkpoint(out / "msa_seed5" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="seeds must be distinct"):
         parse_run_config(tiny(seeds=[1, 1]))
@@ -216,10 +218,14 @@ def test_ablation_over_seeds_tabulates_mean_and_spread(tmp_path):
 
 def test_a_failing_run_side_by_side_is_named(tmp_path):
     raw = tiny(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
-    # an evaluation length too short for the task's 4 pairs fails after training, in the child
-    raw["runs"] = [{"name": "ok", "model.method": "full"}, {"name": "bad", "eval.seq_lens": [8]}]
-    with pytest.raises(RuntimeError, match=r"run 'bad' failed \(ValueError: num_pairs=4 needs seq_len >= 16"):
-        run_ablation(raw, tmp_path, progress=False, jobs=2)
+    raw["runs"] = [{"name": "ok", "model.method": "full"}, {"name": "bad"}]
+    # every config is checked before any run starts, so the failure in the child is its run
+    # folder, held by another writer (this test)
+    with FolderLock(tmp_path / "bad"):
+        with pytest.raises(RuntimeError, match=r"run 'bad' failed \(FolderLocked: .*bad is in use by another process"):
+            run_ablation(raw, tmp_path, progress=False, jobs=2)
+    with pytest.raises(ValueError, match=r"eval.seq_lens \(8\): num_pairs=4 needs seq_len >= 16, got 8"):
+        run_ablation(dict(raw, runs=[{"name": "bad", "eval.seq_lens": [8]}]), tmp_path, progress=False, jobs=2)
 
 def test_cli_train_reports_a_typo(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -334,7 +340,7 @@ def test_bf16_mixed_keeps_float32_weights_and_trains(tmp_path):
     raw = tiny(train__steps=3, train__dtype="bf16-mixed", train__eval_every=0, train__index_warmup=1,
                eval__coverage=True)
     out = run_training(raw, tmp_path, progress=False)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    state = load_checkpoint(out / "checkpoint.pt")["model"]
     assert all(v.dtype == torch.float32 for v in state.values())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
