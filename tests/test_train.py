@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ import torch
 
 from msa_lab import tasks
 from msa_lab.files import FolderLock, FolderLocked
-from msa_lab.train import load_checkpoint, parse_run_config, run_ablation, run_training, summary_table
+from msa_lab.train import (CheckpointError, load_checkpoint, parse_run_config, run_ablation, run_training,
+                           save_checkpoint, summary_table)
 
 TINY = dict(name="tiny", device="cpu", seed=3,
             model=dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, method="msa",
@@ -45,11 +47,39 @@ def tiny(**changes):
     (dict(eval__depths=[0.5]), "eval.depths is for task.name: passkey"),
     (dict(model__num_kv_heads=3), "must be a multiple of model.num_kv_heads"),
     (dict(modle={}), "did you mean 'model'"),
+    # values that would train silently into garbage, or fail only after training
+    (dict(train__grad_clip=-1), "train.grad_clip (or null/0 for no clipping) must be a finite number >= 0, got -1"),
+    (dict(train__grad_clip=float("nan")), "train.grad_clip (or null/0 for no clipping) must be a finite number"),
+    (dict(train__lr=float("inf")), "train.lr must be a finite number > 0, got inf"),
+    (dict(train__lr=0), "train.lr must be a finite number > 0, got 0"),
+    (dict(train__index_loss_weight=float("nan")), "train.index_loss_weight must be a finite number >= 0, got nan"),
+    (dict(train__weight_decay="0.1"), "train.weight_decay must be a number >= 0, got '0.1'"),
+    (dict(eval__seq_lens=[0]), "eval.seq_lens[] must be an int >= 2, got 0"),
+    (dict(eval__batches=0), "eval.batches must be an int >= 1, got 0"),
+    (dict(eval__seed="a"), "eval.seed must be an int >= 0, got 'a'"),
+    (dict(eval__coverage="yes"), "eval.coverage must be true or false, got 'yes'"),
+    (dict(model__full_layers=[2]), "model: full_layers must be layer indices in [0, 1], got [2]"),
+    (dict(model__d_model=2), "model: head_dim must be a positive int, got 0"),
+    (dict(task=dict(name="passkey", seq_len=64), eval__depths=[1.5]), "eval.depths (1.5) at 64 tokens: depth must be in"),
 ])
 def test_bad_training_configs_name_the_field(change, message):
     with pytest.raises(ValueError) as err:
         parse_run_config(tiny(**change))
     assert message in str(err.value)
+
+
+def test_no_clipping_is_null_or_zero():
+    assert parse_run_config(tiny(train__grad_clip=None))["train"]["grad_clip"] is None
+    assert parse_run_config(tiny(train__grad_clip=0))["train"]["grad_clip"] == 0
+
+
+def test_a_triton_backend_without_a_gpu_is_refused_before_training(monkeypatch):
+    from msa_lab.kernels import runtime
+
+    monkeypatch.setattr(runtime, "interpreted", lambda: False)  # the tests run the kernels interpreted
+    with pytest.raises(ValueError, match="model.backend: triton needs device: cuda"):
+        parse_run_config(tiny(model__backend="triton"))
+    parse_run_config(tiny(model__backend="triton", device="cuda"), check_device=False)
 
 
 def test_mqar_answers_are_the_values_bound_at_the_start():
@@ -372,3 +402,123 @@ def test_gradient_clipping_keeps_the_index_branch_and_the_backbone_apart():
             assert torch.equal(small[name], large[name]), name
     norm = torch.stack([large[name].norm() for name in index]).norm()
     assert norm == pytest.approx(1.0, rel=1e-5)
+
+
+class RunsCode:
+    """Unpickling this makes a folder: a stand-in for a crafted checkpoint's payload."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _checkpointed_run(folder, **changes):
+    """A tiny run stopped after its first step (its checkpoint), and its config."""
+    raw = tiny(**dict(dict(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False,
+                           eval__seq_lens=[64]), **changes))
+    run_training(raw, folder, progress=False, max_steps=1)
+    return raw
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    raw = _checkpointed_run(tmp_path / "run")
+    ckpt, marker = tmp_path / "run/checkpoint.pt", tmp_path / "code_ran"
+    state = load_checkpoint(ckpt)
+    state["optimizer"]["extra"] = RunsCode(marker)
+    save_checkpoint(ckpt, state)  # a valid header and checksum: only weights_only stands in the way
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt holds objects other than tensors and plain containers"):
+        run_training(raw, tmp_path / "run", progress=False)
+    torch.save({"model": RunsCode(marker)}, ckpt)  # a plain torch.save file, without the header
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt is not a msa_lab training checkpoint"):
+        run_training(raw, tmp_path / "run", progress=False)
+    assert not marker.exists()
+
+
+def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path):
+    raw = _checkpointed_run(tmp_path / "run")
+    ckpt = tmp_path / "run/checkpoint.pt"
+    good = ckpt.read_bytes()
+    flipped = bytearray(good)
+    for at in (len(good) // 2, len(good) // 2 + 101):
+        flipped[at] ^= 0xFF
+    state = load_checkpoint(ckpt)
+    cases = [(bytes(flipped), "is corrupted: its payload does not match the sha256"),
+             (good[:-100], "is truncated (a cut write): "),
+             (good.replace(b'"version": 1', b'"version": 7', 1), "has checkpoint format version 7"),
+             (good[:10], "is not a msa_lab training checkpoint")]
+    for data, message in cases:
+        ckpt.write_bytes(data)
+        with pytest.raises(CheckpointError, match=re.escape(str(ckpt)) + " " + re.escape(message)):
+            run_training(raw, tmp_path / "run", progress=False)
+    save_checkpoint(ckpt, dict(state, step=-1))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: checkpoint field 'step' must be an int >= 0, got -1"):
+        load_checkpoint(ckpt)
+    save_checkpoint(ckpt, dict(state, generator=[1, 2]))
+    with pytest.raises(CheckpointError, match=r"field 'generator' must be Tensor, got \[1, 2\]"):
+        load_checkpoint(ckpt)
+    ckpt.write_bytes(good)  # the real one still resumes
+    assert json.loads((run_training(raw, tmp_path / "run", progress=False) / "summary.json").read_text())["steps"] == 2
+
+
+def test_resume_writes_no_row_twice(tmp_path):
+    run = tmp_path / "run"
+    run_training(tiny(), run, progress=False, max_steps=4)  # checkpoint at step 4
+    with (run / "metrics.jsonl").open("a") as f:  # a killed run's rows after its checkpoint, and a cut one
+        f.write(json.dumps(dict(kind="train", step=5, loss=1.0)) + "\n")
+        f.write(json.dumps(dict(kind="train", step=6, loss=1.0)) + "\n" + '{"kind": "tr')
+    run_training(tiny(), run, progress=False)
+    (run / "summary.json").unlink()  # killed after the final evaluation's rows, before the summary
+    run_training(tiny(), run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] != 1.0 for r in rows if r["kind"] == "train")
+    evals = [(r["step"], r["seq_len"]) for r in rows if r["kind"] == "eval"]
+    assert sorted(evals) == [(3, 64), (3, 96), (6, 64), (6, 96)]
+    assert len([r for r in rows if r["kind"] == "coverage"]) == 3  # one layer of MSA, three selectors
+
+
+def test_resume_refuses_a_changed_config_and_keeps_its_config_json(tmp_path):
+    run = tmp_path / "run"
+    raw = _checkpointed_run(run)
+    stored = (run / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"another config: task.seq_len \(64 -> 96\), train.lr \(0.003 -> 0.01\)\."):
+        run_training(tiny(**dict(_changes(raw), train__lr=0.01, task__seq_len=96)), run, progress=False)
+    for change, named in ((dict(model__d_model=64), r"model.d_model \(32 -> 64\)"),
+                          (dict(model__method="moba"), r"model.method \('msa' -> 'moba'\)")):
+        with pytest.raises(ValueError, match=named):
+            run_training(tiny(**dict(_changes(raw), **change)), run, progress=False)
+    assert (run / "config.json").read_text() == stored
+    # a longer run and a new description are a resume; config.json then says what ran
+    longer = tiny(**dict(_changes(raw), train__steps=3))
+    longer["description"] = "three steps"
+    summary = json.loads((run_training(longer, run, progress=False) / "summary.json").read_text())
+    assert summary["steps"] == 3 and json.loads((run / "config.json").read_text())["train"]["steps"] == 3
+    with pytest.raises(ValueError, match="train.steps is 2, but the run's checkpoint is at step 3"):
+        run_training(raw, run, progress=False)
+    (run / "checkpoint.pt").unlink()  # without a checkpoint the folder still holds another run
+    with pytest.raises(ValueError, match=r"another config: train.lr"):
+        run_training(tiny(**dict(_changes(longer), train__lr=0.01)), run, progress=False)
+
+
+def _changes(raw):
+    """``raw`` as the keyword changes of ``tiny``."""
+    return {f"{section}__{field}": value for section in ("model", "task", "train", "eval")
+            for field, value in raw[section].items()}
+
+
+def test_a_run_folder_has_one_writer_and_must_be_writable(tmp_path, monkeypatch):
+    raw = tiny(train__steps=1, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
+    with FolderLock(tmp_path / "run", "a trainer"):
+        with pytest.raises(FolderLocked, match=r"run is in use by another process \(PID \d+\)"):
+            run_training(raw, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run/metrics.jsonl").exists()
+
+    def refuse(self, data):  # the tests run as root, which ignores permission bits
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", refuse)
+    with pytest.raises(PermissionError, match="cannot write to .*readonly"):
+        run_training(raw, tmp_path / "readonly", progress=False)
+    assert list((tmp_path / "readonly").iterdir()) == []
