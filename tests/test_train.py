@@ -479,6 +479,14 @@ def test_resume_writes_no_row_twice(tmp_path):
     assert len([r for r in rows if r["kind"] == "coverage"]) == 3  # one layer of MSA, three selectors
 
 
+def test_resume_repairs_a_cut_last_line(tmp_path):
+    raw = _checkpointed_run(tmp_path / "run")  # its checkpoint counts one row
+    (tmp_path / "run/metrics.jsonl").write_text('{"kind": "tr')  # that row lost, a write cut
+    run_training(raw, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [2]
+
+
 def test_resume_refuses_a_changed_config_and_keeps_its_config_json(tmp_path):
     run = tmp_path / "run"
     raw = _checkpointed_run(run)
