@@ -530,3 +530,59 @@ def test_a_run_folder_has_one_writer_and_must_be_writable(tmp_path, monkeypatch)
     with pytest.raises(PermissionError, match="cannot write to .*readonly"):
         run_training(raw, tmp_path / "readonly", progress=False)
     assert list((tmp_path / "readonly").iterdir()) == []
+
+
+ABLATE_SCRIPT = """
+import json, sys
+from msa_lab.train import run_ablation
+if __name__ == "__main__":
+    run_ablation(json.loads(sys.argv[1]), sys.argv[2], progress=False, jobs=2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether any thread of ``pid`` runs. A killed process whose leader is a zombie (this
+    container's init reaps nothing) still holds its files until its last thread has ended."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return any(state != "Z" for state in states)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_side_by_side_trainers_die_with_their_parent(tmp_path):
+    import time
+
+    raw = tiny(train__steps=100_000, train__index_warmup=0, train__eval_every=0, train__log_every=1000,
+               train__checkpoint_every=100_000, eval__coverage=False)
+    raw["runs"] = [{"name": "a"}, {"name": "b", "model.method": "full"}]
+    (tmp_path / "ablate.py").write_text(ABLATE_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "ablate.py"), json.dumps(raw), str(tmp_path / "out")],
+                              env=env)
+    locks = [tmp_path / "out" / run / ".msa_lab.lock" for run in ("a", "b")]
+    trainers = []
+    try:
+        deadline = time.monotonic() + 120
+        while not all(lock.is_file() and lock.read_text().strip() for lock in locks):
+            assert parent.poll() is None and time.monotonic() < deadline, "the trainers did not start"
+            time.sleep(0.2)
+        trainers = [int(lock.read_text()) for lock in locks]  # each run folder's writer
+        assert all(map(_alive, trainers)) and os.getpid() not in trainers
+        parent.kill()
+        parent.wait(30)
+        deadline = time.monotonic() + 15
+        while any(map(_alive, trainers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, trainers)), "a trainer outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in filter(_alive, trainers):  # when the fix is broken: end the orphans this test made
+            os.kill(pid, 9)
+    for run in ("a", "b"):  # and their folders are free for the resume
+        with FolderLock(tmp_path / "out" / run):
+            pass
