@@ -58,8 +58,11 @@ def tiny(**changes):
     (dict(eval__batches=0), "eval.batches must be an int >= 1, got 0"),
     (dict(eval__seed="a"), "eval.seed must be an int >= 0, got 'a'"),
     (dict(eval__coverage="yes"), "eval.coverage must be true or false, got 'yes'"),
-    (dict(model__full_layers=[2]), "model: full_layers must be layer indices in [0, 1], got [2]"),
-    (dict(model__d_model=2), "model: head_dim must be a positive int, got 0"),
+    (dict(model__full_layers=[2]), "model.full_layers[] must be layer indices in [0, 1] (model.num_layers is 2), got 2"),
+    (dict(model__d_model=2), "the head dim (model.head_dim: null gives d_model // num_heads = 2 // 4) must be an even"),
+    (dict(model__d_model=36), "d_model // num_heads = 36 // 4) must be an even int >= 2 (RoPE turns pairs of channels), got 9"),
+    (dict(model__head_dim=7), "model.head_dim must be an even int >= 2 (RoPE turns pairs of channels), got 7"),
+    (dict(model__index_dim=5), "model.index_dim must be an even int >= 2"),
     (dict(task=dict(name="passkey", seq_len=64), eval__depths=[1.5]), "eval.depths (1.5) at 64 tokens: depth must be in"),
 ])
 def test_bad_training_configs_name_the_field(change, message):
@@ -498,11 +501,15 @@ def test_resume_refuses_a_changed_config_and_keeps_its_config_json(tmp_path):
         with pytest.raises(ValueError, match=named):
             run_training(tiny(**dict(_changes(raw), **change)), run, progress=False)
     assert (run / "config.json").read_text() == stored
+    run_training(raw, run, progress=False)  # finished at step 2
     # a longer run and a new description are a resume; config.json then says what ran
     longer = tiny(**dict(_changes(raw), train__steps=3))
     longer["description"] = "three steps"
     summary = json.loads((run_training(longer, run, progress=False) / "summary.json").read_text())
     assert summary["steps"] == 3 and json.loads((run / "config.json").read_text())["train"]["steps"] == 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [3]  # the 2-step run's evaluation is gone
     with pytest.raises(ValueError, match="train.steps is 2, but the run's checkpoint is at step 3"):
         run_training(raw, run, progress=False)
     (run / "checkpoint.pt").unlink()  # without a checkpoint the folder still holds another run
