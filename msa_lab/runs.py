@@ -79,19 +79,25 @@ def group_seeds(runs: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def _config_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+def _config_difference(a: dict, b: dict) -> str | None:
     """The first field (dotted) where two run configs differ, the seed aside."""
+    for field, x, y in config_differences(a, b):
+        if field != "seed":
+            return f"{field} ({x!r} vs {y!r})"
+    return None
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """Every field where two run configs differ, as ``(dotted field, value in a, value in b)``
+    in sorted field order; a field one config lacks has the value None there."""
+    out = []
     for key in sorted(set(a) | set(b)):
-        if not prefix and key == "seed":
-            continue
         x, y = a.get(key), b.get(key)
         if isinstance(x, dict) and isinstance(y, dict):
-            inner = _config_difference(x, y, f"{prefix}{key}.")
-            if inner:
-                return inner
+            out += config_differences(x, y, f"{prefix}{key}.")
         elif x != y:
-            return f"{prefix}{key} ({x!r} vs {y!r})"
-    return None
+            out.append((f"{prefix}{key}", x, y))
+    return out
 
 
 def finished(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:

@@ -12,9 +12,12 @@ A run is one YAML config (``experiments/configs/train_*.yaml``)::
     eval: {seq_lens: [512, 1024], batches: 4}
     runs: [{name: full, model.method: full}, {name: msa}]   # msa-lab ablate only
 
-``msa-lab train CONFIG`` writes into ``results/train/<name>/``: ``metrics.jsonl`` (a row per
-logged step and per evaluation, written as they come), ``checkpoint.pt`` (model, optimiser,
-step, data generator; a re-run resumes from it) and ``summary.json``. MSA runs start with
+``msa-lab train CONFIG`` writes into ``results/train/<name>/``: ``config.json``,
+``metrics.jsonl`` (a row per logged step and per evaluation, written as they come),
+``checkpoint.pt`` (model, optimiser, step, data generator, config and the number of metrics
+rows, with a format version and a sha256; ``load_checkpoint`` reads it, weights only; a
+re-run resumes from it, refusing a changed config) and ``summary.json``. The folder is locked
+while a run trains. MSA runs start with
 ``index_warmup`` steps of full attention in which only the index branch's KL loss over every
 visible token trains the indexer on top of the usual loss, then route sparsely.
 ``msa-lab ablate CONFIG`` runs every entry of ``runs`` (dotted keys override the config)
@@ -26,8 +29,14 @@ table gives the mean and the spread over the seeds.
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import math
+import os
+import pickle
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,8 +46,9 @@ from tqdm.auto import tqdm
 
 from .bench.config import _as_list, _choice, _did_you_mean, _int, _unknown
 from .bench.results import gpu_environment
+from .files import FolderLock, append_json_lines, repair_last_line, write_text_atomic
 from .nn import TinyLM
-from .runs import SEED_SUFFIX, find_runs, finished, group_seeds, mean_sd
+from .runs import SEED_SUFFIX, config_differences, find_runs, finished, group_seeds, mean_sd
 from .tasks import TASKS, make_batch
 
 DEFAULTS = {
@@ -75,18 +85,39 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
             raise ValueError(f"{section} must be a mapping")
         _unknown(given, tuple(defaults), section)
         cfg[section] = dict(copy.deepcopy(defaults), **given)
-    m, t, tr = cfg["model"], cfg["task"], cfg["train"]
+    if not isinstance(cfg["description"], str):
+        raise ValueError(f"description must be a string, got {cfg['description']!r}")
+    m, t, tr, ev = cfg["model"], cfg["task"], cfg["train"], cfg["eval"]
     _choice(m["method"], "model.method", ("full", "moba", "msa"))
     _choice(m["backend"], "model.backend", ("auto", "reference", "triton"))
     _choice(t["name"], "task.name", TASKS)
     _choice(tr["dtype"], "train.dtype", tuple(DTYPES))
     for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "block_size", "top_k"):
         _int(m[key], f"model.{key}")
+    for key in ("head_dim", "index_dim"):
+        if m[key] is not None:
+            _int(m[key], f"model.{key} (or null)")
+    _bool(m["deterministic"], "model.deterministic")
+    if not isinstance(m["full_layers"], list):
+        raise ValueError(f"model.full_layers must be a list of layer indices, got {m['full_layers']!r}")
+    for layer in m["full_layers"]:
+        _int(layer, "model.full_layers[]", 0)
+        if layer >= m["num_layers"]:
+            raise ValueError(f"model.full_layers[] must be layer indices in [0, {m['num_layers'] - 1}] "
+                             f"(model.num_layers is {m['num_layers']}), got {layer}")
     for key in ("steps", "batch", "log_every", "checkpoint_every"):
         _int(tr[key], f"train.{key}")
     for key in ("lr_warmup", "index_warmup", "eval_every"):
         _int(tr[key], f"train.{key}", 0)
+    # NaN and inf pass every comparison a loop makes and poison the weights in one step.
+    _number(tr["lr"], "train.lr", 0, above=True)
+    _number(tr["weight_decay"], "train.weight_decay", 0)
+    _number(tr["index_loss_weight"], "train.index_loss_weight", 0)
+    if tr["grad_clip"] is not None:  # null or 0: no clipping; a negative norm would ascend
+        _number(tr["grad_clip"], "train.grad_clip (or null/0 for no clipping)", 0)
     _int(t["seq_len"], "task.seq_len", 2)
+    if not isinstance(t["options"], dict):
+        raise ValueError(f"task.options must be a mapping, got {t['options']!r}")
     if m["num_heads"] % m["num_kv_heads"]:
         raise ValueError(f"model.num_heads ({m['num_heads']}) must be a multiple of model.num_kv_heads "
                          f"({m['num_kv_heads']})")
@@ -94,22 +125,83 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
         raise ValueError("train.index_warmup is for model.method: msa (the warm-up trains its index branch)")
     if check_device and cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: cuda, but no CUDA GPU is visible here; use device: cpu")
-    ev = cfg["eval"]
-    ev["seq_lens"] = ev["seq_lens"] or [t["seq_len"]]
-    ev["batch"] = ev["batch"] or tr["batch"]
+    if check_device and m["method"] != "full":  # full attention never runs the Triton kernels
+        _check_backend(m["backend"], cfg["device"])
+    _check_model_shape(m)
+    ev["seq_lens"] = t["seq_len"] if ev["seq_lens"] is None else ev["seq_lens"]
+    ev["seq_lens"] = [_int(n, "eval.seq_lens[]", 2) for n in _as_list(ev["seq_lens"], "eval.seq_lens")]
+    ev["batch"] = tr["batch"] if ev["batch"] is None else _int(ev["batch"], "eval.batch (or null)")
+    _int(ev["batches"], "eval.batches")
+    _int(ev["seed"], "eval.seed", 0)
+    _bool(ev["coverage"], "eval.coverage")
     if ev["depths"] is not None and t["name"] != "passkey":
         raise ValueError("eval.depths is for task.name: passkey (the needle's depth)")
+    if ev["depths"] is not None:  # each is checked against the task by the batches below
+        ev["depths"] = [_number(depth, "eval.depths[]", 0) for depth in _as_list(ev["depths"], "eval.depths")]
     if t["name"] == "text" and "split" in t["options"]:
         raise ValueError("task.options.split: text trains on its 'train' split and is scored on 'val'; "
                          "leave split out")
-    # A typo in the task options fails now, not after training: draw one tiny batch.
-    try:
-        make_batch(t["name"], 1, t["seq_len"], m["vocab_size"], torch.Generator().manual_seed(0), **t["options"])
-    except TypeError as err:
-        raise ValueError(f"task.options: {err}") from None
+    # A typo in the task options, or an evaluation the task cannot generate, fails now, not
+    # after training: draw one tiny batch of each.
+    _try_batch(cfg, t["seq_len"], t["options"], "task.options")
+    for n in ev["seq_lens"]:
+        for depth in ev["depths"] or [None]:
+            options = dict(_eval_options(t), **({} if depth is None else {"depth": depth}))
+            _try_batch(cfg, n, options, f"eval.seq_lens ({n})" if depth is None else f"eval.depths ({depth}) at {n} tokens")
     cfg["runs"] = raw.get("runs")
     cfg["seeds"] = None if raw.get("seeds") is None else _check_seeds(raw["seeds"])
     return cfg
+
+
+def _number(value, where: str, minimum: float, *, above: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number {'>' if above else '>='} {minimum}, got {value!r}")
+    if not math.isfinite(value) or value < minimum or (above and value == minimum):
+        raise ValueError(f"{where} must be a finite number {'>' if above else '>='} {minimum}, got {value}")
+    return value
+
+
+def _check_model_shape(m: dict) -> None:
+    """The head dims the layers will have: RoPE turns pairs of channels, so an odd one would
+    fail only in the first forward pass."""
+    head_dim = m["head_dim"] or m["d_model"] // m["num_heads"]
+    if head_dim < 2 or head_dim % 2:
+        where = ("model.head_dim" if m["head_dim"] else
+                 f"the head dim (model.head_dim: null gives d_model // num_heads = {m['d_model']} // {m['num_heads']})")
+        raise ValueError(f"{where} must be an even int >= 2 (RoPE turns pairs of channels), got {head_dim}")
+    if m["method"] == "msa" and m["index_dim"] is not None and (m["index_dim"] < 2 or m["index_dim"] % 2):
+        raise ValueError(f"model.index_dim must be an even int >= 2 (RoPE turns pairs of channels) or null, "
+                         f"got {m['index_dim']}")
+
+
+def _bool(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def _check_backend(backend: str, device: str) -> None:
+    """``model.backend: triton`` needs a GPU, or the interpreter on the CPU; without this
+    check an MSA run fails only when its index warm-up ends."""
+    if backend != "triton" or device == "cuda":
+        return
+    from .kernels import runtime
+
+    try:
+        interpreted = runtime.interpreted()
+    except ImportError:
+        interpreted = False
+    if not interpreted:
+        raise ValueError("model.backend: triton needs device: cuda (or TRITON_INTERPRET=1 set before msa_lab's "
+                         "kernels are imported, to run them slowly on the CPU); use backend: reference or auto")
+
+
+def _try_batch(cfg: dict, seq_len: int, options: dict, where: str) -> None:
+    try:
+        make_batch(cfg["task"]["name"], 1, seq_len, cfg["model"]["vocab_size"], torch.Generator().manual_seed(0),
+                   **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _check_seeds(seeds) -> list[int]:
@@ -143,11 +235,6 @@ def _lr(step: int, tr: dict) -> float:
         return tr["lr"] * (step + 1) / tr["lr_warmup"]
     progress = (step - tr["lr_warmup"]) / max(1, tr["steps"] - tr["lr_warmup"])
     return tr["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _append(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=float) + "\n")
 
 
 @torch.no_grad()
@@ -241,35 +328,179 @@ def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
     return out
 
 
+#: A checkpoint file: this line, a JSON header line (format version, payload length and
+#: sha256), then the payload: ``torch.save`` of plain containers and tensors, read back with
+#: ``weights_only=True`` so that a crafted file cannot run code.
+CHECKPOINT_MAGIC = b"msa_lab training checkpoint\n"
+CHECKPOINT_VERSION = 1
+#: Config fields a resume may change (every other difference is refused): the description,
+#: and the number of steps (train longer or stop sooner; the learning-rate schedule then
+#: follows the new total from the resumed step on).
+RESUMABLE_CHANGES = ("description", "train.steps")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or read: corrupted, truncated, of another format,
+    holding more than tensors and plain containers, or with values out of range."""
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write ``state`` (tensors and plain containers) with a format version and a sha256 of
+    the payload, through a temporary file and a rename: a reader sees the old checkpoint or
+    the new one, never half of one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = json.dumps(dict(version=CHECKPOINT_VERSION, bytes=len(payload),
+                             sha256=hashlib.sha256(payload).hexdigest())).encode() + b"\n"
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        f.write(CHECKPOINT_MAGIC + header + payload)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """The state ``save_checkpoint`` wrote, after checking its format version, length and
+    checksum, loaded with ``weights_only=True``, and its fields checked; ``CheckpointError``
+    naming the file otherwise."""
+    path = Path(path)
+    data = path.read_bytes()
+    advice = "; move it away (or remove the run folder) to train afresh"
+    if not data.startswith(CHECKPOINT_MAGIC):
+        raise CheckpointError(f"{path} is not a msa_lab training checkpoint (no format header: written by an "
+                              f"older msa_lab, or another file){advice}")
+    header_end = data.find(b"\n", len(CHECKPOINT_MAGIC))
+    try:
+        header = json.loads(data[len(CHECKPOINT_MAGIC):header_end])
+        version, size, digest = header["version"], header["bytes"], header["sha256"]
+    except (ValueError, TypeError, KeyError):
+        raise CheckpointError(f"{path} has a damaged header{advice}") from None
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this msa_lab reads version "
+                              f"{CHECKPOINT_VERSION}{advice}")
+    payload = data[header_end + 1:] if header_end >= 0 else b""
+    if len(payload) != size:
+        cut = "truncated (a cut write)" if len(payload) < size else "longer than its header says"
+        raise CheckpointError(f"{path} is {cut}: {len(payload)} of {size} payload bytes{advice}")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"{path} is corrupted: its payload does not match the sha256 stored with it{advice}")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain containers; it is not loaded "
+                              f"(unpickling them could run code): {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}){advice}") from None
+    _check_checkpoint_state(path, state)
+    return state
+
+
+def _check_checkpoint_state(path: Path, state) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the checkpoint must hold a mapping, got {type(state).__name__}")
+    expected = {"model": dict, "optimizer": dict, "generator": torch.Tensor, "step": int, "metrics_rows": int,
+                "config": dict}
+    for key, kind in expected.items():
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CheckpointError(f"{path}: checkpoint field {key!r} must be {kind.__name__}, got {value!r:.60}")
+        if kind is int and value < 0:
+            raise CheckpointError(f"{path}: checkpoint field {key!r} must be an int >= 0, got {value}")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path}: checkpoint field 'model' must map names to tensors")
+    if state["generator"].dtype != torch.uint8:
+        raise CheckpointError(f"{path}: checkpoint field 'generator' must be a uint8 tensor (a generator's state), "
+                              f"got {state['generator'].dtype}")
+
+
+def _stored_config(cfg: dict) -> dict:
+    """The config as ``config.json`` and the checkpoint hold it (JSON types: lists, not tuples)."""
+    return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in ("runs", "seeds")}))
+
+
+def _check_resumable(out: Path, stored: dict, config: dict, step: int | None) -> None:
+    """Refuse to continue (or overwrite) the run in ``out``, trained with ``stored``, under a
+    ``config`` that differs in anything but ``RESUMABLE_CHANGES``; and a ``train.steps``
+    that ends before the checkpoint's ``step``."""
+    changed = [(f, a, b) for f, a, b in config_differences(stored, config) if f not in RESUMABLE_CHANGES]
+    if changed:
+        listed = ", ".join(f"{f} ({a!r} -> {b!r})" for f, a, b in changed)
+        raise ValueError(f"{out} holds a run trained with another config: {listed}. Resume it with its own config "
+                         f"({out / 'config.json'}), or train into another folder (--out); only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change on a resume")
+    if step is not None and config["train"]["steps"] < step:
+        raise ValueError(f"{out}: train.steps is {config['train']['steps']}, but the run's checkpoint is at step "
+                         f"{step}; give train.steps >= {step}")
+
+
+def _keep_rows(metrics: Path, rows: int) -> int:
+    """Cut ``metrics`` back to its first ``rows`` rows (those written before the checkpoint
+    the run resumes from; the rest would be written again) and a cut last line; returns how
+    many rows it holds."""
+    repair_last_line(metrics)
+    if not metrics.is_file():
+        return 0
+    lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+    if len(lines) > rows:
+        write_text_atomic(metrics, "".join(lines[:rows]))
+    return min(rows, len(lines))
+
+
 def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True, max_steps: int | None = None,
                  progress_position: int = 0) -> Path:
     """Train (or resume) one run; returns its folder. ``max_steps``: stop after this step
     (the run resumes from its checkpoint later). ``progress_position``: the bar's line, for
-    runs trained side by side."""
+    runs trained side by side. The folder is locked while the run trains: a second trainer
+    on it fails at once (``FolderLocked``), as does a folder that cannot be written."""
     cfg = parse_run_config(cfg) if isinstance(cfg, dict) else load_run_config(cfg)
+    if max_steps is not None:
+        _int(max_steps, "max_steps")
     out = Path(out_dir or Path("results/train") / cfg["name"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("runs", "seeds")},
-                                                indent=1) + "\n")
+    with FolderLock(out, f"the training run {cfg['name']!r}"):
+        return _train(cfg, out, progress=progress, max_steps=max_steps, progress_position=progress_position)
+
+
+def _train(cfg: dict, out: Path, *, progress: bool, max_steps: int | None, progress_position: int) -> Path:
     tr, t, m = cfg["train"], cfg["task"], cfg["model"]
     device = cfg["device"]
+    metrics, ckpt, config_file, summary_file = (out / name for name in
+                                                ("metrics.jsonl", "checkpoint.pt", "config.json", "summary.json"))
+    config = _stored_config(cfg)
+    state = load_checkpoint(ckpt, map_location=device) if ckpt.exists() else None
+    if state is not None:
+        _check_resumable(out, state["config"], config, state["step"])
+    if config_file.is_file():  # also a run folder without a checkpoint: never overwrite another run's config
+        try:
+            stored = json.loads(config_file.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ValueError(f"{config_file} is not valid JSON ({err}); move it away or remove the run folder") from None
+        _check_resumable(out, stored, config, None)
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg).to(device=device, dtype=DTYPES[tr["dtype"]][0])
     opt = torch.optim.AdamW(model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"], betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg["seed"])
-    metrics, ckpt = out / "metrics.jsonl", out / "checkpoint.pt"
     step = 0
-    if not ckpt.exists():  # a fresh run: no rows of an earlier one in its files
+    if state is None:  # a fresh run: no rows of an earlier one in its files
         metrics.unlink(missing_ok=True)
-        (out / "summary.json").unlink(missing_ok=True)
+        summary_file.unlink(missing_ok=True)
+        rows_written = 0
     else:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{ckpt} does not fit this config's model ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0]})") from None
         step = state["step"]
-        if step >= tr["steps"] and (out / "summary.json").is_file():
+        if step >= tr["steps"] and summary_file.is_file():
             return out  # finished and evaluated: a re-run of an ablation leaves it as it is
+        summary_file.unlink(missing_ok=True)  # a longer train.steps: the run is no longer finished
+        rows_written = _keep_rows(metrics, state["metrics_rows"])
+    write_text_atomic(config_file, json.dumps(config, indent=1) + "\n")
     stop = tr["steps"] if max_steps is None else min(tr["steps"], max_steps)
     # read before training: the checkout may change while a long run trains (python too: the
     # text task's corpus is that Python's standard library)
@@ -279,10 +510,14 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     started = time.perf_counter()
     tokens_done = 0
 
-    def save():
-        torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), generator=gen.get_state(), step=step),
-                   ckpt.with_suffix(".tmp"))
-        ckpt.with_suffix(".tmp").replace(ckpt)  # never a half-written checkpoint
+    def log(rows: list[dict]) -> None:
+        nonlocal rows_written
+        append_json_lines(metrics, rows)
+        rows_written += len(rows)
+
+    def save() -> None:
+        save_checkpoint(ckpt, dict(model=model.state_dict(), optimizer=opt.state_dict(), generator=gen.get_state(),
+                                   step=step, metrics_rows=rows_written, config=config))
 
     for step in bar:
         warm = m["method"] == "msa" and step < tr["index_warmup"]
@@ -306,11 +541,10 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
             row = dict(kind="train", step=step, loss=task_loss.item(), index_kl=index_kl.detach().item(), lr=_lr(step - 1, tr),
                        phase="index warm-up (full attention)" if warm else "sparse" if m["method"] != "full" else "full",
                        tokens_per_s=tokens_done / (time.perf_counter() - started))
-            _append(metrics, row)
+            log([row])
             bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['index_kl']:.3f}")
         if tr["eval_every"] and step % tr["eval_every"] == 0 and step < tr["steps"]:
-            for row in evaluate(model, cfg):
-                _append(metrics, dict(row, step=step))
+            log([dict(row, step=step) for row in evaluate(model, cfg)])
         if step % tr["checkpoint_every"] == 0 or step == stop:
             save()
     if step < tr["steps"]:
@@ -318,12 +552,11 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     model.set_sparse(True)
     final = [dict(row, step=step) for row in evaluate(model, cfg)]
     cover = index_coverage(model, cfg) if cfg["eval"]["coverage"] else []
-    for row in final + cover:
-        _append(metrics, row)
+    log(final + cover)
     summary = dict(name=cfg["name"], seed=cfg["seed"], method=m["method"], block_size=m["block_size"], top_k=m["top_k"],
                    steps=step, parameters=sum(p.numel() for p in model.parameters()),
                    final_loss=_last_train_loss(metrics), eval=final, coverage=cover, device=device, **environment)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_text_atomic(summary_file, json.dumps(summary, indent=1, default=float) + "\n")
     return out
 
 
@@ -405,8 +638,38 @@ def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     return out
 
 
-def _limit_threads(threads: int) -> None:
+def _start_child(threads: int, parent_pid: int) -> None:
+    """A side-by-side trainer's start: its share of the CPU threads, and death with its parent
+    (a parent killed with ``kill -9`` must not leave trainers writing its run folders)."""
     torch.set_num_threads(threads)
+    _die_with_parent(parent_pid)
+
+
+#: prctl's option to have the kernel send a signal when the parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` ends. On Linux the kernel sends SIGKILL (prctl
+    PR_SET_PDEATHSIG); a thread also polls the parent's PID once a second, for other systems
+    and because the kernel signal follows the parent *thread* that started this process."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the poll below still ends this process
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="msa_lab parent watch", daemon=True).start()
 
 
 def _train_side_by_side(configs: list[tuple[str, dict]], out: Path, jobs: int, progress: bool) -> None:
@@ -415,14 +678,13 @@ def _train_side_by_side(configs: list[tuple[str, dict]], out: Path, jobs: int, p
     training have finished (a re-run resumes the cancelled ones). Spawned processes re-import
     the caller's main module: a script needs ``if __name__ == "__main__":``."""
     import multiprocessing
-    import os
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     # spawn: a forked child would inherit an initialised CUDA context, which CUDA forbids. The
     # CPU threads are shared out, or every child would start one per core.
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child,
+                             initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(run_training, run_cfg, out / name, progress=progress, progress_position=i % jobs): name
                    for i, (name, run_cfg) in enumerate(configs)}
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from msa_lab import tasks
-from msa_lab.train import parse_run_config, run_ablation, run_training, summary_table
+from msa_lab.files import FolderLock, FolderLocked
+from msa_lab.train import (CheckpointError, load_checkpoint, parse_run_config, run_ablation, run_training,
+                           save_checkpoint, summary_table)
 
 TINY = dict(name="tiny", device="cpu", seed=3,
             model=dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, method="msa",
@@ -44,11 +47,42 @@ def tiny(**changes):
     (dict(eval__depths=[0.5]), "eval.depths is for task.name: passkey"),
     (dict(model__num_kv_heads=3), "must be a multiple of model.num_kv_heads"),
     (dict(modle={}), "did you mean 'model'"),
+    # values that would train silently into garbage, or fail only after training
+    (dict(train__grad_clip=-1), "train.grad_clip (or null/0 for no clipping) must be a finite number >= 0, got -1"),
+    (dict(train__grad_clip=float("nan")), "train.grad_clip (or null/0 for no clipping) must be a finite number"),
+    (dict(train__lr=float("inf")), "train.lr must be a finite number > 0, got inf"),
+    (dict(train__lr=0), "train.lr must be a finite number > 0, got 0"),
+    (dict(train__index_loss_weight=float("nan")), "train.index_loss_weight must be a finite number >= 0, got nan"),
+    (dict(train__weight_decay="0.1"), "train.weight_decay must be a number >= 0, got '0.1'"),
+    (dict(eval__seq_lens=[0]), "eval.seq_lens[] must be an int >= 2, got 0"),
+    (dict(eval__batches=0), "eval.batches must be an int >= 1, got 0"),
+    (dict(eval__seed="a"), "eval.seed must be an int >= 0, got 'a'"),
+    (dict(eval__coverage="yes"), "eval.coverage must be true or false, got 'yes'"),
+    (dict(model__full_layers=[2]), "model.full_layers[] must be layer indices in [0, 1] (model.num_layers is 2), got 2"),
+    (dict(model__d_model=2), "the head dim (model.head_dim: null gives d_model // num_heads = 2 // 4) must be an even"),
+    (dict(model__d_model=36), "d_model // num_heads = 36 // 4) must be an even int >= 2 (RoPE turns pairs of channels), got 9"),
+    (dict(model__head_dim=7), "model.head_dim must be an even int >= 2 (RoPE turns pairs of channels), got 7"),
+    (dict(model__index_dim=5), "model.index_dim must be an even int >= 2"),
+    (dict(task=dict(name="passkey", seq_len=64), eval__depths=[1.5]), "eval.depths (1.5) at 64 tokens: depth must be in"),
 ])
 def test_bad_training_configs_name_the_field(change, message):
     with pytest.raises(ValueError) as err:
         parse_run_config(tiny(**change))
     assert message in str(err.value)
+
+
+def test_no_clipping_is_null_or_zero():
+    assert parse_run_config(tiny(train__grad_clip=None))["train"]["grad_clip"] is None
+    assert parse_run_config(tiny(train__grad_clip=0))["train"]["grad_clip"] == 0
+
+
+def test_a_triton_backend_without_a_gpu_is_refused_before_training(monkeypatch):
+    from msa_lab.kernels import runtime
+
+    monkeypatch.setattr(runtime, "interpreted", lambda: False)  # the tests run the kernels interpreted
+    with pytest.raises(ValueError, match="model.backend: triton needs device: cuda"):
+        parse_run_config(tiny(model__backend="triton"))
+    parse_run_config(tiny(model__backend="triton", device="cuda"), check_device=False)
 
 
 def test_mqar_answers_are_the_values_bound_at_the_start():
@@ -102,9 +136,10 @@ def test_text_is_scored_on_held_out_bytes_by_position(tmp_path, monkeypatch):
                train__eval_every=0, eval__coverage=False)
     summary = json.loads((run_training(raw, tmp_path, progress=False) / "summary.json").read_text())
     splits = [split for split, _ in seen]
-    assert splits[:3] == ["train"] * 3 and set(splits[3:]) == {"val"}  # config check, 2 steps, then eval
+    # the config check (the task, then each eval length), 2 steps, then the evaluation
+    assert splits[:5] == ["train", "val", "val", "train", "train"] and set(splits[5:]) == {"val"}
     held_out = bytes((corpus[cut:] - tasks.FIRST_FREE).tolist())
-    for _, x in seen[3:]:
+    for _, x in seen[5:]:
         assert all(bytes((row - tasks.FIRST_FREE).tolist()) in held_out for row in x)
     for e in summary["eval"]:
         bins = e["loss_by_position"]
@@ -132,8 +167,8 @@ def test_training_writes_metrics_checkpoints_and_resumes_to_the_same_model(tmp_p
     run_training(tiny(), parts, progress=False, max_steps=4)
     assert not (parts / "summary.json").exists()
     run_training(tiny(), parts, progress=False)  # resumes at step 4
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(parts / "checkpoint.pt", weights_only=False)["model"]
+    a = load_checkpoint(whole / "checkpoint.pt")["model"]
+    b = load_checkpoint(parts / "checkpoint.pt")["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
@@ -176,8 +211,8 @@ def test_ablation_runs_side_by_side_train_the_same_models(tmp_path):
     assert sorted(p.parent.name for p in alone.glob("*/summary.json")) == ["full", "msa"]
     shared = run_ablation(raw, tmp_path / "shared", progress=False, jobs=2, only=["full", "msa"])
     for run in ("full", "msa"):
-        a = torch.load(alone / run / "checkpoint.pt", weights_only=False)["model"]
-        b = torch.load(shared / run / "checkpoint.pt", weights_only=False)["model"]
+        a = load_checkpoint(alone / run / "checkpoint.pt")["model"]
+        b = load_checkpoint(shared / run / "checkpoint.pt")["model"]
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert (alone / "summary.md").read_text() == (shared / "summary.md").read_text()
 
@@ -194,8 +229,8 @@ def test_ablation_over_seeds_tabulates_mean_and_spread(tmp_path):
     assert "| 2 |" in row and f"{mean:.3f} ± {spread:.3f}" in row
     again = run_ablation(raw, tmp_path / "one", progress=False, seeds=[5], only=["msa"])
     assert [p.name for p in again.iterdir() if p.is_dir()] == ["msa_seed5"]
-    a = torch.load(again / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(out / "msa_seed5" / "checkpoint.pt", weights_only=False)["model"]
+    a = load_checkpoint(again / "msa_seed5" / "checkpoint.pt")["model"]
+    b = load_checkpoint(out / "msa_seed5" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="seeds must be distinct"):
         parse_run_config(tiny(seeds=[1, 1]))
@@ -216,10 +251,14 @@ def test_ablation_over_seeds_tabulates_mean_and_spread(tmp_path):
 
 def test_a_failing_run_side_by_side_is_named(tmp_path):
     raw = tiny(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
-    # an evaluation length too short for the task's 4 pairs fails after training, in the child
-    raw["runs"] = [{"name": "ok", "model.method": "full"}, {"name": "bad", "eval.seq_lens": [8]}]
-    with pytest.raises(RuntimeError, match=r"run 'bad' failed \(ValueError: num_pairs=4 needs seq_len >= 16"):
-        run_ablation(raw, tmp_path, progress=False, jobs=2)
+    raw["runs"] = [{"name": "ok", "model.method": "full"}, {"name": "bad"}]
+    # every config is checked before any run starts, so the failure in the child is its run
+    # folder, held by another writer (this test)
+    with FolderLock(tmp_path / "bad"):
+        with pytest.raises(RuntimeError, match=r"run 'bad' failed \(FolderLocked: .*bad is in use by another process"):
+            run_ablation(raw, tmp_path, progress=False, jobs=2)
+    with pytest.raises(ValueError, match=r"eval.seq_lens \(8\): num_pairs=4 needs seq_len >= 16, got 8"):
+        run_ablation(dict(raw, runs=[{"name": "bad", "eval.seq_lens": [8]}]), tmp_path, progress=False, jobs=2)
 
 def test_cli_train_reports_a_typo(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -334,7 +373,7 @@ def test_bf16_mixed_keeps_float32_weights_and_trains(tmp_path):
     raw = tiny(train__steps=3, train__dtype="bf16-mixed", train__eval_every=0, train__index_warmup=1,
                eval__coverage=True)
     out = run_training(raw, tmp_path, progress=False)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    state = load_checkpoint(out / "checkpoint.pt")["model"]
     assert all(v.dtype == torch.float32 for v in state.values())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
@@ -366,3 +405,191 @@ def test_gradient_clipping_keeps_the_index_branch_and_the_backbone_apart():
             assert torch.equal(small[name], large[name]), name
     norm = torch.stack([large[name].norm() for name in index]).norm()
     assert norm == pytest.approx(1.0, rel=1e-5)
+
+
+class RunsCode:
+    """Unpickling this makes a folder: a stand-in for a crafted checkpoint's payload."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _checkpointed_run(folder, **changes):
+    """A tiny run stopped after its first step (its checkpoint), and its config."""
+    raw = tiny(**dict(dict(train__steps=2, train__index_warmup=0, train__eval_every=0, eval__coverage=False,
+                           eval__seq_lens=[64]), **changes))
+    run_training(raw, folder, progress=False, max_steps=1)
+    return raw
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    raw = _checkpointed_run(tmp_path / "run")
+    ckpt, marker = tmp_path / "run/checkpoint.pt", tmp_path / "code_ran"
+    state = load_checkpoint(ckpt)
+    state["optimizer"]["extra"] = RunsCode(marker)
+    save_checkpoint(ckpt, state)  # a valid header and checksum: only weights_only stands in the way
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt holds objects other than tensors and plain containers"):
+        run_training(raw, tmp_path / "run", progress=False)
+    torch.save({"model": RunsCode(marker)}, ckpt)  # a plain torch.save file, without the header
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt is not a msa_lab training checkpoint"):
+        run_training(raw, tmp_path / "run", progress=False)
+    assert not marker.exists()
+
+
+def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path):
+    raw = _checkpointed_run(tmp_path / "run")
+    ckpt = tmp_path / "run/checkpoint.pt"
+    good = ckpt.read_bytes()
+    flipped = bytearray(good)
+    for at in (len(good) // 2, len(good) // 2 + 101):
+        flipped[at] ^= 0xFF
+    state = load_checkpoint(ckpt)
+    cases = [(bytes(flipped), "is corrupted: its payload does not match the sha256"),
+             (good[:-100], "is truncated (a cut write): "),
+             (good.replace(b'"version": 1', b'"version": 7', 1), "has checkpoint format version 7"),
+             (good[:10], "is not a msa_lab training checkpoint")]
+    for data, message in cases:
+        ckpt.write_bytes(data)
+        with pytest.raises(CheckpointError, match=re.escape(str(ckpt)) + " " + re.escape(message)):
+            run_training(raw, tmp_path / "run", progress=False)
+    save_checkpoint(ckpt, dict(state, step=-1))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: checkpoint field 'step' must be an int >= 0, got -1"):
+        load_checkpoint(ckpt)
+    save_checkpoint(ckpt, dict(state, generator=[1, 2]))
+    with pytest.raises(CheckpointError, match=r"field 'generator' must be Tensor, got \[1, 2\]"):
+        load_checkpoint(ckpt)
+    ckpt.write_bytes(good)  # the real one still resumes
+    assert json.loads((run_training(raw, tmp_path / "run", progress=False) / "summary.json").read_text())["steps"] == 2
+
+
+def test_resume_writes_no_row_twice(tmp_path):
+    run = tmp_path / "run"
+    run_training(tiny(), run, progress=False, max_steps=4)  # checkpoint at step 4
+    with (run / "metrics.jsonl").open("a") as f:  # a killed run's rows after its checkpoint, and a cut one
+        f.write(json.dumps(dict(kind="train", step=5, loss=1.0)) + "\n")
+        f.write(json.dumps(dict(kind="train", step=6, loss=1.0)) + "\n" + '{"kind": "tr')
+    run_training(tiny(), run, progress=False)
+    (run / "summary.json").unlink()  # killed after the final evaluation's rows, before the summary
+    run_training(tiny(), run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] != 1.0 for r in rows if r["kind"] == "train")
+    evals = [(r["step"], r["seq_len"]) for r in rows if r["kind"] == "eval"]
+    assert sorted(evals) == [(3, 64), (3, 96), (6, 64), (6, 96)]
+    assert len([r for r in rows if r["kind"] == "coverage"]) == 3  # one layer of MSA, three selectors
+
+
+def test_resume_repairs_a_cut_last_line(tmp_path):
+    raw = _checkpointed_run(tmp_path / "run")  # its checkpoint counts one row
+    (tmp_path / "run/metrics.jsonl").write_text('{"kind": "tr')  # that row lost, a write cut
+    run_training(raw, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [2]
+
+
+def test_resume_refuses_a_changed_config_and_keeps_its_config_json(tmp_path):
+    run = tmp_path / "run"
+    raw = _checkpointed_run(run)
+    stored = (run / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"another config: task.seq_len \(64 -> 96\), train.lr \(0.003 -> 0.01\)\."):
+        run_training(tiny(**dict(_changes(raw), train__lr=0.01, task__seq_len=96)), run, progress=False)
+    for change, named in ((dict(model__d_model=64), r"model.d_model \(32 -> 64\)"),
+                          (dict(model__method="moba"), r"model.method \('msa' -> 'moba'\)")):
+        with pytest.raises(ValueError, match=named):
+            run_training(tiny(**dict(_changes(raw), **change)), run, progress=False)
+    assert (run / "config.json").read_text() == stored
+    run_training(raw, run, progress=False)  # finished at step 2
+    # a longer run and a new description are a resume; config.json then says what ran
+    longer = tiny(**dict(_changes(raw), train__steps=3))
+    longer["description"] = "three steps"
+    summary = json.loads((run_training(longer, run, progress=False) / "summary.json").read_text())
+    assert summary["steps"] == 3 and json.loads((run / "config.json").read_text())["train"]["steps"] == 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [3]  # the 2-step run's evaluation is gone
+    with pytest.raises(ValueError, match="train.steps is 2, but the run's checkpoint is at step 3"):
+        run_training(raw, run, progress=False)
+    (run / "checkpoint.pt").unlink()  # without a checkpoint the folder still holds another run
+    with pytest.raises(ValueError, match=r"another config: train.lr"):
+        run_training(tiny(**dict(_changes(longer), train__lr=0.01)), run, progress=False)
+
+
+def _changes(raw):
+    """``raw`` as the keyword changes of ``tiny``."""
+    return {f"{section}__{field}": value for section in ("model", "task", "train", "eval")
+            for field, value in raw[section].items()}
+
+
+def test_a_run_folder_has_one_writer_and_must_be_writable(tmp_path, monkeypatch):
+    raw = tiny(train__steps=1, train__index_warmup=0, train__eval_every=0, eval__coverage=False)
+    with FolderLock(tmp_path / "run", "a trainer"):
+        with pytest.raises(FolderLocked, match=r"run is in use by another process \(PID \d+\)"):
+            run_training(raw, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run/metrics.jsonl").exists()
+
+    def refuse(self, data):  # the tests run as root, which ignores permission bits
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", refuse)
+    with pytest.raises(PermissionError, match="cannot write to .*readonly"):
+        run_training(raw, tmp_path / "readonly", progress=False)
+    assert list((tmp_path / "readonly").iterdir()) == []
+
+
+ABLATE_SCRIPT = """
+import json, sys
+from msa_lab.train import run_ablation
+if __name__ == "__main__":
+    run_ablation(json.loads(sys.argv[1]), sys.argv[2], progress=False, jobs=2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether any thread of ``pid`` runs. A killed process whose leader is a zombie (this
+    container's init reaps nothing) still holds its files until its last thread has ended."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return any(state != "Z" for state in states)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_side_by_side_trainers_die_with_their_parent(tmp_path):
+    import time
+
+    raw = tiny(train__steps=100_000, train__index_warmup=0, train__eval_every=0, train__log_every=1000,
+               train__checkpoint_every=100_000, eval__coverage=False)
+    raw["runs"] = [{"name": "a"}, {"name": "b", "model.method": "full"}]
+    (tmp_path / "ablate.py").write_text(ABLATE_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "ablate.py"), json.dumps(raw), str(tmp_path / "out")],
+                              env=env)
+    locks = [tmp_path / "out" / run / ".msa_lab.lock" for run in ("a", "b")]
+    trainers = []
+    try:
+        deadline = time.monotonic() + 120
+        while not all(lock.is_file() and lock.read_text().strip() for lock in locks):
+            assert parent.poll() is None and time.monotonic() < deadline, "the trainers did not start"
+            time.sleep(0.2)
+        trainers = [int(lock.read_text()) for lock in locks]  # each run folder's writer
+        assert all(map(_alive, trainers)) and os.getpid() not in trainers
+        parent.kill()
+        parent.wait(30)
+        deadline = time.monotonic() + 15
+        while any(map(_alive, trainers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, trainers)), "a trainer outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in filter(_alive, trainers):  # when the fix is broken: end the orphans this test made
+            os.kill(pid, 9)
+    for run in ("a", "b"):  # and their folders are free for the resume
+        with FolderLock(tmp_path / "out" / run):
+            pass
