@@ -316,6 +316,14 @@ def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
         q, k, index_q, index_k = (z.float() for z in layer.last_inputs)
         layer.last_inputs = None
         bs, top_k = layer.block_size, layer.top_k
+        names = ("msa (trained index)", "moba", "oracle")
+        if not all(torch.isfinite(z).all() for z in (q, k, index_q, index_k)):
+            # A diverged run: coverage refuses non-finite inputs, and the run's summary must still
+            # be written, so its coverage rows say why they are empty.
+            out += [dict(kind="coverage", layer=model.attention_layers.index(layer), selector=name, recall_mean=None,
+                         recall_p5=None, recall_vs_oracle=None, note="non-finite q/k (the run diverged)")
+                    for name in names]
+            continue
         sels = {"msa (trained index)": select_msa(index_q, index_k, block_size=bs, top_k=top_k),
                 "moba": select_moba(q, k, block_size=bs, top_k=top_k),
                 "oracle": select_oracle(q, k, block_size=bs, top_k=top_k, force_local=True)}

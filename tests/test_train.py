@@ -593,3 +593,15 @@ def test_side_by_side_trainers_die_with_their_parent(tmp_path):
     for run in ("a", "b"):  # and their folders are free for the resume
         with FolderLock(tmp_path / "out" / run):
             pass
+
+
+def test_index_coverage_of_a_diverged_model_is_recorded_empty_not_raised():
+    from msa_lab.train import build_model, index_coverage, parse_run_config
+
+    cfg = parse_run_config(tiny())
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    rows = index_coverage(model, cfg)
+    assert rows and all(r["recall_mean"] is None and "diverged" in r["note"] for r in rows)
