@@ -229,12 +229,16 @@ class KVOuterAttention(torch.autograd.Function):
         out, lse = kv_outer_attention(q, k, v, selection, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.selection, ctx.scale, ctx.deterministic = selection, scale, deterministic
+        ctx.selection_version = selection.indices_version()
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
+        if ctx.selection.indices_version() != ctx.selection_version:
+            raise RuntimeError("the selection's indices were changed in place between the forward and the "
+                               "backward pass; the gradients would not match the forward's output")
         dq, dk, dv = kv_outer_backward(q, k, v, out, lse, dout, ctx.selection, ctx.scale,
                                        deterministic=ctx.deterministic)
         return dq, dk, dv, None, None, None
