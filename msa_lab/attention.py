@@ -33,6 +33,12 @@ def _selection_backend(backend: str, q: torch.Tensor) -> str:
     return "triton" if triton_path else "reference"
 
 
+def _check_flags(**flags) -> None:
+    """``return_lse`` and the like: True or False, never a truthy stand-in such as ``"no"``."""
+    for name, value in flags.items():
+        check_bool(value, name)
+
+
 def _pack(out, lse, selection, return_lse: bool, return_selection: bool):
     extra = ([lse] if return_lse else []) + ([selection] if return_selection else [])
     return (out, *extra) if extra else out
@@ -48,7 +54,7 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     also ``lse [B, Hq, Nq]`` (natural log, float32; float64 for float64 inputs).
     """
     B, Nq, Hq, Hkv, D = check_qkv(q, k, v, same_length=False)
-    causal = check_bool(causal, "causal")
+    _check_flags(causal=causal, return_lse=return_lse)
     if causal and Nq > k.shape[1]:
         raise ValueError(f"causal attention needs q length {Nq} <= k length {k.shape[1]}")
     scale = check_scale(scale, D)
@@ -101,6 +107,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     bitwise reproducible on a given GPU model (no atomics; see ``kernels/kv_outer_bwd.py``).
     """
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    _check_flags(return_lse=return_lse, deterministic=deterministic)
     if not isinstance(selection, BlockSelection):
         raise TypeError(f"selection must be a BlockSelection, got {type(selection).__name__}")
     selection.check_matches(B, N, Hq, Hkv, q.device)
@@ -110,8 +117,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic=False):
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
     if backend == "auto":  # KV-outer beat Q-outer and FlexAttention at every GQA ratio measured
         backend = "triton" if q.is_cuda else "reference"
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
@@ -151,6 +156,7 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
     ``lse`` and the ``BlockSelection``. With a Triton backend (or ``"auto"`` on CUDA) the
     selection runs on the Triton kernels too."""
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    _check_flags(return_lse=return_lse, return_selection=return_selection, deterministic=deterministic)
     scale = check_scale(scale, D)
     backend = _check_backend(backend, SPARSE_BACKENDS)
     with torch.no_grad():  # the gate has no parameters and top-k no gradient
@@ -168,6 +174,7 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
     ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1 or Hkv, Di]``. With a Triton
     backend (or ``"auto"`` on CUDA) the selection runs on the Triton index kernels too."""
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    _check_flags(return_lse=return_lse, return_selection=return_selection, deterministic=deterministic)
     Bi, Ni, G, _ = check_index_inputs(index_q, index_k)
     if (Bi, Ni, G) != (B, N, Hkv):
         raise ValueError(

@@ -16,6 +16,9 @@ from .reference import attention_reference
 from .selection import BlockSelection
 from .selectors import _msa_block_scores, _select_top_blocks, _use_triton
 from .validation import check_bool, check_float_dtype, check_positive_int, check_scale, check_tensor
+from .selection import BlockSelection, num_blocks
+from .selectors import _use_triton, msa_block_scores, select_top_blocks
+from .validation import check_block_size, check_positive_int, check_scale, check_tensor, check_top_k
 
 
 class KVCache:
@@ -138,8 +141,9 @@ def msa_decode(q: torch.Tensor, index_q: torch.Tensor, cache: KVCache, *, block_
     if index_q.shape != (B, 1, Hkv, Di) or index_q.dtype != q.dtype or index_q.device != q.device:
         raise ValueError(f"index_q must be [batch={B}, 1, groups={Hkv}, index_dim={Di}] in q's dtype and "
                          f"device, got {tuple(index_q.shape)} {index_q.dtype} on {index_q.device}")
-    block_size = check_positive_int(block_size, "block_size")
-    top_k = check_positive_int(top_k, "top_k")
+    capacity = cache.k.shape[1]  # bounds that hold for every step of this cache
+    block_size = check_block_size(block_size, capacity, "the cache's max_len")
+    top_k = check_top_k(top_k, num_blocks(capacity, block_size))
     scale = check_scale(scale, q.shape[3])
     check_bool(return_blocks, "return_blocks")
     L = cache.length

@@ -5,6 +5,9 @@ They process queries in chunks so that no ``N x N`` (or ``N x blocks x heads``)
 tensor exists at once: memory stays near ``chunk * N * heads`` elements. Math is done
 in float32 (float64 if the inputs are float64); they are differentiable through
 autograd, so they also serve as the gradient oracle.
+
+A NaN or inf in q, k or v reaches only the rows that see it (docs/semantics.md): masked
+keys are masked in the values too, not only in the probabilities, since ``0 * NaN`` is NaN.
 """
 
 from __future__ import annotations
@@ -54,6 +57,42 @@ def _softmax_stats(scores: torch.Tensor, allowed: torch.Tensor):
     return p, lse
 
 
+def _finite_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x with its non-finite entries zeroed, x where they are kept and the rest zeroed)``."""
+    finite = torch.isfinite(x)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return torch.where(finite, x, zero), torch.where(finite, zero, x)
+
+
+def _with_nonfinite_scores(s: torch.Tensor, raw: torch.Tensor, q_bad: torch.Tensor,
+                           k_bad: torch.Tensor) -> torch.Tensor:
+    """Scores ``s [B, Hkv, G, C, L]`` of the zeroed q and k, with the raw (IEEE) scores
+    ``raw`` where the query row (``q_bad [B, C, Hq]``) or the key (``k_bad [B, L, Hkv]``)
+    held a non-finite entry; masking them afterwards leaves them only in the rows that see
+    them. The raw scores carry no gradient, so no masked pair's gradient is ``0 * NaN``."""
+    B, Hkv, G, C, L = s.shape
+    rows = q_bad.view(B, C, Hkv, G).permute(0, 2, 3, 1).unsqueeze(-1)
+    keys = k_bad.permute(0, 2, 1).view(B, Hkv, 1, 1, L)
+    return torch.where(rows | keys, raw.detach(), s)
+
+
+def _nonfinite_value_terms(p: torch.Tensor, allowed: torch.Tensor, v_bad: torch.Tensor) -> torch.Tensor:
+    """``[B, C, Hkv, G, D]``: what the non-finite entries of ``v_bad [B, L, Hkv, D]`` (zero
+    elsewhere) add to the rows that may see them (``allowed``), and nothing elsewhere: each
+    product is masked, so a masked row gets ``0``, not ``0 * NaN``, in value and gradient."""
+    B, Hkv, G, C, L = p.shape
+    D = v_bad.shape[-1]
+    keys = (v_bad != 0).any(-1).any(-1).any(0).nonzero().flatten()  # the few keys holding one
+    out = p.new_zeros(B, Hkv, G, C, D)
+    step = max(1, CHUNK_ELEMENTS // max(1, B * Hkv * G * C * D))
+    for piece in keys.split(step):
+        vals = v_bad[:, piece].permute(0, 2, 1, 3).unsqueeze(2).unsqueeze(2)  # [B, Hkv, 1, 1, X, D]
+        seen = allowed[..., piece].unsqueeze(-1)
+        masked = torch.where(seen, vals, torch.zeros((), dtype=vals.dtype, device=vals.device))
+        out = out + (p[..., piece].unsqueeze(-1) * masked).sum(-2)
+    return out.permute(0, 3, 1, 2, 4)
+
+
 def _selection_token_mask(sel_rows: torch.Tensor, per: str, group_size: int,
                           block_size: int, nb: int, num_keys: int) -> torch.Tensor:
     """``bool [B, Hkv, G or 1, C, L]``: key token allowed by the selected blocks."""
@@ -84,6 +123,8 @@ def attention_reference(
     query's row are visible (plus causality). LSE is the natural log of the softmax
     normaliser of the scaled scores. ``positions`` (causal self-attention, ``Nq == Nk``):
     only those query rows, out ``[B, R, Hq, D]`` (e.g. sampled rows at long lengths).
+    A non-finite q, k or v entry makes only the rows that see it non-finite (one check of
+    the inputs per call; only inputs holding one take the slower masked path).
     """
     B, Nq, Hq, D = q.shape
     Nk, Hkv = k.shape[1], k.shape[2]
@@ -93,6 +134,13 @@ def attention_reference(
     chunk = query_chunk or query_chunk_size(Nk, B, Hq)
     nb = num_blocks(Nk, selection.block_size) if selection is not None else 0
     dt = compute_dtype(q)
+    finite = bool(torch.isfinite(q).all() & torch.isfinite(k).all() & torch.isfinite(v).all())
+    if not finite:
+        q_raw, k_raw = q, k
+        q, q_bad = _finite_parts(q)
+        k, k_bad = _finite_parts(k)
+        v, v_bad = _finite_parts(v.to(dt))
+        q_bad, k_bad = q_bad.ne(0).any(-1), k_bad.ne(0).any(-1)  # non-finite entries are never 0
     vv = v.to(dt)
     outs, lses = [], []
     for start in range(0, rows.numel(), chunk):
@@ -100,6 +148,9 @@ def attention_reference(
         pos = idx + offset
         L = int(pos.max()) + 1 if causal else Nk  # keys past the chunk's last query are masked
         s = grouped_scores(q[:, idx], k[:, :L], scale)  # [B, Hkv, G, C, L]
+        if not finite:
+            raw = grouped_scores(q_raw[:, idx], k_raw[:, :L], scale)
+            s = _with_nonfinite_scores(s, raw, q_bad[:, idx], k_bad[:, :L])
         allowed = torch.ones(1, 1, 1, idx.numel(), L, dtype=torch.bool, device=q.device)
         if causal:
             allowed = allowed & (torch.arange(L, device=q.device) <= pos.view(-1, 1))
@@ -109,7 +160,11 @@ def attention_reference(
                 selection.block_size, nb, L,
             )
         p, lse = _softmax_stats(s, allowed)
+        if not finite:  # a NaN score makes softmax NaN across the row, masked keys included
+            p = p.masked_fill(~allowed, 0.0)
         o = torch.einsum("bgxcl,blgd->bcgxd", p, vv[:, :L])
+        if not finite:
+            o = o + _nonfinite_value_terms(p, allowed, v_bad[:, :L])
         outs.append(o.reshape(B, idx.numel(), Hq, D))
         lses.append(lse.reshape(B, Hq, idx.numel()))
     return torch.cat(outs, 1).to(q.dtype), torch.cat(lses, -1)

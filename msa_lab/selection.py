@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import check_choice, check_positive_int
+from .validation import check_block_size, check_choice, check_positive_int, check_top_k
 
 PER_CHOICES = ("group", "head")
 
@@ -28,7 +28,9 @@ class BlockSelection:
     and whether rows are per KV group (``Hs = Hkv``) or per query head (``Hs = Hq``).
 
     Constructing one validates it: ids in ``[-1, num_blocks)``, no block after the
-    query's own block (causality), no id twice in a row.
+    query's own block (causality), no id twice in a row. ``indices`` changed in place
+    afterwards is validated again before the next attention call uses it
+    (``check_matches``), so an edit can never make a kernel read out of bounds.
     """
 
     indices: torch.Tensor
@@ -38,6 +40,7 @@ class BlockSelection:
     def __post_init__(self):
         self._check_structure()
         self.validate()
+        self._record_version()
 
     @classmethod
     def _trusted(cls, indices: torch.Tensor, block_size: int, per: str) -> "BlockSelection":
@@ -48,7 +51,24 @@ class BlockSelection:
         object.__setattr__(obj, "block_size", block_size)
         object.__setattr__(obj, "per", per)
         obj._check_structure()
+        obj._record_version()
         return obj
+
+    def _record_version(self) -> None:
+        object.__setattr__(self, "_validated_version", self.indices_version())
+
+    def indices_version(self) -> int | None:
+        """How many in-place changes ``indices`` has seen (torch's ``_version``: a Python
+        attribute read, no device sync); None for inference-mode tensors, which keep no count."""
+        try:
+            return self.indices._version
+        except RuntimeError:
+            return None
+
+    def changed_since_validation(self) -> bool:
+        """True when ``indices`` was changed in place since it was last validated (or, for a
+        selector's output, built), so an unchanged selection is never re-validated on the hot path."""
+        return self._validated_version is not None and self.indices_version() != self._validated_version
 
     def _check_structure(self):
         check_positive_int(self.block_size, "block_size")
@@ -126,7 +146,9 @@ class BlockSelection:
 
     def check_matches(self, batch: int, seq_len: int, num_q_heads: int, num_kv_heads: int,
                       device: torch.device, name: str = "selection") -> None:
-        """Raise ``ValueError`` unless this selection fits q/k of the given shape."""
+        """Raise ``ValueError`` unless this selection fits q/k of the given shape (block size
+        and top_k within ``check_block_size`` / ``check_top_k``'s bounds); validate it again
+        if its indices changed in place since it was last validated."""
         expected_hs = num_kv_heads if self.per == "group" else num_q_heads
         expected = (batch, expected_hs, seq_len)
         if tuple(self.indices.shape[:3]) != expected:
@@ -137,6 +159,11 @@ class BlockSelection:
             )
         if self.device != device:
             raise ValueError(f"{name} is on {self.device} but q is on {device}")
+        check_block_size(self.block_size, seq_len)
+        check_top_k(self.top_k, self.num_blocks)
+        if self.changed_since_validation():
+            self.validate()
+            self._record_version()
 
     # ---- derived views -----------------------------------------------------
     def valid_mask(self) -> torch.Tensor:

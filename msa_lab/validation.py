@@ -116,6 +116,14 @@ def check_bool(value, name: str) -> bool:
     return value
 
 
+#: The softmax scale's accepted range. The kernels multiply float32 scores by it (and by
+#: log2(e)): 2**16 at most, so q.k.scale can overflow float32 (3.4e38) only where q.k itself
+#: is within 2**16 of overflowing, i.e. entries above ~1e15 even at head dim 4096; float16
+#: inputs (at most 65504 each) can never overflow. 2**-64 at least, so a score of order one
+#: stays far above float32's subnormals (2**-126) instead of flushing every row to uniform.
+SCALE_MIN, SCALE_MAX = 2.0 ** -64, 2.0 ** 16
+
+
 def check_scale(scale, head_dim: int) -> float:
     if scale is None:
         return head_dim ** -0.5
@@ -123,6 +131,9 @@ def check_scale(scale, head_dim: int) -> float:
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive finite number, got {scale}")
+    if not SCALE_MIN <= scale <= SCALE_MAX:
+        raise ValueError(f"scale must lie in [2**-64, 2**16] so that scaled float32 scores cannot "
+                         f"overflow or flush to zero, got {scale}")
     return float(scale)
 
 
@@ -193,3 +204,34 @@ def check_hidden(x, d_model: int) -> tuple[int, int, int]:
     if x.shape[2] != d_model:
         raise ValueError(f"x must be [batch, seq, d_model={d_model}], got {tuple(x.shape)}")
     return tuple(x.shape)
+
+
+#: A block may be larger than a short sequence (one block then holds all of it) up to this
+#: size; beyond it, at most the sequence length rounded up to a power of two. Bigger blocks
+#: would only pad: block_size=10**12 once tried to allocate terabytes of padding.
+PADDED_BLOCK_SIZE_LIMIT = 1024
+#: ``top_k`` may exceed the number of key blocks of a short input (rows take every block and
+#: pad with -1) up to this many slots; beyond it, at most the number of blocks. More slots
+#: are pure padding that every kernel loops over (top_k=10000 ran for minutes).
+PADDED_TOP_K_LIMIT = 256
+
+
+def check_block_size(block_size, seq_len: int, what: str = "the sequence length") -> int:
+    """``block_size``: a positive int no larger than ``max(1024, seq_len rounded up to a
+    power of two)``."""
+    block_size = check_positive_int(block_size, "block_size")
+    limit = max(PADDED_BLOCK_SIZE_LIMIT, 1 << max(0, (seq_len - 1).bit_length()))
+    if block_size > limit:
+        raise ValueError(f"block_size must be at most {limit:,} ({what} {seq_len:,} rounded up to a power "
+                         f"of two, or {PADDED_BLOCK_SIZE_LIMIT}), got {block_size:,}")
+    return block_size
+
+
+def check_top_k(top_k, num_key_blocks: int) -> int:
+    """``top_k``: a positive int no larger than ``max(256, num_key_blocks)``."""
+    top_k = check_positive_int(top_k, "top_k")
+    limit = max(PADDED_TOP_K_LIMIT, num_key_blocks)
+    if top_k > limit:
+        raise ValueError(f"top_k must be at most {limit:,} (the number of key blocks, {num_key_blocks:,}, or "
+                         f"{PADDED_TOP_K_LIMIT} for shorter inputs, whose rows take every block), got {top_k:,}")
+    return top_k

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .runtime import dot_pad, dot_precision
-from .tiles import load_rows
+from .tiles import finite_values, load_rows, sees_any
 
 BLOCK_M = 128
 BLOCK_N = 64
@@ -42,6 +42,9 @@ def _attend_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, b, kvh, skb, skn, skh, pos, lo
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:  # rows see different keys: a non-finite value must reach only those that see it
+            v, v_bad = finite_values(v)
+            acc = tl.where(sees_any(allowed, v_bad)[:, None], float("nan"), acc)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return acc, m_i, l_i

@@ -23,7 +23,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
 from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import load_rows, slot_row, work_item
+from .tiles import finite_values, load_rows, sees_any, slot_row, work_item
 
 #: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
 #: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
@@ -61,6 +61,8 @@ def _kv_outer_fwd(
     d_ok = offs_d < D
     k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
     v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
+    # A non-finite value reaches only the queries that see its key (not the whole tile via 0 * NaN).
+    v, v_bad = finite_values(v)
 
     offs_m = tl.arange(0, M)
     tok = offs_m // HPR
@@ -74,13 +76,15 @@ def _kv_outer_fwd(
         slot = tl.load(slot_ptr + start + e, mask=row_ok, other=0)
         q = tl.load(q_ptr + q_row + t[:, None].to(tl.int64) * sqn, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s = tl.where(key_ok[None, :] & (key_pos[None, :] <= t[:, None]), s, float("-inf"))
+        visible = key_ok[None, :] & (key_pos[None, :] <= t[:, None])
+        s = tl.where(visible, s, float("-inf"))
         m = tl.max(s, 1)
         m = tl.where(row_ok, m, 0.0)  # padded rows: keep exp2 finite; never stored
         p = tl.exp2(s - m[:, None])
         l = tl.sum(p, 1)
         l = tl.where(row_ok, l, 1.0)
         o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / l[:, None]
+        o = tl.where(sees_any(visible, v_bad)[:, None], float("nan"), o)
         i = (t - q0).to(tl.int64)
         o_off = b.to(tl.int64) * sob + i[:, None] * son + slot[:, None] * sok + head[:, None] * soh + offs_d[None, :]
         tl.store(o_part_ptr + o_off, o.to(o_part_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -117,7 +121,9 @@ def _merge_partials(
     out = acc / tl.where(total > 0, total, 1.0)[:, None]
     x_off = b.to(tl.int64) * sxb + (q0 + i).to(tl.int64) * sxn + heads[:, None] * sxh + offs_d[None, :]
     tl.store(out_ptr + x_off, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
-    lse = tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
+    # total: 0 for a row that saw no key (LSE -inf), NaN for one whose scores were (a non-finite q or k).
+    lse = tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)),
+                   tl.where(total == 0, float("-inf"), float("nan")))
     tl.store(lse_ptr + b.to(tl.int64) * sLb + heads.to(tl.int64) * sLh + (q0 + i).to(tl.int64) * sLn, lse,
              mask=h_ok)
 

@@ -40,7 +40,7 @@ from ..selection import BlockSelection
 from .kv_outer import Launch, chunk_rows, empty_partials
 from .query_lists import build_query_lists
 from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import load_rows, slot_row, work_item
+from .tiles import finite_part, load_rows, slot_row, work_item
 
 
 @triton.jit
@@ -65,7 +65,10 @@ def _kv_outer_bwd(
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < D
     k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
-    v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
+    # K and V as the dQ and dP dots see them: a non-finite entry would reach every query of the
+    # tile through 0 * NaN; the queries that see it get NaN from their scores and delta instead.
+    k_dot = finite_part(k)
+    v = finite_part(load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD))
     dk = tl.zeros([KEYS, D_PAD], tl.float32)
     dv = tl.zeros([KEYS, D_PAD], tl.float32)
 
@@ -91,9 +94,11 @@ def _kv_outer_bwd(
         p = tl.where(visible, tl.exp2(s - lse[:, None] * log2e), 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
+        # Masked: delta is NaN for a query whose output is, and 0 * NaN must not reach the keys.
+        ds = tl.where(visible, p * (dp - delta[:, None]), 0.0)
+        # A query row holding a non-finite entry: zeroed, its NaN ds still reaches the keys it sees.
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), finite_part(q), input_precision=PRECISION)
+        dq = tl.dot(ds.to(k.dtype), k_dot, input_precision=PRECISION) * scale
         if DQ_PER_SLOT:  # the (query, slot) row of this chunk's partial buffer
             slot = tl.load(slot_ptr + start + e, mask=row_ok, other=0)
             dq_off = (b.to(tl.int64) * sdqb + (tt - q0)[:, None] * sdqn + slot[:, None].to(tl.int64) * sdqk
@@ -229,12 +234,16 @@ class KVOuterAttention(torch.autograd.Function):
         out, lse = kv_outer_attention(q, k, v, selection, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.selection, ctx.scale, ctx.deterministic = selection, scale, deterministic
+        ctx.selection_version = selection.indices_version()
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
+        if ctx.selection.indices_version() != ctx.selection_version:
+            raise RuntimeError("the selection's indices were changed in place between the forward and the "
+                               "backward pass; the gradients would not match the forward's output")
         dq, dk, dv = kv_outer_backward(q, k, v, out, lse, dout, ctx.selection, ctx.scale,
                                        deterministic=ctx.deterministic)
         return dq, dk, dv, None, None, None

@@ -33,7 +33,9 @@ def build_query_lists(selection: BlockSelection, q0: int, q1: int, entries_per_i
     B, Hs, C, K = ids.shape
     nb = selection.num_blocks
     dev = ids.device
-    valid = ids >= 0
+    # Ids past the last block only reach here if the selection was edited behind its checks
+    # (e.g. through .numpy()): they are dropped rather than turned into another row's lists.
+    valid = (ids >= 0) & (ids < nb)
     row = torch.arange(B * Hs, device=dev).view(B, Hs, 1, 1)
     list_id = (row * nb + ids.long())[valid]
     t = torch.arange(q0, q1, device=dev, dtype=torch.int32).view(1, 1, C, 1).expand(B, Hs, C, K)[valid]

@@ -24,6 +24,11 @@ def check_triton_device(x: torch.Tensor, backend: str) -> None:
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"backend={backend!r} supports float16, bfloat16 and float32 inputs, got {x.dtype}; "
                         "use backend='reference' for float64")
+    if interpreted() and x.dtype == torch.bfloat16:
+        # Seen with triton 3.9: the interpreter's bf16 tl.dot returns values off by up to ~1e9.
+        raise TypeError(f"backend={backend!r} cannot take bfloat16 inputs under TRITON_INTERPRET=1: the "
+                        "Triton interpreter's bfloat16 dot products are wrong; use float16 or float32 on "
+                        "the CPU, or run on a GPU without TRITON_INTERPRET")
     if x.is_cuda or interpreted():
         return
     raise RuntimeError(

@@ -36,3 +36,24 @@ def slot_row(C, q0, HQ, ssb, ssh, ssn, HB: tl.constexpr, HPR: tl.constexpr):
     heads_ok = heads < HQ
     sel_row = b.to(tl.int64) * ssb + (heads // HPR).to(tl.int64) * ssh + (q0 + i).to(tl.int64) * ssn
     return b, i, heads, heads_ok, sel_row
+
+
+@triton.jit
+def finite_part(x):
+    """``x`` with its non-finite entries zeroed. A tile entering a dot beside masked rows or
+    keys is cleaned so that a NaN or inf there cannot reach them through ``0 * NaN``."""
+    return tl.where(tl.abs(x) < float("inf"), x, tl.zeros_like(x))
+
+
+@triton.jit
+def finite_values(v):
+    """``(finite_part(v), bad [keys])`` of a ``[keys, D]`` value tile, ``bad`` 1 for the keys
+    whose value holds a non-finite entry (0 elsewhere), for ``sees_any``."""
+    return finite_part(v), tl.max(tl.where(tl.abs(v) < float("inf"), 0, 1), 1)
+
+
+@triton.jit
+def sees_any(visible, bad):
+    """``[rows]``: True where a row of ``visible [rows, keys]`` sees a key flagged in ``bad``.
+    Its output is set to NaN: the zeroed value alone would leave it finite and wrong."""
+    return tl.max(tl.where(visible, bad[None, :], 0), 1) > 0
