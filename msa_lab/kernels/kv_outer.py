@@ -23,7 +23,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
 from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import finite_values, load_rows, sees_any, slot_row, work_item
+from .tiles import finite_values, load_rows, slot_row, work_item
 
 #: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
 #: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
@@ -61,8 +61,11 @@ def _kv_outer_fwd(
     d_ok = offs_d < D
     k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
     v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
-    # A non-finite value reaches only the queries that see its key (not the whole tile via 0 * NaN).
+    # A non-finite value reaches only the queries that see its key (not the whole tile via 0 * NaN):
+    # the values enter the dot cleaned, and the rows causally at or after the block's first bad
+    # key are set to NaN. One compare per row in the loop (N: no bad key), not a pass over the tile.
     v, v_bad = finite_values(v)
+    first_bad = tl.min(tl.where(key_ok & (v_bad > 0), key_pos, N), 0)
 
     offs_m = tl.arange(0, M)
     tok = offs_m // HPR
@@ -84,7 +87,7 @@ def _kv_outer_fwd(
         l = tl.sum(p, 1)
         l = tl.where(row_ok, l, 1.0)
         o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / l[:, None]
-        o = tl.where(sees_any(visible, v_bad)[:, None], float("nan"), o)
+        o = tl.where((t >= first_bad)[:, None], float("nan"), o)
         i = (t - q0).to(tl.int64)
         o_off = b.to(tl.int64) * sob + i[:, None] * son + slot[:, None] * sok + head[:, None] * soh + offs_d[None, :]
         tl.store(o_part_ptr + o_off, o.to(o_part_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

@@ -94,10 +94,16 @@ def _kv_outer_bwd(
         p = tl.where(visible, tl.exp2(s - lse[:, None] * log2e), 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        # Masked: delta is NaN for a query whose output is, and 0 * NaN must not reach the keys.
-        ds = tl.where(visible, p * (dp - delta[:, None]), 0.0)
-        # A query row holding a non-finite entry: zeroed, its NaN ds still reaches the keys it sees.
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), finite_part(q), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        # delta is NaN for a query whose output is (it sees a non-finite value, or its own q is
+        # one): that row's 0 * NaN must not reach the keys it does not see, through ds or its q.
+        # Rare, so the masking runs only on tiles holding such a row.
+        row_bad = delta != delta
+        q_dot = q
+        if tl.max(row_bad.to(tl.int32), 0) > 0:
+            ds = tl.where(visible, ds, 0.0)
+            q_dot = tl.where(row_bad[:, None], tl.zeros_like(q), q)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q_dot, input_precision=PRECISION)
         dq = tl.dot(ds.to(k.dtype), k_dot, input_precision=PRECISION) * scale
         if DQ_PER_SLOT:  # the (query, slot) row of this chunk's partial buffer
             slot = tl.load(slot_ptr + start + e, mask=row_ok, other=0)
