@@ -41,7 +41,11 @@ TRAIN = "experiments/results/train"
 PREFILL_128K = f"{SWEEPS}/headline_prefill_128k_h200"
 PREFILL_1M = f"{SWEEPS}/headline_prefill_1m_h200"
 DECODE = f"{SWEEPS}/headline_decode_h200"
-TRAINING_STEP = "experiments/results/bench_training_step_v5_h200.json"
+TRAINING_STEP = "experiments/results/bench_training_step_v7_h200.json"
+#: The same bench at ac651d5 (the code of the prefill tables) and with the first masking.
+TRAINING_STEP_BEFORE = "experiments/results/bench_training_step_v5_h200.json"
+TRAINING_STEP_FIRST_MASK = "experiments/results/bench_training_step_v6_h200.json"
+DECODE_V1 = "experiments/results/superseded/headline_decode_v1_h200"
 SELECTION_CHECK = "experiments/results/selection_correctness_h200.json"
 
 
@@ -191,9 +195,15 @@ def _passkey(run: str, folder: str = f"{TRAIN}/ablation_gpu_h200") -> tuple[floa
     return seed_values(folder, run, passkey_accuracy(512))
 
 
-def _training_step(what: str) -> dict:
-    (row,) = [r for r in json_rows(TRAINING_STEP) if r.get("what") == what and r.get("N") == 1 << 17]
+def _training_step(what: str, path: str = TRAINING_STEP) -> dict:
+    (row,) = [r for r in json_rows(path) if r.get("what") == what and r.get("N") == 1 << 17]
     return row
+
+
+def _decode_runs() -> tuple:
+    first = total(DECODE_V1, "msa", "triton", 1 << 20, cuda_graph=False)
+    return (first["median_ms"], first["speedup"], _t(DECODE, "msa", "triton", 1 << 20, cuda_graph=False),
+            _t(DECODE_V1, "msa", "triton", 1 << 20, cuda_graph=True), _t(DECODE, "msa", "triton", 1 << 20, cuda_graph=True))
 
 
 def _step_ratio(what: str) -> float:
@@ -311,6 +321,17 @@ CLAIMS: list[Claim] = [
     Claim("docs/kernels.md", "is {0:.1f}x ({1:.1f} ms against {2:.0f} ms, `training.md`)", TRAINING_STEP,
           lambda: (_step_ratio(STEP), _training_step(STEP)["median_ms"],
                    _training_step("sdpa cudnn forward+backward")["median_ms"])),
+    Claim("docs/results.md", "measured {0:.3f} ms per call at 1M ({1:.1f}x) where this one measured {2:.3f} ms; graph "
+          "replays do not move ({3:.3f} and {4:.3f} ms)", f"{DECODE_V1}, {DECODE}", _decode_runs),
+    Claim("docs/results.md", "timed the KV-outer forward alone at {0:.1f} and {1:.1f} ms and its forward + backward at "
+          "{2:.1f} and {3:.1f} ms", f"{TRAINING_STEP_BEFORE}, {TRAINING_STEP}", lambda: (
+              _training_step("kv-outer forward", TRAINING_STEP_BEFORE)["median_ms"],
+              _training_step("kv-outer forward")["median_ms"],
+              _training_step("kv-outer forward+backward", TRAINING_STEP_BEFORE)["median_ms"],
+              _training_step("kv-outer forward+backward")["median_ms"])),
+    Claim("docs/results.md", "cost 18 % (`_v6_`: {0:.1f} and {1:.1f} ms)", TRAINING_STEP_FIRST_MASK, lambda: (
+              _training_step("kv-outer forward", TRAINING_STEP_FIRST_MASK)["median_ms"],
+              _training_step("kv-outer forward+backward", TRAINING_STEP_FIRST_MASK)["median_ms"])),
     # bf16 selections as sets
     Claim("docs/benchmarks.md", "the same set on {0:.6f} of MSA's rows and {1:.7f} of MoBA's", SELECTION_CHECK,
           lambda: (_selection_rows("triton selection vs reference", 65536, "bfloat16"),
