@@ -170,7 +170,7 @@ def paper_figure(fig: go.Figure, width="single", height: float | None = None, *,
     width_px = round(w * PX_PER_INCH)
     right_axis = any(k.startswith("yaxis") and out.layout[k].overlaying for k in out.layout.to_plotly_json())
     # The legend sits above the plot: leave room for its rows (and for subplot titles).
-    titled = 14 if out.layout.annotations else 0
+    titled = 14 * max((1 + (a.text or "").count("<br>") for a in out.layout.annotations), default=0)
     top = 6 + 13 * _legend_rows(out, width_px - 60, small) + titled
     height_px = round(h * PX_PER_INCH)
     out.update_layout(
