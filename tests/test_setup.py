@@ -7,8 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parent.parent
 # python3 -m venv DIR: a venv whose pip does nothing and whose python prints a torch version.
 FAKE_PYTHON = """#!/bin/bash
