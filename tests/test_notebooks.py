@@ -5,6 +5,7 @@ Outputs in a notebook's working file (a JupyterLab autosave) do not matter: nbcl
 each cell before running it, and the committed-outputs check reads git's index, what a
 commit would hold. `make strip-notebooks` clears them before a commit."""
 
+import contextlib
 import importlib.util
 import shutil
 import subprocess
@@ -86,6 +87,8 @@ def scratch_under_root(tmp_path):
     relative = Path("results") / "test_notebooks" / tmp_path.name
     yield relative
     shutil.rmtree(ROOT / relative, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the shared parent, once no other test's folder is in it
+        (ROOT / relative).parent.rmdir()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
