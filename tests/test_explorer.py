@@ -65,3 +65,12 @@ def test_bad_arguments_name_themselves():
         CoverageExplorer(patterns=("spiral",))
     with pytest.raises(ValueError, match="rows"):
         CoverageExplorer(rows=0)
+
+
+def test_the_explorer_names_its_histograms_and_greys_future_blocks(explorer):
+    explorer.method.value, explorer.seq_len.value, explorer.block_size.value = "moba", 1000, 64
+    assert [(t.name, t.showlegend) for t in explorer.hist.data] == [("MoBA", True), ("oracle (best possible)", True)]
+    share, future = explorer.map.data[0].z, explorer.map.data[2].z
+    assert len(future) == len(share) == 16
+    assert all((future[q][k] is None) == (k <= q) for q in range(16) for k in range(16))
+    assert explorer.map.data[3].name == "future blocks (causally masked)"

@@ -2,8 +2,10 @@
 Playwright): run the coverage-explorer notebook, check that Plotly figures and widgets render,
 and that moving the top_k slider changes the figure and the numbers.
 
-Skipped when Playwright or Chromium is missing (it needs no browser download: Playwright
-drives the system Chromium).
+It needs no browser download: Playwright drives the system Chromium that scripts/setup.sh
+installs. Where Playwright or Chromium is missing the test is skipped and the end of the
+test report says "JupyterLab browser test: NOT RUN (why)"; under CI (``CI=true``, whose
+set-up installs both) it fails instead.
 """
 
 import os
@@ -23,7 +25,38 @@ ROOT = Path(__file__).parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SMALL = "seq_len = 2048\nnum_heads = 4\nnum_kv_heads = 2\nhead_dim = 32\nblock_size = 64\ntop_k = 4\nrows = 128"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
+
+class _NotRunReport:
+    """A line at the end of the terminal report, so a skipped browser test is not missed."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def pytest_terminal_summary(self, terminalreporter):
+        terminalreporter.write_line(f"JupyterLab browser test: NOT RUN ({self.why})", yellow=True, bold=True)
+
+
+def browser_tools_or_skip(config, chromium):
+    """Playwright's sync API and ``chromium`` to drive, or a skip that the end of the report
+    names (a failure under CI, whose set-up installs both)."""
+    why = None
+    try:
+        import playwright.sync_api as sync_api
+    except ImportError:
+        why = "no Playwright: pip install -e '.[dev]'"
+    if chromium is None:
+        why = "no Chromium: bash scripts/setup.sh, or apt-get install chromium"
+    if why is None:
+        return sync_api, chromium
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI set-up installs Playwright and Chromium, yet: {why}")
+    config.pluginmanager.register(_NotRunReport(why), "jupyterlab-browser-not-run")
+    pytest.skip(why)
+
+
+@pytest.fixture()
+def browser_tools(request):
+    return browser_tools_or_skip(request.config, CHROMIUM)
 
 
 def _free_port() -> int:
@@ -61,12 +94,12 @@ def lab(tmp_path):
         server.wait(timeout=30)
 
 
-def test_explorer_notebook_renders_and_responds_in_a_real_browser(lab):
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_explorer_notebook_renders_and_responds_in_a_real_browser(browser_tools, lab):
+    sync_api, chromium = browser_tools
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = p.chromium.launch(executable_path=chromium, args=args)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(lab)
         page.wait_for_selector(".jp-StatusBar-Item:has-text('| Idle')", timeout=90_000)
@@ -95,3 +128,19 @@ def test_explorer_notebook_renders_and_responds_in_a_real_browser(lab):
         page.wait_for_timeout(500)
         assert heat.inner_html() != before_svg  # the figure was redrawn with the new selection
         browser.close()
+
+
+def test_a_browser_test_that_cannot_run_is_named_at_the_end_of_the_report(tmp_path):
+    """This file's browser test on a PATH without Chromium: skipped, with the NOT RUN line."""
+    env = dict(os.environ, PATH=str(tmp_path), CI="")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--noconftest", "-q",
+                           "-k", "real_browser", __file__], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout
+    assert "JupyterLab browser test: NOT RUN (no Chromium" in done.stdout, done.stdout
+
+
+def test_under_ci_a_missing_browser_fails_the_browser_test(monkeypatch, request):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI set-up installs Playwright and Chromium, yet: no Chromium"):
+        browser_tools_or_skip(request.config, None)

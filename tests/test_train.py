@@ -289,7 +289,7 @@ def test_training_figures(tmp_path):
     heat = training.needle_heatmap_figure(run)
     assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 2  # depths x lengths
     loss = training.loss_figure(tmp_path)
-    assert {t.name for t in loss.data} >= {"passkey"}
+    assert {t.name for t in loss.data} >= {training.run_label(json.loads((run / "config.json").read_text()))}
     assert training.index_coverage_figure(run).data
     by_position = training.loss_by_position_figure(run)
     assert [a.text for a in by_position.layout.annotations] == ["64 tokens", "80 tokens"]
@@ -313,23 +313,25 @@ def test_training_figures_average_over_seeds():
     gpu = Path(__file__).parent.parent / "experiments/results/train/ablation_gpu_h200"
     seeds = [json.loads((gpu / f"msa_seed{k}" / "summary.json").read_text()) for k in range(3)]
     per_seed = [np.mean([e["token_accuracy"] for e in s["eval"] if e["seq_len"] == 1024]) for s in seeds]
-    line = next(t for t in training.accuracy_figure(gpu).data if t.name == "msa")
+    msa = "MSA, block 16 x top-4, 800 warm-up steps"  # the run msa, by its readable name
+    line = next(t for t in training.accuracy_figure(gpu).data if t.name == msa)
     at = list(line.x).index(1024)
     assert line.y[at] == pytest.approx(np.mean(per_seed)) and line.error_y.array[at] == pytest.approx(np.std(per_seed, ddof=1))
     grid = training.needle_grid_figure(gpu)
-    assert [a.text for a in grid.layout.annotations] == ["full", "moba", "msa_no_warmup", "msa", "msa_warmup200"]
+    assert [a.text for a in grid.layout.annotations] == ["full attention", "MoBA", "MSA<br>from scratch",
+                                                         "MSA<br>800 warm-up steps", "MSA<br>200 warm-up steps"]
     with pytest.raises(ValueError, match="run: name one of full, moba"):
         training.needle_heatmap_figure(gpu)
     heat = training.needle_heatmap_figure(gpu, metric="token_accuracy", run="msa")
     cell = np.mean([e["token_accuracy"] for s in seeds for e in s["eval"] if e["seq_len"] == 2048 and e.get("depth") == 0.0])
     assert heat.data[0].z[0][-1] == pytest.approx(cell) and "mean of 3 seeds" in heat.layout.title.text
     loss = training.loss_figure(gpu)
-    assert sum(t.name == "msa" for t in loss.data) == 1
-    # runs of the same name from two ablations stay apart, named by their folder
+    assert sum(t.name == msa for t in loss.data) == 1
+    # runs of the same readable name from two ablations stay apart, named by their folder too
     results = gpu.parent
     names = {t.name for t in training.accuracy_figure([results / "smoke_cpu", results / "passkey_cpu"]).data}
-    assert names == {f"{folder}/{run}" for folder in ("smoke_cpu", "passkey_cpu") for run in ("full", "moba", "msa")} | {
-        "moba_all_sparse", "msa_all_sparse"}
+    assert {"full attention (smoke_cpu/full)", "full attention (passkey_cpu/full)",
+            "MoBA, block 16 x top-4, all layers sparse"} <= names and len(names) == 8
 
 
 def test_sparse_from_step_0_leaves_out_the_index_warm_up_runs():

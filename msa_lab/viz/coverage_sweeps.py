@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from ..data import PATTERNS
 from .figures import distance_figure
-from .theme import TEMPLATE, method_color
+from .theme import TEMPLATE, method_color, tokens_label
 
 METHODS = ("oracle", "msa", "moba", "window", "random")
 #: MSA's index branch here is the main Q/K (``index_from_qk``): the mechanism, untrained.
@@ -67,6 +67,11 @@ def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+def _readable(value) -> str:
+    """A pattern (or other parameter value) as a panel title: "heavy_hitter" -> "heavy hitter"."""
+    return str(value).replace("_", " ")
+
+
 def _subtitle(fixed: dict) -> str:
     parts = [f"N={r:,}" if p == "seq_len" else f"{p}={r}" for p, r in fixed.items()]
     return ", ".join(parts)
@@ -74,12 +79,18 @@ def _subtitle(fixed: dict) -> str:
 
 def _panels(rows, x: str, metric: str, split: str, title: str) -> go.Figure:
     """One panel per value of ``split`` (or one panel), a line per method: ``metric``
-    against ``x``."""
+    against ``x``. A panel with a single ``x`` value has no line to show and is left out
+    (a sweep of lengths for the mixed pattern only, say); the title says which were."""
     order = ("mixed", *PATTERNS)
     panels = sorted({r[split] for r in rows}, key=lambda v: (order.index(v) if v in order else len(order), str(v))) \
         if split else [None]
+    if split:
+        lines = [p for p in panels if len({r[x] for r in rows if r[split] == p}) > 1]
+        if lines and len(lines) < len(panels):
+            title += f"; {', '.join(_readable(p) for p in panels if p not in lines)}: one {x} only, not shown"
+            panels, rows = lines, [r for r in rows if r[split] in lines]
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[str(p) for p in panels] if split else None)
+                        subplot_titles=[_readable(p) for p in panels] if split else None)
     for col, panel in enumerate(panels, start=1):
         panel_rows = [r for r in rows if split is None or r[split] == panel]
         for method in _ordered({r["method"] for r in panel_rows}):
@@ -93,7 +104,8 @@ def _panels(rows, x: str, metric: str, split: str, title: str) -> go.Figure:
                             row=1, col=col)
         values = sorted({r[x] for r in rows})
         middle = col == (len(panels) + 1) // 2  # one axis title for the row of panels
-        fig.update_xaxes(type="log", tickvals=values, ticktext=[str(v) for v in values],
+        fig.update_xaxes(type="log", tickvals=values, tickangle=0,
+                         ticktext=[tokens_label(v) if x == "seq_len" else str(v) for v in values],
                          title_text=AXES[x] if middle else None, row=1, col=col)
     bounded = metric != "output_error"
     fig.update_yaxes(title_text=METRICS.get(metric, metric), row=1, col=1)
@@ -156,7 +168,7 @@ def head_figure(rows, pattern: str | None = "mixed") -> go.Figure:
     for r in _by_method(rows):
         heads = r["recall_by_head"]
         group = len(heads) // len(r["patterns"])
-        labels = [f"head {h}<br>{r['patterns'][h // group]}" for h in range(len(heads))]
+        labels = [f"head {h}<br>{_readable(r['patterns'][h // group])}" for h in range(len(heads))]
         fig.add_bar(x=labels, y=heads, name=_label(r["method"]),
                     marker_color=method_color(r["method"]))
     fig.update_layout(template=TEMPLATE, barmode="group", title=f"Mean recall per head ({_subtitle(fixed)})",

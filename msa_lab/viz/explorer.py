@@ -27,6 +27,8 @@ from ..reference import block_mass
 from ..selection import num_blocks
 from ..selectors import block_mean_keys, index_from_qk, moba_gate, msa_block_scores, select_top_blocks
 from ..validation import check_choice, check_positive_int
+from .coverage_sweeps import METHOD_LABELS
+from .figures import add_future_layer, future_cells
 from .theme import TEMPLATE, method_color
 
 METHODS = ("msa", "moba", "oracle", "window", "random")
@@ -86,20 +88,24 @@ class CoverageExplorer:
         self.seq_len = w.Dropdown(options=list(seq_lens), value=seq_lens[0], description="tokens", style=style)
         self.pattern = w.Dropdown(options=list(patterns), value=patterns[0], description="data", style=style)
         self.summary = w.HTML()
-        self.map = go.FigureWidget(layout=dict(template=TEMPLATE, height=430, width=470,
-                                               margin=dict(l=60, r=10, t=40, b=50)))
+        self.map = go.FigureWidget(layout=dict(template=TEMPLATE, height=460, width=470,
+                                               margin=dict(l=60, r=10, t=40, b=80)))
         self.map.add_heatmap(z=[[0]], colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="share"),
                              hovertemplate="query bin %{y}<br>key bin %{x}<br>share %{z:.2f}<extra></extra>")
         self.map.add_scatter(x=[], y=[], mode="markers", name="oracle miss",
                              marker=dict(symbol="x", color="#D55E00", size=6))
+        add_future_layer(self.map, 1, 1)  # traces 2 and 3: sized to the bins by update()
         self.map.update_layout(xaxis_title="key block", yaxis_title="query block", yaxis_autorange="reversed",
-                               showlegend=False)
+                               legend=dict(orientation="h", x=0, y=-0.18, yanchor="top"),
+                               xaxis_showgrid=False, yaxis_showgrid=False)
         self.hist = go.FigureWidget(layout=dict(template=TEMPLATE, height=430, width=430,
                                                 margin=dict(l=60, r=10, t=40, b=50)))
-        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name="selection",
-                                marker_color=method_color("msa"), opacity=0.8)
-        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name="oracle",
-                                marker_color=method_color("oracle"), opacity=0.45)
+        # Both traces named (and shown in the legend) from the start; update() names the first
+        # after the selector.
+        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name=METHOD_LABELS["msa"],
+                                marker_color=method_color("msa"), opacity=0.8, showlegend=True)
+        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name="oracle (best possible)",
+                                marker_color=method_color("oracle"), opacity=0.45, showlegend=True)
         self.hist.update_layout(barmode="overlay", xaxis_title="recall of a row", yaxis_title="rows",
                                 xaxis_range=[0, 1.01], legend=dict(x=0.02, y=0.98))
         controls = [self.method, self.block_size, self.top_k, self.head, self.seq_len, self.pattern]
@@ -183,13 +189,14 @@ class CoverageExplorer:
         with self.map.batch_update():
             self.map.data[0].z = share.tolist()
             self.map.data[1].x, self.map.data[1].y = kb.tolist(), qb.tolist()
+            self.map.data[2].z = future_cells(*share.shape)
             self.map.layout.title = (f"{name}: {'head' if report.per == 'head' else 'group'} {row}, "
                                      f"x = oracle miss")
             self.map.layout.xaxis.title, self.map.layout.yaxis.title = f"key {unit}", f"query {unit}"
         recall = report.recall[0, head]
         with self.hist.batch_update():
             self.hist.data[0].x = recall.tolist()
-            self.hist.data[0].name = name
+            self.hist.data[0].name = METHOD_LABELS[name]
             self.hist.data[0].marker.color = method_color(name)
             self.hist.data[1].x = report.oracle_recall[0, head].tolist()
             self.hist.layout.title = f"Recall of head {head}'s rows"

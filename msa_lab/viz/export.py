@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from .theme import COLUMN_WIDTHS, PAPER_FONT_PT, PAPER_SMALL_PT, PAPER_TEMPLATE, PX_PER_INCH, pt_to_px
 
@@ -74,11 +76,42 @@ def static_export_session(formats=STATIC_FORMATS):
         kaleido.stop_sync_server(silence_warnings=True)
 
 
+#: What differs between two exports of one figure: an SVG's random ids (plotly.js draws a
+#: plot id, in its clip-path and defs ids, and an id per trace, in its class and its colour
+#: bar's gradient id, for each render), a PDF's
+#: creation and modification dates, an HTML div's random UUID.
+_SVG_IDS = re.compile(rb'<defs id="defs-([0-9a-f]+)"|class="trace \w+ trace([0-9a-f]+)"|-cb([0-9a-f]+)"')
+_PDF_DATES = re.compile(rb"/(CreationDate|ModDate) \(D:[^)]*\)")
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _comparable(content: bytes, fmt: str) -> bytes:
+    """``content`` with what changes from one export of the same figure to the next masked."""
+    if fmt == "svg":
+        for n, uid in enumerate(dict.fromkeys(next(filter(None, m.groups())) for m in _SVG_IDS.finditer(content))):
+            content = content.replace(uid, b"ID%d" % n)
+        return content
+    if fmt == "pdf":
+        return _PDF_DATES.sub(rb"/\1 ()", content)
+    if fmt == "html":
+        return _UUID.sub(b"UUID", content)
+    return content
+
+
+def _write_if_changed(target: Path, content: bytes, fmt: str) -> None:
+    """Write ``content`` unless ``target`` holds the same figure already: a figure that did
+    not change keeps its file, bytes and mtime (no spurious diffs in a checkout)."""
+    if target.is_file() and _comparable(target.read_bytes(), fmt) == _comparable(content, fmt):
+        return
+    target.write_bytes(content)
+
+
 def save_figure(fig: go.Figure, path, formats=("html",), *, width: int = WIDTH, height: int = HEIGHT,
                 png_scale: float = PNG_SCALE) -> list[Path]:
-    """Write ``fig`` as ``path.<format>`` for each format; returns the files. HTML files
-    share one ``plotly.min.js`` in their folder, so a folder of figures opens offline.
-    ``width``/``height`` in CSS pixels (96 per inch); PNGs at ``png_scale`` times that."""
+    """Write ``fig`` as ``path.<format>`` for each format; returns the files. A file that
+    holds the same figure already (differing only in dates or random ids) is left as it is.
+    HTML files share one ``plotly.min.js`` in their folder, so a folder of figures opens
+    offline. ``width``/``height`` in CSS pixels (96 per inch); PNGs at ``png_scale`` times that."""
     formats = _check_formats(formats)
     stem = Path(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -86,13 +119,17 @@ def save_figure(fig: go.Figure, path, formats=("html",), *, width: int = WIDTH, 
     for fmt in formats:
         target = stem.with_suffix(f".{fmt}")
         if fmt == "html":
-            fig.write_html(target, include_plotlyjs="directory", full_html=True)
+            content = fig.to_html(include_plotlyjs="directory", full_html=True).encode("utf-8")
+            bundle = target.parent / "plotly.min.js"
+            if not bundle.exists():
+                bundle.write_text(get_plotlyjs(), encoding="utf-8")
         else:
             _kaleido()
             with warnings.catch_warnings():  # plotly notes that a running server ignores kopts
                 warnings.filterwarnings("ignore", message="The kopts argument is ignored")
-                fig.write_image(target, format=fmt, width=width, height=height,
-                                scale=png_scale if fmt == "png" else 1)
+                content = fig.to_image(format=fmt, width=width, height=height,
+                                       scale=png_scale if fmt == "png" else 1)
+        _write_if_changed(target, content, fmt)
         written.append(target)
     return written
 
@@ -133,7 +170,7 @@ def paper_figure(fig: go.Figure, width="single", height: float | None = None, *,
     width_px = round(w * PX_PER_INCH)
     right_axis = any(k.startswith("yaxis") and out.layout[k].overlaying for k in out.layout.to_plotly_json())
     # The legend sits above the plot: leave room for its rows (and for subplot titles).
-    titled = 14 if out.layout.annotations else 0
+    titled = 14 * max((1 + (a.text or "").count("<br>") for a in out.layout.annotations), default=0)
     top = 6 + 13 * _legend_rows(out, width_px - 60, small) + titled
     height_px = round(h * PX_PER_INCH)
     out.update_layout(

@@ -10,7 +10,7 @@ import torch
 
 from ..coverage import CoverageReport
 from ..selection import BlockSelection
-from .theme import TEMPLATE, method_color
+from .theme import FUTURE_COLOR, TEMPLATE, method_color
 
 
 def recall_by_position_figure(reports: Mapping[str, CoverageReport], num_bins: int = 32) -> go.Figure:
@@ -74,16 +74,33 @@ def recall_by_distance_figure(reports: Mapping[str, CoverageReport]) -> go.Figur
     return distance_figure({name: rep.by_distance() for name, rep in reports.items()})
 
 
+def future_cells(num_query_cells: int, num_key_cells: int) -> list[list[float | None]]:
+    """A heat map layer ``[query cell][key cell]`` that is 1 where the key cell lies after
+    the query cell (no query there may select it) and None (not drawn) elsewhere."""
+    return [[1.0 if k > q else None for k in range(num_key_cells)] for q in range(num_query_cells)]
+
+
+def add_future_layer(fig, num_query_cells: int, num_key_cells: int, **where) -> None:
+    """Grey the causally masked cells of a selection map (``where``: the subplot) and give
+    them a legend entry of their own: they are not "not chosen", they cannot be chosen."""
+    fig.add_heatmap(z=future_cells(num_query_cells, num_key_cells), colorscale=[[0, FUTURE_COLOR], [1, FUTURE_COLOR]],
+                    showscale=False, showlegend=False, hoverinfo="skip", **where)
+    fig.add_scatter(x=[None], y=[None], mode="markers", name="future blocks (causally masked)",
+                    marker=dict(symbol="square", size=10, color=FUTURE_COLOR), **where)
+
+
 def selection_map_figure(selection: BlockSelection, *, batch: int = 0, head: int = 0,
                          oracle: BlockSelection | None = None, title: str | None = None) -> go.Figure:
     """Query block x key block heat map: the share of each query block's queries that
-    selected each key block. With ``oracle``, blocks the oracle chose but the selection
-    never did are marked with x."""
+    selected each key block; key blocks after the query's own, which causality rules out,
+    are grey. With ``oracle``, blocks the oracle chose but the selection never did are
+    marked with x."""
     share = selection.block_map()[batch, head].cpu()
     nb = share.shape[0]
     fig = go.Figure(go.Heatmap(z=share.tolist(), colorscale="Viridis", zmin=0, zmax=1,
-                               colorbar=dict(title="share"),
+                               colorbar=dict(title="share"), name="share of queries",
                                hovertemplate="query block %{y}<br>key block %{x}<br>share %{z:.2f}<extra></extra>"))
+    add_future_layer(fig, nb, share.shape[1])
     if oracle is not None:
         missed = (oracle.block_map()[batch, head].cpu() > 0) & (share == 0)
         qb, kb = torch.nonzero(missed, as_tuple=True)
@@ -94,7 +111,7 @@ def selection_map_figure(selection: BlockSelection, *, batch: int = 0, head: int
                       title=title or f"Selected blocks ({label} {head}, batch {batch})",
                       xaxis_title="key block", yaxis_title="query block",
                       yaxis_autorange="reversed", xaxis_constrain="domain",
-                      yaxis_scaleanchor="x")
+                      yaxis_scaleanchor="x", plot_bgcolor="white", xaxis_showgrid=False, yaxis_showgrid=False)
     return fig
 
 

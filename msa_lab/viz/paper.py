@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,10 +22,26 @@ from tqdm.auto import tqdm
 from ..bench.store import checkout_path, load_results
 from ..runs import sparse_from_step_0
 from .coverage_sweeps import budget_figure, coverage_distance_figure, head_figure, position_figure, recall_figure
-from .export import STATIC_FORMATS, _check_formats, export_figure, save_figure, static_export_session
+from .export import STATIC_FORMATS, _check_formats, _write_if_changed, export_figure, save_figure, static_export_session
 from .figures import selection_map_figure
 from .sweeps import grid_figure, latency_figure, speedup_figure, stage_figure
 from .training import accuracy_figure, loss_by_position_figure, needle_grid_figure
+
+
+#: Shape fields a caption may name as ``{field}``: filled from the figure's rows, so a caption
+#: never states a head count or block size that the data do not have.
+CAPTION_FIELDS = ("batch", "num_heads", "num_kv_heads", "head_dim", "block_size", "top_k", "dtype")
+
+
+def caption_fields(rows) -> dict[str, str]:
+    """``{field: value}`` of the finished rows for each of ``CAPTION_FIELDS`` (several values
+    joined with "/"; a field no row has is left out)."""
+    fields = {}
+    for field in CAPTION_FIELDS:
+        values = sorted({r[field] for r in rows if r.get("status") == "ok" and r.get(field) is not None}, key=str)
+        if values:
+            fields[field] = "/".join(map(str, values))
+    return fields
 
 
 @dataclass(frozen=True)
@@ -33,7 +49,7 @@ class PaperFigure:
     name: str
     results: str | None  # a sweep folder under the results directory; None: runs, or generated data
     draw: Callable  # the sweep's rows (or, with runs, the training folders) -> the figure
-    caption: str
+    caption: str  # may name CAPTION_FIELDS as {field}: filled from the rows
     width: str = "single"
     height: float | None = None  # inches; None: the paper theme's default for the width
     runs: tuple[str, ...] = ()  # training ablation folders under experiments/results/train
@@ -55,14 +71,18 @@ def selection_map_example(rows=None, *, seq_len: int = 8192, block_size: int = 1
 
 PAPER_FIGURES = (
     PaperFigure("prefill_speedup", "prefill_1m_h200", lambda rows: speedup_figure(rows, "prefill"),
-                "Prefill speedup over the fastest dense SDPA backend against sequence length (H200, bf16, "
-                "32 query / 8 KV heads, D = 128, block 128, top-k 16); markers: published numbers.", "double", 3.6),
+                "Prefill speedup over the fastest dense SDPA backend against sequence length (H200, {dtype}, "
+                "{num_heads} query / {num_kv_heads} KV heads, D = {head_dim}, block {block_size}, top-k {top_k}); "
+                "stars: published wall-clock speedups at 1M (MSA paper, on an H800; MoBA report), not re-measured; "
+                "open diamond: the MSA paper's compute (FLOP) ratio at 1M, not a timing.", "double", 3.6),
     PaperFigure("prefill_latency", "prefill_1m_h200", lambda rows: latency_figure(rows, "prefill"),
                 "Prefill latency (median, IQR bars) with the roofline bound of the cost model dotted.", "double", 3.6),
     PaperFigure("prefill_stages_msa", "prefill_1m_h200", lambda rows: stage_figure(rows, "msa", "triton", "prefill"),
                 "Where MSA's prefill time goes: index selection, query lists, KV-outer attention, LSE merge."),
     PaperFigure("decode_speedup", "decode_1m_h200", lambda rows: speedup_figure(rows, "decode"),
-                "Decode step speedup over dense attention against context length (H200, batch 8, CUDA graphs)."),
+                "Decode step speedup over dense attention against context length (H200, batch {batch}, "
+                "{num_heads} query / {num_kv_heads} KV heads, CUDA graphs); star: the MSA paper's published "
+                "wall-clock decode speedup at 1M (H800), not re-measured."),
     PaperFigure("gqa_kv_outer_vs_q_outer", "gqa_grid_h200", lambda rows: grid_figure(rows, "num_kv_heads", "prefill"),
                 "KV-outer against Q-outer block-sparse attention as the GQA ratio changes (128K tokens, H200)."),
     PaperFigure("coverage_recall_vs_top_k", "coverage_cpu", lambda rows: recall_figure(rows, "top_k"),
@@ -115,7 +135,8 @@ def _chosen(only) -> tuple[PaperFigure, ...]:
 def draw_paper_figures(results_dir=None, only=None, progress: bool = True) -> Iterator[tuple[PaperFigure, go.Figure, str]]:
     """``(spec, figure in the house style, source)`` for every paper figure (or those named
     in ``only``), drawn from the results under ``results_dir`` (default: the checkout's
-    ``experiments/results/sweeps``); ``source`` names the results and their GPU."""
+    ``experiments/results/sweeps``); ``source`` names the results and their GPU, and the
+    spec's caption has its ``{field}``s filled from the rows."""
     chosen = _chosen(only)
     root = Path(results_dir) if results_dir is not None else checkout_path("experiments", "results", "sweeps")
     cache: dict[str, list[dict]] = {}
@@ -133,6 +154,8 @@ def draw_paper_figures(results_dir=None, only=None, progress: bool = True) -> It
             rows = cache[spec.results]
         source = (_source(f"`{spec.results}`", {r.get("gpu") for r in rows if r.get("gpu")})
                   if spec.results else "generated data (`msa_lab.data`, seed 0)")
+        if rows is not None:
+            spec = replace(spec, caption=spec.caption.format(**caption_fields(rows)))
         yield spec, spec.draw(rows), source
 
 
@@ -165,5 +188,5 @@ def write_paper_figures(out_dir, formats=STATIC_FORMATS, *, results_dir=None, on
     lines = ["# Paper figures", "", "Rebuilt by `msa-lab figures` from committed results.", "",
              "| figure | width | source | caption |", "| --- | --- | --- | --- |",
              *(rows[f.name] for f in PAPER_FIGURES if f.name in rows)]
-    index.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_if_changed(index, ("\n".join(lines) + "\n").encode("utf-8"), "md")
     return [*written, index]

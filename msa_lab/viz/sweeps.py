@@ -18,7 +18,7 @@ from ..bench.store import load_results
 from ..files import path_inside
 from .coverage_sweeps import coverage_figures
 from .export import save_figure, static_export_session
-from .theme import TEMPLATE, method_color
+from .theme import TEMPLATE, method_color, tokens_label
 
 #: Oracle, random and window selections are given to the attention kernel (not timed).
 METHOD_NAMES = {"full": "full", "msa": "MSA", "moba": "MoBA", "oracle": "oracle selection (attention only)",
@@ -83,14 +83,6 @@ def _mode_rows(rows, mode: str):
     return found
 
 
-def tokens_label(n: int) -> str:
-    """4096 -> "4K", 1048576 -> "1M", 1000 -> "1000"."""
-    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
-
-
 def _length_axis(mode: str, rows) -> dict:
     title = "context length (tokens)" if mode == "decode" else "sequence length N (tokens)"
     lengths = sorted({r["seq_len"] for r in rows})
@@ -143,7 +135,8 @@ def latency_figure(rows, mode: str = "prefill", show_bound: bool = True) -> go.F
 
 def speedup_figure(rows, mode: str = "prefill", published: bool = True) -> go.Figure:
     """Speedup of every operator over the fastest dense SDPA backend at the same length,
-    with the published numbers (SPEC) as reference marks."""
+    with the published numbers (SPEC) as reference marks: stars for wall-clock speedups, an
+    open diamond for a compute (FLOP) ratio."""
     rows = _mode_rows(rows, mode)
     sped = [r for r in with_speedups(rows) if "speedup" in r]
     if not sped:
@@ -163,9 +156,13 @@ def speedup_figure(rows, mode: str = "prefill", published: bool = True) -> go.Fi
     if published:
         lengths = [r["seq_len"] for r in sped]
         for mark in (m for m in PUBLISHED if m["mode"] == mode and min(lengths) <= m["seq_len"] <= max(lengths)):
+            # A FLOP ratio is no timing: an open diamond, apart from the wall-clock stars.
+            flop = mark["measure"] == "flop"
             fig.add_scatter(x=[mark["seq_len"]], y=[mark["speedup"]], mode="markers", name=mark["label"],
-                            marker=dict(symbol="star", size=13, color=method_color(mark["method"]),
-                                        line=dict(color="white", width=1)),
+                            marker=dict(symbol="diamond-open" if flop else "star", size=11 if flop else 13,
+                                        color=method_color(mark["method"]),
+                                        line=dict(color=method_color(mark["method"]) if flop else "white",
+                                                  width=2 if flop else 1)),
                             hovertemplate=mark["label"] + "<extra>published</extra>")
     fig.update_layout(template=TEMPLATE, title=f"Speedup over dense attention (fastest SDPA backend, {_gpu(rows)})",
                       xaxis=_length_axis(mode, rows), yaxis=dict(type="log", title="speedup (dense time / time)"))

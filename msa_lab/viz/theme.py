@@ -33,11 +33,24 @@ METHOD_COLORS = {
 }
 
 
+#: Map cells a query cannot select (key blocks after its own, causally masked): a light grey,
+#: apart from the colour scale's "share 0" (not chosen).
+FUTURE_COLOR = "#d9d9d9"
+
+
 def method_color(name: str) -> str:
     """The method's colour; unknown names get a stable palette colour."""
     if name in METHOD_COLORS:
         return METHOD_COLORS[name]
     return OKABE_ITO[sum(map(ord, name)) % len(OKABE_ITO)]
+
+
+def tokens_label(n: int) -> str:
+    """A token count for an axis tick: 4096 -> "4K", 1048576 -> "1M", 1000 -> "1000"."""
+    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
 
 
 def pt_to_px(points: float) -> float:

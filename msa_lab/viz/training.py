@@ -11,6 +11,7 @@ standard deviation (accuracy, recall) around it.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -22,8 +23,34 @@ from .theme import TEMPLATE, method_color
 METRICS = ("token_accuracy", "exact_match")
 
 
+def run_label(config: dict) -> str:
+    """A readable name for a training run, from its config: "full attention", "MoBA, block 16
+    x top-4", "MSA, block 32 x top-2, from scratch", "MSA, block 16 x top-4, 800 warm-up
+    steps" (dense steps that train the index before it selects), ", all layers sparse" where
+    no layer keeps full attention."""
+    model, train = config.get("model", {}), config.get("train", {})
+    method = model.get("method", "?")
+    if method == "full":
+        return "full attention"
+    parts = [{"msa": "MSA", "moba": "MoBA"}.get(method, method), f"block {model.get('block_size')} x top-{model.get('top_k')}"]
+    if method == "msa":
+        warmup = train.get("index_warmup", 0)
+        parts.append(f"{warmup} warm-up steps" if warmup else "from scratch")
+    if not model.get("full_layers"):
+        parts.append("all layers sparse")
+    return ", ".join(parts)
+
+
 def _groups(paths) -> dict[str, list[dict]]:
     return group_seeds(find_runs(paths))
+
+
+def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
+    """Each run's readable name (``run_label``), with its folder name added where two runs
+    would get the same one."""
+    labels = {name: run_label(runs[0]["config"]) for name, runs in groups.items()}
+    taken = Counter(labels.values())
+    return {name: label if taken[label] == 1 else f"{label} ({name})" for name, label in labels.items()}
 
 
 def _seeds_note(groups: dict[str, list[dict]]) -> str:
@@ -52,7 +79,7 @@ def loss_figure(paths) -> go.Figure:
     the mean over its seeds with their range shaded; the MSA index warm-up steps are dotted."""
     fig = go.Figure()
     groups = _groups(paths)
-    styles = _styles(groups)
+    styles, labels = _styles(groups), _labels(groups)
     for name, runs in groups.items():
         by_step: dict[int, list[dict]] = {}
         for run in runs:
@@ -71,9 +98,9 @@ def loss_figure(paths) -> go.Figure:
         if warm:
             cut = warm[-1] + 2  # the dotted part ends at the first sparse point
             fig.add_scatter(x=steps[:cut], y=mean[:cut], mode="lines", line=dict(color=color, dash="dot"),
-                            name=f"{name} (warm-up)", legendgroup=name, showlegend=False)
+                            name=f"{labels[name]} (warm-up)", legendgroup=name, showlegend=False)
         first = warm[-1] + 1 if warm else 0
-        fig.add_scatter(x=steps[first:], y=mean[first:], mode="lines", name=name, line=dict(color=color, dash=dash),
+        fig.add_scatter(x=steps[first:], y=mean[first:], mode="lines", name=labels[name], line=dict(color=color, dash=dash),
                         legendgroup=name)
     fig.update_layout(template=TEMPLATE, title="Training loss" + _seeds_note(groups) +
                       " (dotted: MSA's index warm-up under full attention)",
@@ -88,13 +115,13 @@ def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     check_choice(metric, "metric", METRICS)
     fig = go.Figure()
     groups = finished(_groups(paths))
-    styles = _styles(groups)
+    styles, labels = _styles(groups), _labels(groups)
     lengths_seen: set[int] = set()
     for name, runs in groups.items():
         lengths = sorted({e["seq_len"] for r in runs for e in r["summary"]["eval"]})
         stats = [mean_sd([statistics.mean(e[metric] for e in r["summary"]["eval"] if e["seq_len"] == n)
                           for r in runs if any(e["seq_len"] == n for e in r["summary"]["eval"])]) for n in lengths]
-        fig.add_scatter(x=lengths, y=[m for m, _ in stats], mode="lines+markers", name=name,
+        fig.add_scatter(x=lengths, y=[m for m, _ in stats], mode="lines+markers", name=labels[name],
                         error_y=dict(type="data", array=[sd for _, sd in stats], visible=len(runs) > 1),
                         line=dict(color=styles[name]["color"], dash=styles[name]["dash"]),
                         marker=dict(symbol=styles[name]["symbol"]))
@@ -126,7 +153,7 @@ def loss_by_position_figure(paths) -> go.Figure:
     groups = finished(_groups(paths))
     if not groups:
         raise ValueError(f"{paths}: no finished run")
-    styles = _styles(groups)
+    styles, labels = _styles(groups), _labels(groups)
     lengths = sorted({e["seq_len"] for runs in groups.values() for r in runs for e in r["summary"]["eval"]})
     fig = make_subplots(rows=1, cols=len(lengths), subplot_titles=[f"{n} tokens" for n in lengths],
                         shared_yaxes=True, horizontal_spacing=0.03)
@@ -147,7 +174,7 @@ def loss_by_position_figure(paths) -> go.Figure:
                     sd.append(s)
             if not x:
                 continue
-            fig.add_scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
+            fig.add_scatter(x=x, y=mean, mode="lines+markers", name=labels[name], legendgroup=name,
                             showlegend=name not in in_legend,
                             error_y=dict(type="data", array=sd, visible=len(per_seed) > 1),
                             line=dict(color=styles[name]["color"], dash=styles[name]["dash"]),
@@ -184,21 +211,33 @@ def needle_heatmap_figure(path, metric: str = "token_accuracy", run: str | None 
     lengths, depths, z = _needle_grid(groups[name], metric, path)
     fig = go.Figure(go.Heatmap(z=z, x=[str(n) for n in lengths], y=[f"{d:.0%}" for d in depths], zmin=0, zmax=1,
                                colorscale="Viridis", colorbar=dict(title=metric.replace("_", " "))))
-    fig.update_layout(template=TEMPLATE, title=f"Needle in a haystack: {name}" + _seeds_note({name: groups[name]}),
+    fig.update_layout(template=TEMPLATE, title=f"Needle in a haystack: {_labels(groups)[name]}" +
+                      _seeds_note({name: groups[name]}),
                       xaxis=dict(type="category", title="context length (tokens)"),
                       yaxis=dict(type="category", title="needle depth"))
     return fig
 
 
+def _short_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels without the settings every sparse run shares ("block 16 x top-4", said once in
+    a caption), for titles of narrow panels: "MoBA", "MSA<br>from scratch" (two lines)."""
+    sparse = [label.split(", ") for label in labels.values() if label != "full attention"]
+    shared = set.intersection(*(set(parts[1:]) for parts in sparse)) if len(sparse) > 1 else set()
+    short = {name: [part for part in label.split(", ") if part not in shared] for name, label in labels.items()}
+    return {name: "<br>".join([parts[0], ", ".join(parts[1:])] if len(parts) > 1 else parts)
+            for name, parts in short.items()}
+
+
 def needle_grid_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     """The needle-in-a-haystack heat maps of every finished passkey run side by side, on one
-    colour scale (each the mean over its seeds)."""
+    colour scale (each the mean over its seeds); panel titles leave out the settings all
+    sparse runs share."""
     groups = {name: runs for name, runs in finished(_groups(paths)).items()
               if any("depth" in e for r in runs for e in r["summary"]["eval"])}
     if not groups:
         raise ValueError(f"{paths}: no finished run with a passkey evaluation by depth")
-    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=list(groups), shared_yaxes=True,
-                        horizontal_spacing=0.02)
+    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=list(_short_labels(_labels(groups)).values()),
+                        shared_yaxes=True, horizontal_spacing=0.02)
     for i, (name, runs) in enumerate(groups.items(), 1):
         lengths, depths, z = _needle_grid(runs, metric, paths)
         fig.add_heatmap(z=z, x=[str(n) for n in lengths], y=[f"{d:.0%}" for d in depths], zmin=0, zmax=1,
@@ -217,10 +256,12 @@ def index_coverage_figure(paths) -> go.Figure:
     fig = go.Figure()
     bars: dict[str, dict[str, list[float]]] = {}
     groups = finished(_groups(paths))
+    labels = _labels(groups)
     for name, runs in groups.items():
         for run in runs:
             for r in run["summary"].get("coverage", []):
-                bars.setdefault(r["selector"], {}).setdefault(f"{name} L{r['layer']}", []).append(r["recall_mean"])
+                bars.setdefault(r["selector"], {}).setdefault(f"{labels[name]}, layer {r['layer']}", []).append(
+                    r["recall_mean"])
     if not bars:
         raise ValueError("no coverage rows: no finished MSA run with eval.coverage")
     colors = {"msa (trained index)": method_color("msa"), "moba": method_color("moba"), "oracle": method_color("oracle")}
