@@ -109,3 +109,24 @@ def finished(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seed_range(values: list[float]) -> tuple[float, float, float]:
+    """Mean, minimum and maximum over the seeds. Figures draw the range, not ± one standard
+    deviation: on bimodal accuracies (a seed that failed beside two that learned) mean ± s.d.
+    reaches below 0 and above 1, values no seed can have."""
+    return statistics.mean(values), min(values), max(values)
+
+
+def seeds_cell(values: list[float], low: float = 0.0, high: float = 1.0) -> str:
+    """A table cell for one metric over the seeds: ``mean ± s.d.`` while that stays inside
+    ``[low, high]``, else every seed's value (``0.932 / 0.998 / 0.008``), which is what a reader
+    of a bimodal result needs."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    mean, sd = mean_sd(values)
+    if mean - sd < low or mean + sd > high:
+        return " / ".join(f"{v:.3f}" for v in values)
+    return f"{mean:.3f} ± {sd:.3f}"

@@ -48,7 +48,7 @@ from .bench.config import _as_list, _choice, _did_you_mean, _int, _unknown
 from .bench.results import gpu_environment
 from .files import FolderLock, append_json_lines, repair_last_line, write_text_atomic
 from .nn import TinyLM
-from .runs import SEED_SUFFIX, config_differences, find_runs, finished, group_seeds, mean_sd
+from .runs import SEED_SUFFIX, config_differences, find_runs, finished, group_seeds, seeds_cell
 from .tasks import TASKS, make_batch
 
 DEFAULTS = {
@@ -708,7 +708,9 @@ def summary_table(out_dir) -> str:
     """A Markdown table of the finished runs in ``out_dir`` (an ablation's folder, or a list of
     run folders): method, block, top_k, final training loss, and token accuracy on the answers
     at each evaluated length (and depth). The seeds of a run (``<run>_seed<k>`` folders) make
-    one row: the mean over the seeds ± their standard deviation, and the number of seeds."""
+    one row: the mean over the seeds ± their standard deviation, and the number of seeds; where
+    that would leave the metric's range (accuracies in [0, 1], losses >= 0) the cell lists every
+    seed instead (``runs.seeds_cell``)."""
     groups = finished(group_seeds(find_runs(out_dir)))
     if not groups:
         raise ValueError(f"no finished runs in {out_dir}")
@@ -720,12 +722,6 @@ def summary_table(out_dir) -> str:
                     cols.append((e["seq_len"], e.get("depth")))
     seeded = any(len(runs) > 1 for runs in groups.values())
 
-    def cell(values: list[float]) -> str:
-        if not values:
-            return ""
-        mean, sd = mean_sd(values)
-        return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {sd:.3f}"
-
     head = ["run", "method", "block", "top_k"] + (["seeds"] if seeded else []) + ["final loss"]
     head += [f"acc N={n}" + ("" if d is None else f" depth={d}") for n, d in cols]  # token accuracy
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -733,9 +729,9 @@ def summary_table(out_dir) -> str:
         first = runs[0]["summary"]
         cells = [name, first["method"], str(first["block_size"]), str(first["top_k"])]
         cells += [str(len(runs))] if seeded else []
-        cells.append(cell([r["summary"]["final_loss"] for r in runs]))
+        cells.append(seeds_cell([r["summary"]["final_loss"] for r in runs], high=float("inf")))
         for c in cols:
-            cells.append(cell([e["token_accuracy"] for r in runs for e in r["summary"]["eval"]
-                               if (e["seq_len"], e.get("depth")) == c]))
+            cells.append(seeds_cell([e["token_accuracy"] for r in runs for e in r["summary"]["eval"]
+                                     if (e["seq_len"], e.get("depth")) == c]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -104,3 +104,27 @@ def test_the_selection_map_colours_future_blocks_apart_from_not_chosen():
     assert all((future.z[q][k] == 1) == (k > q) and (future.z[q][k] is None) == (k <= q)
                for q in range(nb) for k in range(nb))
     assert legend.name == "future blocks (causally masked)" and legend.marker.color == FUTURE_COLOR
+
+
+def test_a_static_export_that_meets_a_page_still_loading_is_retried(tmp_path, monkeypatch):
+    from msa_lab.viz import export
+
+    calls = []
+
+    def flaky(self, **kwargs):
+        calls.append(kwargs["format"])
+        if len(calls) == 1:  # what kaleido raises when its page script has not loaded yet
+            raise RuntimeError("ReferenceError: kaleido_scopes is not defined")
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(export, "_kaleido", lambda: None)
+    monkeypatch.setattr(go.Figure, "to_image", flaky)
+    (png,) = export.save_figure(go.Figure(), tmp_path / "f", ("png",))
+    assert png.read_bytes() == b"\x89PNG fake" and calls == ["png", "png"]
+
+    def broken(self, **kwargs):
+        raise RuntimeError("some other export failure")
+
+    monkeypatch.setattr(go.Figure, "to_image", broken)
+    with pytest.raises(RuntimeError, match="other export failure"):
+        export.save_figure(go.Figure(), tmp_path / "g", ("png",))

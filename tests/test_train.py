@@ -316,7 +316,10 @@ def test_training_figures_average_over_seeds():
     msa = "MSA, block 16 x top-4, 800 warm-up steps"  # the run msa, by its readable name
     line = next(t for t in training.accuracy_figure(gpu).data if t.name == msa)
     at = list(line.x).index(1024)
-    assert line.y[at] == pytest.approx(np.mean(per_seed)) and line.error_y.array[at] == pytest.approx(np.std(per_seed, ddof=1))
+    assert line.y[at] == pytest.approx(np.mean(per_seed))
+    # the bars span the seeds: from the lowest to the highest
+    assert line.error_y.array[at] == pytest.approx(max(per_seed) - np.mean(per_seed))
+    assert line.error_y.arrayminus[at] == pytest.approx(np.mean(per_seed) - min(per_seed))
     grid = training.needle_grid_figure(gpu)
     assert [a.text for a in grid.layout.annotations] == ["full attention", "MoBA", "MSA<br>from scratch",
                                                          "MSA<br>800 warm-up steps", "MSA<br>200 warm-up steps"]
@@ -607,3 +610,22 @@ def test_index_coverage_of_a_diverged_model_is_recorded_empty_not_raised():
             p.fill_(float("nan"))
     rows = index_coverage(model, cfg)
     assert rows and all(r["recall_mean"] is None and "diverged" in r["note"] for r in rows)
+
+
+def test_bimodal_seeds_are_shown_seed_by_seed_not_as_a_mean_sd_leaving_the_range():
+    from msa_lab.runs import seed_range, seeds_cell
+
+    assert seeds_cell([0.932, 0.998, 0.008]) == "0.932 / 0.998 / 0.008"  # 0.646 ± 0.554 would reach 1.2
+    assert seeds_cell([0.97, 0.98, 0.99]) == "0.980 ± 0.010"
+    assert seeds_cell([1.3, 1.5, 1.4], high=float("inf")) == "1.400 ± 0.100"
+    assert seed_range([0.932, 0.998, 0.008]) == (pytest.approx(0.646), 0.008, 0.998)
+
+
+def test_accuracy_figure_bars_span_the_seeds_and_stay_inside_0_1():
+    from msa_lab.viz.training import accuracy_figure
+
+    fig = accuracy_figure(Path(__file__).parent.parent / "experiments/results/train/ablation_gpu_h200")
+    for trace in fig.data:
+        if trace.error_y.visible:
+            for y, up, down in zip(trace.y, trace.error_y.array, trace.error_y.arrayminus):
+                assert 0.0 <= y - down and y + up <= 1.0

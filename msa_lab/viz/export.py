@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -124,14 +125,34 @@ def save_figure(fig: go.Figure, path, formats=("html",), *, width: int = WIDTH, 
             if not bundle.exists():
                 bundle.write_text(get_plotlyjs(), encoding="utf-8")
         else:
-            _kaleido()
-            with warnings.catch_warnings():  # plotly notes that a running server ignores kopts
-                warnings.filterwarnings("ignore", message="The kopts argument is ignored")
-                content = fig.to_image(format=fmt, width=width, height=height,
-                                       scale=png_scale if fmt == "png" else 1)
+            content = _static_image(fig, fmt, width, height, png_scale if fmt == "png" else 1)
         _write_if_changed(target, content, fmt)
         written.append(target)
     return written
+
+
+#: Attempts at one static export. kaleido drives a browser tab whose page script can still be
+#: loading when the first call lands on a busy machine ("ReferenceError: kaleido_scopes is not
+#: defined", seen under CPU load with kaleido 1.5); a second call then finds it loaded.
+STATIC_ATTEMPTS = 3
+
+
+def _static_image(fig: go.Figure, fmt: str, width: int, height: int, scale: float) -> bytes:
+    _kaleido()
+
+    def export() -> bytes:
+        with warnings.catch_warnings():  # plotly notes that a running server ignores kopts
+            warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+            return fig.to_image(format=fmt, width=width, height=height, scale=scale)
+
+    for attempt in range(STATIC_ATTEMPTS - 1):
+        try:
+            return export()
+        except Exception as err:  # noqa: BLE001 - kaleido's JavascriptError has no stable import path
+            if "kaleido_scopes is not defined" not in str(err):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    return export()
 
 
 def _inches(width) -> float:

@@ -16,7 +16,7 @@ from collections import Counter
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..runs import find_runs, finished, group_seeds, mean_sd
+from ..runs import find_runs, finished, group_seeds, mean_sd, seed_range
 from ..validation import check_choice
 from .theme import TEMPLATE, method_color
 
@@ -111,7 +111,7 @@ def loss_figure(paths) -> go.Figure:
 def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     """Final accuracy (``token_accuracy`` or ``exact_match``) against evaluated context length,
     a line per finished run: the mean over its seeds (passkey: over the needle depths too),
-    with ± one standard deviation over the seeds."""
+    with bars from the lowest to the highest seed (``runs.seed_range``)."""
     check_choice(metric, "metric", METRICS)
     fig = go.Figure()
     groups = finished(_groups(paths))
@@ -119,10 +119,10 @@ def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
     lengths_seen: set[int] = set()
     for name, runs in groups.items():
         lengths = sorted({e["seq_len"] for r in runs for e in r["summary"]["eval"]})
-        stats = [mean_sd([statistics.mean(e[metric] for e in r["summary"]["eval"] if e["seq_len"] == n)
-                          for r in runs if any(e["seq_len"] == n for e in r["summary"]["eval"])]) for n in lengths]
-        fig.add_scatter(x=lengths, y=[m for m, _ in stats], mode="lines+markers", name=labels[name],
-                        error_y=dict(type="data", array=[sd for _, sd in stats], visible=len(runs) > 1),
+        stats = [seed_range([statistics.mean(e[metric] for e in r["summary"]["eval"] if e["seq_len"] == n)
+                             for r in runs if any(e["seq_len"] == n for e in r["summary"]["eval"])]) for n in lengths]
+        fig.add_scatter(x=lengths, y=[m for m, _, _ in stats], mode="lines+markers", name=labels[name],
+                        error_y=_range_bars(stats, visible=len(runs) > 1),
                         line=dict(color=styles[name]["color"], dash=styles[name]["dash"]),
                         marker=dict(symbol=styles[name]["symbol"]))
         lengths_seen.update(lengths)
@@ -130,6 +130,12 @@ def accuracy_figure(paths, metric: str = "token_accuracy") -> go.Figure:
                       xaxis=dict(type="log", title="context length (tokens)", tickvals=sorted(lengths_seen)),
                       yaxis=dict(title=metric.replace("_", " "), range=[0, 1.02]))
     return fig
+
+
+def _range_bars(stats: list[tuple[float, float, float]], visible: bool) -> dict:
+    """Asymmetric error bars from ``(mean, min, max)`` triples: the range over the seeds."""
+    return dict(type="data", symmetric=False, array=[hi - m for m, _, hi in stats],
+                arrayminus=[m - lo for m, lo, _ in stats], visible=visible)
 
 
 def _mean_bins(rows: list[list], where: str) -> list[float | None]:
@@ -252,7 +258,8 @@ def needle_grid_figure(paths, metric: str = "token_accuracy") -> go.Figure:
 
 def index_coverage_figure(paths) -> go.Figure:
     """Mean recall of the trained index branch, MoBA's gate and the oracle on each MSA run's
-    own attention (per layer; the mean over seeds, ± their standard deviation)."""
+    own attention (per layer; the mean over seeds, bars from the lowest to the highest seed).
+    A diverged run's layers, whose coverage is recorded empty, are left out."""
     fig = go.Figure()
     bars: dict[str, dict[str, list[float]]] = {}
     groups = finished(_groups(paths))
@@ -260,15 +267,17 @@ def index_coverage_figure(paths) -> go.Figure:
     for name, runs in groups.items():
         for run in runs:
             for r in run["summary"].get("coverage", []):
+                if r["recall_mean"] is None:
+                    continue
                 bars.setdefault(r["selector"], {}).setdefault(f"{labels[name]}, layer {r['layer']}", []).append(
                     r["recall_mean"])
     if not bars:
         raise ValueError("no coverage rows: no finished MSA run with eval.coverage")
     colors = {"msa (trained index)": method_color("msa"), "moba": method_color("moba"), "oracle": method_color("oracle")}
     for selector, by_run in bars.items():
-        stats = [mean_sd(v) for v in by_run.values()]
-        fig.add_bar(x=list(by_run), y=[m for m, _ in stats], name=selector,
-                    error_y=dict(type="data", array=[sd for _, sd in stats], visible=any(sd for _, sd in stats)),
+        stats = [seed_range(v) for v in by_run.values()]
+        fig.add_bar(x=list(by_run), y=[m for m, _, _ in stats], name=selector,
+                    error_y=_range_bars(stats, visible=any(hi > lo for _, lo, hi in stats)),
                     marker_color=colors.get(selector, method_color(selector)))
     fig.update_layout(template=TEMPLATE, barmode="group", title="Recall on the trained model's own attention" +
                       _seeds_note(groups), xaxis_title="run and layer", yaxis=dict(title="mean recall", range=[0, 1.02]))
