@@ -443,7 +443,87 @@ def _decode_table() -> str:
     return "\n".join(lines)
 
 
+ABLATION = f"{TRAIN}/ablation_gpu_h200"
+GRID = f"{TRAIN}/block_topk_gpu_h200"
+
+
+def _passkey_cells(folder: str, run: str) -> list[str]:
+    """Token accuracy at 512 / 1,024 / 2,048 (mean over depths; seed by seed where mean ± s.d.
+    would leave [0, 1]), then each seed at 512."""
+    from msa_lab.runs import seeds_cell
+
+    cells = [seeds_cell(list(seed_values(folder, run, passkey_accuracy(n)))) for n in (512, 1024, 2048)]
+    return cells, " / ".join(f"{v:.3f}" for v in seed_values(folder, run, passkey_accuracy(512)))
+
+
+def _exact_match(summary: dict) -> float:
+    return statistics.mean(e["exact_match"] for e in summary["eval"] if e["seq_len"] == 512)
+
+
+def _recall(folder: str, run: str) -> str:
+    """Mean over the seeds of the layer's recall: trained index / MoBA's gate / oracle."""
+    groups = group_seeds(find_runs(ROOT / folder))
+    by = {}
+    for r in groups[run]:
+        for c in r["summary"].get("coverage", []):
+            by.setdefault(c["selector"], []).append(c["recall_mean"])
+    if not by:
+        return "–"
+    return " / ".join(f"{statistics.mean(by[k]):.2f}" for k in ("msa (trained index)", "moba", "oracle"))
+
+
+def _passkey_table() -> str:
+    from msa_lab.runs import seeds_cell
+
+    lines = ["| run | N = 512 | 1,024 | 2,048 | exact match at 512 | per seed at 512 | recall: index / MoBA gate / oracle |",
+             "|---|---|---|---|---|---|---|"]
+    for label, run in (("full", "full"), ("MoBA", "moba"), ("MSA, sparse from step 0", "msa_no_warmup"),
+                       ("MSA, 200 warm-up steps", "msa_warmup200"), ("MSA, 800 dense warm-up steps", "msa")):
+        cells, per_seed = _passkey_cells(ABLATION, run)
+        exact = seeds_cell(list(seed_values(ABLATION, run, _exact_match)))
+        lines.append(f"| {label} | {' | '.join(cells)} | {exact} | {per_seed} | {_recall(ABLATION, run)} |")
+    return "\n".join(lines)
+
+
+def _moba_grid_table() -> str:
+    lines = ["| method | block × top_k | N = 512 | 1,024 | 2,048 | per seed at 512 |", "|---|---|---|---|---|---|"]
+    for shape, folder, run in (("8 × 8", GRID, "moba_b8_k8"), ("16 × 4", ABLATION, "moba"),
+                               ("32 × 2", GRID, "moba_b32_k2")):
+        cells, per_seed = _passkey_cells(folder, run)
+        lines.append(f"| MoBA | {shape} | {' | '.join(cells)} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def _msa_grid_table() -> str:
+    lines = ["| MSA | block × top_k | N = 512 | 1,024 | 2,048 | per seed at 512 | recall: index / MoBA gate / oracle |",
+             "|---|---|---|---|---|---|---|"]
+    for warm, shape, folder, run in (("800 warm-up steps", "8 × 8", GRID, "msa_b8_k8"),
+                                     ("800 warm-up steps", "16 × 4", ABLATION, "msa"),
+                                     ("800 warm-up steps", "32 × 2", GRID, "msa_b32_k2"),
+                                     ("from step 0", "8 × 8", GRID, "msa_b8_k8_scratch"),
+                                     ("from step 0", "16 × 4", ABLATION, "msa_no_warmup"),
+                                     ("from step 0", "32 × 2", GRID, "msa_b32_k2_scratch")):
+        cells, per_seed = _passkey_cells(folder, run)
+        lines.append(f"| {warm} | {shape} | {' | '.join(cells)} | {per_seed} | {_recall(folder, run)} |")
+    return "\n".join(lines)
+
+
+def _published_table() -> str:
+    """The published numbers the figures draw (``msa_lab.bench.analysis.PUBLISHED``)."""
+    from msa_lab.bench.analysis import PUBLISHED
+
+    kinds = {"wall-clock": "wall-clock speedup over dense attention", "flop": "FLOP ratio (compute), not a timing"}
+    lines = ["| as published | value | what it is |", "|---|---|---|"]
+    for entry in PUBLISHED:
+        lines.append(f"| {entry['label']} | {entry['speedup']:g}x | {kinds[entry['measure']]} |")
+    return "\n".join(lines)
+
+
 TABLES: list[Table] = [
+    Table("docs/results.md", "published", "msa_lab/bench/analysis.py", _published_table),
+    Table("docs/training.md", "passkey_gpu", ABLATION, _passkey_table),
+    Table("docs/training.md", "moba_grid_gpu", f"{GRID}, {ABLATION}", _moba_grid_table),
+    Table("docs/training.md", "msa_grid_gpu", f"{GRID}, {ABLATION}", _msa_grid_table),
     Table("docs/results.md", "prefill_128k", PREFILL_128K, _prefill_128k_table),
     Table("docs/results.md", "stages_128k", PREFILL_128K, lambda: _stages_table(PREFILL_128K)),
     Table("docs/results.md", "prefill_1m", PREFILL_1M, _prefill_1m_table),
