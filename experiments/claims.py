@@ -348,6 +348,24 @@ CLAIMS: list[Claim] = [
     Claim("docs/training.md", "recomputing the LSE, the kernel takes {0:.1f} ms: **{1:.0f}x**", INDEX_KL,
           lambda: (_index_kl("triton", "fp32", False),
                    _index_kl("reference", "fp32", False) / _index_kl("triton", "fp32", False))),
+    Claim("docs/coverage.md", "On needle and heavy-hitter heads MSA keeps {0:.2f} of the oracle's recall at top-8, MoBA "
+          "{1:.2f} and {2:.2f}; on purely local heads they tie (MoBA {3:.2f}, MSA {4:.2f}", COVERAGE, lambda: (
+              _same(_coverage_row("msa", "needle", 8)["recall_vs_oracle_mean"],
+                    _coverage_row("msa", "heavy_hitter", 8)["recall_vs_oracle_mean"], places=2),
+              _coverage_row("moba", "needle", 8)["recall_vs_oracle_mean"],
+              _coverage_row("moba", "heavy_hitter", 8)["recall_vs_oracle_mean"],
+              _coverage_row("moba", "local", 8)["recall_vs_oracle_mean"],
+              _coverage_row("msa", "local", 8)["recall_vs_oracle_mean"])),
+    Claim("docs/coverage.md", "MSA {0:.3f} / {1:.3f} / {2:.3f} / {3:.3f} at block 32 / 64 / 128 / 256 (MoBA {4:.3f} / "
+          "{5:.3f} / {6:.3f} / {7:.3f}); at block 512 top-1 every selector has only the local block ({8:.3f})",
+          COVERAGE, lambda: tuple(
+              [_coverage_row("msa", "mixed", 512 // bs, block_size=bs)["recall_mean"] for bs in (32, 64, 128, 256)]
+              + [_coverage_row("moba", "mixed", 512 // bs, block_size=bs)["recall_mean"] for bs in (32, 64, 128, 256)]
+              + [_same(*(_coverage_row(m, "mixed", 1, block_size=512)["recall_mean"] for m in ("msa", "moba", "oracle")))])),
+    Claim("docs/coverage.md", "at top-8, MSA {0:.3f} / {1:.3f} / {2:.3f} at 4K / 16K / 32K (oracle {3:.3f} / {4:.3f} / "
+          "{5:.3f})", COVERAGE, lambda: tuple(
+              [_coverage_row("msa", "mixed", 8, seq_len=n)["recall_mean"] for n in (4096, 16384, 32768)]
+              + [_coverage_row("oracle", "mixed", 8, seq_len=n)["recall_mean"] for n in (4096, 16384, 32768)])),
     # bf16 selections as sets
     Claim("docs/benchmarks.md", "the same set on {0:.6f} of MSA's rows and {1:.7f} of MoBA's", SELECTION_CHECK,
           lambda: (_selection_rows("triton selection vs reference", 65536, "bfloat16"),
@@ -519,7 +537,35 @@ def _published_table() -> str:
     return "\n".join(lines)
 
 
+def _coverage_row(method: str, pattern: str, top_k: int, seq_len: int = 16384, block_size: int = 128) -> dict:
+    (row,) = [r for r in sweep_rows(COVERAGE) if r["stage"] == "total" and r["method"] == method
+              and r["pattern"] == pattern and r["top_k"] == top_k and r["block_size"] == block_size
+              and r["seq_len"] == seq_len]
+    return row
+
+
+def _same(*values: float, places: int = 3) -> float:
+    """The one value a sentence quotes for several rows; refuses rows that differ at that precision."""
+    if len({round(v, places) for v in values}) != 1:
+        raise ValueError(f"the doc quotes one value for rows that differ: {values}")
+    return values[0]
+
+
+def _coverage_table() -> str:
+    """Mean recall at 16K, block 128, with recall relative to the oracle in brackets."""
+    lines = ["| pattern | top_k | oracle | MSA | MoBA | window | random |", "|---|---|---|---|---|---|---|"]
+    for pattern, top_k in (("mixed", 4), ("mixed", 8), ("mixed", 16), ("local", 8), ("needle", 8),
+                           ("periodic", 8), ("heavy_hitter", 8)):
+        cells = [f"{_coverage_row('oracle', pattern, top_k)['recall_mean']:.3f}"]
+        for method in ("msa", "moba", "window", "random"):
+            r = _coverage_row(method, pattern, top_k)
+            cells.append(f"{r['recall_mean']:.3f} ({r['recall_vs_oracle_mean']:.2f})")
+        lines.append(f"| {pattern} | {top_k} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 TABLES: list[Table] = [
+    Table("docs/coverage.md", "recall_16k", COVERAGE, _coverage_table),
     Table("docs/results.md", "published", "msa_lab/bench/analysis.py", _published_table),
     Table("docs/training.md", "passkey_gpu", ABLATION, _passkey_table),
     Table("docs/training.md", "moba_grid_gpu", f"{GRID}, {ABLATION}", _moba_grid_table),

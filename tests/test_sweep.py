@@ -124,18 +124,25 @@ def test_sweep_writes_tidy_rows_with_stages_and_resumes(tmp_path, fixed_ceilings
     assert len(analysis.totals(load_results(path))) == 8
 
 
-def test_interrupted_sweep_keeps_finished_points(tmp_path, monkeypatch, fixed_ceilings):
-    cfg = parse_config(config())
-    real = sweep.run_point
-    calls = []
+def _interrupt_at_call(monkeypatch, n: int) -> list[str]:
+    """Make ``sweep.run_point`` raise KeyboardInterrupt (Ctrl-C) on its ``n``-th call; returns
+    the point ids it was called with."""
+    real, calls = sweep.run_point, []
 
     def interrupted(p, *args):
         calls.append(p.point_id)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return real(p, *args)
 
     monkeypatch.setattr(sweep, "run_point", interrupted)
+    return calls
+
+
+def test_interrupted_sweep_keeps_finished_points(tmp_path, monkeypatch, fixed_ceilings):
+    cfg = parse_config(config())
+    real = sweep.run_point
+    _interrupt_at_call(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path, progress=False)
     assert len(analysis.totals(load_results(tmp_path))) == 2
@@ -420,15 +427,8 @@ def test_an_interrupted_redo_resumes_with_the_points_it_has_not_redone(tmp_path,
     assert len(analysis.totals(load_results(tmp_path))) == len(cfg.points)
 
     # Interrupted (Ctrl-C) after the first point of a new redo: the re-run does the other three.
-    fake, calls = sweep.run_point, []
-
-    def interrupted(p, *args):
-        calls.append(p.point_id)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return fake(p, *args)
-
-    monkeypatch.setattr(sweep, "run_point", interrupted)
+    fake = sweep.run_point
+    calls = _interrupt_at_call(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path, progress=False, redo=redo)
     monkeypatch.setattr(sweep, "run_point", fake)

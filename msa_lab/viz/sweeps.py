@@ -20,9 +20,12 @@ from .coverage_sweeps import coverage_figures
 from .export import save_figure, static_export_session
 from .theme import TEMPLATE, method_color, tokens_label
 
-#: Oracle, random and window selections are given to the attention kernel (not timed).
+#: Oracle, random, window, structured and tile-coherent selections are given to the attention
+#: kernel (not timed).
 METHOD_NAMES = {"full": "full", "msa": "MSA", "moba": "MoBA", "oracle": "oracle selection (attention only)",
-                "random": "random selection (attention only)", "window": "window selection (attention only)"}
+                "random": "random selection (attention only)", "window": "window selection (attention only)",
+                "structured": "structured selection (attention only)",
+                "coherent": "tile-coherent selection (attention only)"}
 BACKEND_NAMES = {"sdpa_cudnn": "SDPA cuDNN", "sdpa_flash": "SDPA FlashAttention", "sdpa": "SDPA",
                  "triton_q_outer": "Triton Q-outer", "flex": "FlexAttention", "reference": "reference"}
 #: Parameters that may vary between series (seq_len is the x axis).

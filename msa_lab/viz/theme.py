@@ -30,6 +30,8 @@ METHOD_COLORS = {
     "oracle": "#009E73",
     "window": "#CC79A7",
     "random": "#E69F00",
+    "structured": "#56B4E9",
+    "coherent": "#666666",  # the palette's yellow is unreadable on white
 }
 
 
