@@ -95,8 +95,9 @@ def test_recall_against_length_draws_no_single_point_panel_and_short_ticks():
 
 
 def test_the_selection_map_colours_future_blocks_apart_from_not_chosen():
+    # A sliding window of 2 blocks: every block further back is allowed and never chosen, on any draw.
     q, k = torch.randn(1, 256, 2, 16), torch.randn(1, 256, 1, 16)
-    fig = selection_map_figure(ml.select_moba(q, k, block_size=32, top_k=2), head=1)
+    fig = selection_map_figure(ml.select_window(q, k, block_size=32, top_k=2), head=0)
     share, future, legend = fig.data[0], fig.data[1], fig.data[2]
     nb = len(share.z)
     assert nb == 8 and min(min(row[: i + 1]) for i, row in enumerate(share.z)) == 0  # allowed, not chosen

@@ -358,7 +358,8 @@ def test_loss_by_position_of_the_committed_text_runs(tmp_path):
     fig = training.loss_by_position_figure(text)
     summary = json.loads((text / "msa/summary.json").read_text())
     bins = next(e["loss_by_position"] for e in summary["eval"] if e["seq_len"] == 1024)
-    msa = [t for t in fig.data if t.name == "msa"]
+    label = "MSA, block 32 x top-4, from scratch"  # the run msa, by its readable name
+    msa = [t for t in fig.data if t.name == label]
     assert len(msa) == 2 and list(msa[1].y) == pytest.approx(bins) and msa[1].x[-1] == pytest.approx(1024 - 32)
     assert [t.showlegend for t in msa] == [True, False]
     # a run with nothing scored at the first length still gets its legend entry, on its first trace
@@ -366,7 +367,7 @@ def test_loss_by_position_of_the_committed_text_runs(tmp_path):
         if e["seq_len"] == 512:
             e["loss_by_position"] = [None] * 16
     (text / "msa/summary.json").write_text(json.dumps(summary))
-    msa = [t for t in training.loss_by_position_figure(text).data if t.name == "msa"]
+    msa = [t for t in training.loss_by_position_figure(text).data if t.name == label]
     assert len(msa) == 1 and msa[0].showlegend and msa[0].yaxis == "y2"  # the 1024-token panel
     summary["eval"].append(dict(summary["eval"][-1], loss_by_position=[1.0] * 8))  # a second row at 1024
     (text / "msa/summary.json").write_text(json.dumps(summary))
