@@ -366,6 +366,14 @@ CLAIMS: list[Claim] = [
           "{5:.3f})", COVERAGE, lambda: tuple(
               [_coverage_row("msa", "mixed", 8, seq_len=n)["recall_mean"] for n in (4096, 16384, 32768)]
               + [_coverage_row("oracle", "mixed", 8, seq_len=n)["recall_mean"] for n in (4096, 16384, 32768)])),
+    Claim("docs/kernels.md", "(KV-outer forward\n  {0:.1f} → {1:.1f} ms, forward + backward {2:.1f} → {3:.1f} ms", 
+          f"{TRAINING_STEP_BEFORE}, {TRAINING_STEP_FIRST_MASK}", lambda: tuple(
+              _training_step(w, f)["median_ms"] for w, f in (
+                  ("kv-outer forward", TRAINING_STEP_BEFORE), ("kv-outer forward", TRAINING_STEP_FIRST_MASK),
+                  ("kv-outer forward+backward", TRAINING_STEP_BEFORE),
+                  ("kv-outer forward+backward", TRAINING_STEP_FIRST_MASK)))),
+    Claim("docs/kernels.md", "With the compare: {0:.1f} and {1:.1f} ms (`_v7_`)", TRAINING_STEP, lambda: (
+              _training_step("kv-outer forward")["median_ms"], _training_step("kv-outer forward+backward")["median_ms"])),
     # bf16 selections as sets
     Claim("docs/benchmarks.md", "the same set on {0:.6f} of MSA's rows and {1:.7f} of MoBA's", SELECTION_CHECK,
           lambda: (_selection_rows("triton selection vs reference", 65536, "bfloat16"),

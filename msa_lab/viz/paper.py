@@ -92,8 +92,9 @@ PAPER_FIGURES = (
                 "Where MSA's prefill time goes: index selection, query lists, KV-outer attention, LSE merge."),
     PaperFigure("decode_speedup", "decode_1m_h200", lambda rows: speedup_figure(rows, "decode"),
                 "Decode step speedup over dense attention against context length (H200, batch {batch}, "
-                "{num_heads} query / {num_kv_heads} KV heads, CUDA graphs); star: the MSA paper's published "
-                "wall-clock decode speedup at 1M (H800), not re-measured."),
+                "{num_heads} query / {num_kv_heads} KV heads, CUDA graphs; the earlier sweep, whose Triton "
+                "flash-decoding rows were re-measured by a later process and so form no ratio with its cuDNN "
+                "rows); star: the MSA paper's published wall-clock decode speedup at 1M (H800), not re-measured."),
     PaperFigure("gqa_kv_outer_vs_q_outer", "gqa_grid_h200", lambda rows: grid_figure(rows, "num_kv_heads", "prefill"),
                 "KV-outer against Q-outer block-sparse attention as the GQA ratio changes (128K tokens, H200)."),
     PaperFigure("coverage_recall_vs_top_k", "coverage_cpu", lambda rows: recall_figure(rows, "top_k"),
@@ -119,7 +120,7 @@ PAPER_FIGURES = (
                 "(2-layer model, first layer full; block 16 x top-4 = 1/8 of the context; mean of 3 seeds; H200).",
                 "double", 2.0, runs=("ablation_gpu_h200",)),
     PaperFigure("training_accuracy_by_length", None, lambda paths: accuracy_figure(sparse_from_step_0(paths)),
-                "Passkey token accuracy (mean over depths and 3 seeds, ± 1 s.d.) against context length; "
+                "Passkey token accuracy (mean over depths and 3 seeds; bars from the lowest to the highest seed) against context length; "
                 "64 tokens per query in blocks of 8 x 8, 16 x 4 and 32 x 2, MoBA and MSA sparse from step 0.",
                 "double", runs=("ablation_gpu_h200", "block_topk_gpu_h200")),
     PaperFigure("training_text_loss_by_position", None, loss_by_position_figure,
