@@ -586,6 +586,16 @@ TABLES: list[Table] = [
 ]
 
 
+# Claims of further docs live beside this file, one module per group of docs, each with its own
+# CLAIMS and TABLES lists built from the helpers above.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+for _module in ("claims_training", "claims_kernels"):
+    if (Path(__file__).resolve().parent / f"{_module}.py").is_file():
+        _found = __import__(_module)
+        CLAIMS += _found.CLAIMS
+        TABLES += _found.TABLES
+
+
 # --- checking and writing the docs -----------------------------------------------------------
 
 def normalise(text: str) -> str:
