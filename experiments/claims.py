@@ -314,6 +314,8 @@ CLAIMS: list[Claim] = [
           "{2:.2f} / {3:.2f}), at 4–7 MSA keeps slightly more ({4:.2f} against {5:.2f}), and from 8 blocks back MSA "
           "keeps more in every octave ({6:.2f}–{7:.2f} against {8:.2f}–{9:.2f}), close to the oracle "
           "({10:.2f}–{11:.2f}). {12:.0f} % of the true mass lies 16 or more blocks back", COVERAGE, _distance_claim),
+    Claim("README.md", "`msa-lab demo` ({0:.0f} s on 2 CPU cores in the committed run", DEMO,
+          lambda: (json.loads((ROOT / DEMO).read_text())["seconds"],)),
     Claim("README.md", "MSA's max pooling keeps the needle heads (recall {0:.2f} against MoBA's {1:.2f}, oracle "
           "{2:.2f})", DEMO, lambda: tuple(_demo(m)["recall[needle]"] for m in ("msa", "moba", "oracle"))),
     Claim("docs/benchmarks.md", "{0:.2f} s vs {1:.1f} s in one process (`headline_prefill_1m_h200`, `results.md`): "
