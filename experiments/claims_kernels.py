@@ -183,10 +183,99 @@ def _gqa_bench_table(path: str, n: int, unit: str) -> str:
     return "\n".join(lines)
 
 
+
+def _index_tune_table() -> str:
+    """The 1M selection by tile config (one run of the tuning script), after the first version's
+    row from the operator bench (another run: its difference to the next row is of two runs)."""
+    first = med(MSA_OPERATOR_V1, N=1 << 20, what="stage: selection (index scores + top-k)")
+    tuned = {tuple(r["config"]): r["median_ms"] for r in rows_of(TUNE_INDEX)
+             if r.get("what") == "select_msa triton at 1M"}
+    default, base = tuned[(256, 4, 8, 3)], tuned[(128, 8, 4, 3)]
+    notes = {(128, 1, 4, 3): f"one-reduction top-k: −{first - tuned[(128, 1, 4, 3)]:.0f} ms (against the first "
+                             "version's run)",
+             (128, 8, 4, 3): f"contiguous row stores: −{100 * (1 - base / tuned[(128, 1, 4, 3)]):.0f} %",
+             (64, 8, 4, 3): "more key traffic per FLOP: slower, as the L2 model says",
+             (256, 8, 8, 3): f"256 rows: −{100 * (1 - tuned[(256, 8, 8, 3)] / base):.0f} % vs 128"}
+    lines = ["| rows per program | blocks per store | warps | stages | ms | note |", "|---|---|---|---|---|---|",
+             f"| 128 | 1 (v1 top-k: max + min per pick) | 4 | default | {first:.0f} | first version |"]
+    for config, t in tuned.items():
+        if config == (256, 4, 8, 3):
+            continue
+        rows, store, warps, stages = config
+        lines.append(f"| {rows} | {store} | {warps} | {stages} | {t:.0f} | {notes.get(config, '')} |")
+    lines.append(f"| **256** | **4** | **8** | **3** | **{default:.0f}** | default now |")
+    return "\n".join(line.replace("|  |", "| |") for line in lines)
+
+
+def _spaced(value: float) -> str:
+    """Thousands apart by a space, as the operator table writes 38 499 ms."""
+    return f"{value:,.0f}".replace(",", " ")
+
+
+def _operator_table() -> str:
+    v1 = lambda n, what: med(MSA_OPERATOR_V1, N=n, what=what)  # noqa: E731
+    sel, att, whole, dense = "stage: selection (index scores + top-k)", "stage: attention (lists + KV-outer + merge)", \
+        "whole MSA operator", "dense SDPA cuDNN"
+    speedup = lambda n: row(MSA_OPERATOR_V1, N=n, what="speedup of the whole MSA operator over dense cuDNN")["speedup"]  # noqa: E731
+    m = 1 << 20
+    tuned = lambda what: med(TUNE_INDEX, what=what)  # noqa: E731
+    tuned_selection = med(TUNE_INDEX, what="select_msa triton at 1M", config=[256, 4, 8, 3])
+    lines = ["| N | whole operator | selection | attention (lists + KV-outer + merge) | dense SDPA cuDNN (same run) | "
+             "speedup |", "|---|---|---|---|---|---|",
+             f"| 128K | {v1(131072, whole):.1f} ms | {v1(131072, sel):.1f} ms | {v1(131072, att):.1f} ms | "
+             f"{v1(131072, dense):.0f} ms | {speedup(131072):.1f}x |",
+             f"| 1M (v1 index kernel) | {v1(m, whole):.0f} ms | {v1(m, sel):.0f} ms ({100 * v1(m, sel) / v1(m, whole):.0f} %) "
+             f"| {v1(m, att):.0f} ms ({100 * v1(m, att) / v1(m, whole):.0f} %) | {_spaced(v1(m, dense))} ms | "
+             f"{speedup(m):.1f}x |",
+             f"| 1M (tuned index kernel) | **{tuned('whole MSA operator at 1M'):.0f} ms** | ≈ {tuned_selection:.0f} ms | "
+             f"≈ {v1(m, att):.0f} ms | **{_spaced(tuned('dense SDPA cuDNN at 1M'))} ms** | "
+             f"**{row(TUNE_INDEX, what='speedup at 1M')['speedup']:.1f}x** |"]
+    return "\n".join(lines)
+
+
+def _dense_table() -> str:
+    cell = lambda n, m, first: (lambda r: f"{r['median_ms']:.1f} ms, {r['tflops']:.0f}" if first  # noqa: E731
+                                else f"{r['median_ms']:.1f} ms, {r['tflops']:.0f}")(row(DENSE, N=n, method=m))
+    lines = ["| N (Hq=64, Hkv=4, D=128, bf16, causal) | Triton flash | SDPA cuDNN | SDPA FlashAttention |",
+             "|---|---|---|---|"]
+    for n, label in ((32768, "32K"), (131072, "128K")):
+        cells = []
+        for i, m in enumerate(("triton flash", "sdpa_cudnn", "sdpa_flash")):
+            r = row(DENSE, N=n, method=m)
+            t = f"{r['median_ms']:.1f}" if r["median_ms"] < 100 else f"{r['median_ms']:.0f}"
+            cells.append(f"{t} ms, {r['tflops']:.0f}" + (" TFLOP/s" if (i, n) == (0, 32768) else ""))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _decode_bench_table() -> str:
+    d = lambda n, m: row(DECODE_BENCH, L=n, method=m)  # noqa: E731
+    first = row(DECODE_BEFORE_SYNC_FIX, L=1 << 20, method="msa_decode triton")
+    first_speedup = row(DECODE_BEFORE_SYNC_FIX, L=1 << 20, what="speedup of msa_decode over the faster dense decode")
+    speedup = lambda n: row(DECODE_BENCH, L=n, startswith="speedup of msa_decode")["speedup"]  # noqa: E731
+    graph_1m = d(1 << 20, "msa_decode triton, CUDA graph replay")
+    lines = ["| step | 128K | 1M |", "|---|---|---|",
+             f"| MSA decode, first version (a host sync to size the work list) | – | {float(first['median_ms']):.3f} ms "
+             f"({float(first_speedup['speedup']):.1f}x) |",
+             f"| MSA decode, no host sync | {d(1 << 17, 'msa_decode triton')['median_ms']:.3f} ms | "
+             f"{d(1 << 20, 'msa_decode triton')['median_ms']:.3f} ms |",
+             f"| MSA decode, CUDA graph replay | {d(1 << 17, 'msa_decode triton, CUDA graph replay')['median_ms']:.3f} ms | "
+             f"**{graph_1m['median_ms']:.3f} ms, {100 * graph_1m['hbm_share']:.0f} % of copy bandwidth on its bytes** |"]
+    for label, m in (("dense SDPA cuDNN, graph replay", "dense sdpa_cudnn, CUDA graph replay"),
+                     ("dense SDPA FlashAttention, graph replay", "dense sdpa_flash, CUDA graph replay")):
+        lines.append(f"| {label} | {d(1 << 17, m)['median_ms']:.3f} ms | {d(1 << 20, m)['median_ms']:.3f} ms |")
+    lines.append(f"| speedup (both graph-replayed) | {speedup(1 << 17):.1f}x | **{speedup(1 << 20):.1f}x** |")
+    return "\n".join(lines)
+
+
 TABLES: list[Table] = [
     Table("docs/results.md", "gqa_128k", GQA_GRID, _gqa_sweep_table),
     Table("docs/kernels.md", "kv_outer_v1", KV_OUTER_V1, _kv_outer_v1_table),
     Table("docs/kernels.md", "gqa_32k_v2", BLOCK_SPARSE_V2, lambda: _gqa_bench_table(BLOCK_SPARSE_V2, 32768, "")),
+    Table("docs/kernels.md", "index_tune_1m", f"{TUNE_INDEX}, {MSA_OPERATOR_V1}", _index_tune_table),
+    Table("docs/kernels.md", "operator", f"{MSA_OPERATOR_V1}, {TUNE_INDEX}", _operator_table),
+    Table("docs/kernels.md", "dense_flash", DENSE, _dense_table),
+    Table("docs/kernels.md", "decode_bench", f"{DECODE_BENCH}, {DECODE_BEFORE_SYNC_FIX}", _decode_bench_table),
     Table("docs/kernels.md", "gqa_128k_v3", BLOCK_SPARSE_V3, lambda: _gqa_bench_table(BLOCK_SPARSE_V3, 131072, "ms")),
 ]
 
