@@ -280,3 +280,117 @@ TABLES: list[Table] = [
 ]
 
 CLAIMS: list[Claim] = []
+
+
+def _step(path: str, what: str, n: int) -> dict:
+    return row(path, what=what, N=n)
+
+
+FWD, FWD_BWD, DET = "kv-outer forward", "kv-outer forward+backward", "kv-outer forward+backward deterministic"
+SEL, CUDNN = "msa selection", "sdpa cudnn forward+backward"
+MSA_STEP = "msa attention step: selection + attention + index KL, forward+backward"
+KL_STEP = "index KL on selected tokens forward+backward (triton, LSE given)"
+
+
+def _backward_row(n: int) -> tuple:
+    """One row of the backward table: v1's and v2's runs, each ratio within its own run."""
+    t = lambda path, what: _step(path, what, n)["median_ms"]  # noqa: E731
+    v1 = t(STEP_V1, CUDNN) / (t(STEP_V1, SEL) + t(STEP_V1, FWD_BWD))
+    v2 = t(STEP_V2, CUDNN) / (t(STEP_V2, SEL) + t(STEP_V2, FWD_BWD))
+    return (t(STEP_V2, SEL), t(STEP_V2, FWD), _step(STEP_V2, FWD, n)["useful_tflops"], t(STEP_V1, FWD_BWD),
+            _step(STEP_V1, FWD_BWD, n)["useful_tflops"], t(STEP_V2, FWD_BWD), _step(STEP_V2, FWD_BWD, n)["useful_tflops"],
+            t(STEP_V2, DET), t(STEP_V2, CUDNN), v1, v2)
+
+
+def _kl(path: str, backend: str, dtype: str, lse_given: bool, n: int) -> float:
+    return med(path, what="loss+backward", backend=backend, index_dtype=dtype, lse_given=lse_given, N=n)
+
+
+def _tile(path: str, stage_name: str, dtype: str, tokens: int, warps: int) -> float:
+    return med(path, what="tile", stage=stage_name, index_dtype=dtype, tokens=tokens, num_warps=warps, N=32768)
+
+
+K = "docs/kernels.md"
+CLAIMS += [
+    Claim(K, "Whole operator at 128K: {0:.1f}x faster than the dense baseline (cuDNN)", KV_OUTER_V1,
+          lambda: (med(KV_OUTER_V1, N=131072, method="sdpa_cudnn")
+                   / med(KV_OUTER_V1, N=131072, method="kv_outer total (lists+attend+merge)"),)),
+    Claim(K, "bf16 {0}–{1}, fp16 {2}–{3}, fp32 {4}–{5} relative error against the float32 reference; LSE ≤ {6}",
+          KV_OUTER_V1, lambda: tuple(sci(f(errors(KV_OUTER_V1, "out_rel_err", "kv_outer", dtype=d)))
+                                     for d in ("bfloat16", "float16", "float32") for f in (min, max))
+          + (sci(max(errors(KV_OUTER_V1, "lse_rel_err", "kv_outer"))),)),
+    # v2's outcomes: the attend stage at 128K, one tuning run (the 48.8 is v1's run)
+    Claim(K, "{0:.1f} → {1:.1f} ms (−{2:.0f} %) (v1's run → v2's)", f"{KV_OUTER_V1}, {BLOCK_SPARSE_V2}", lambda: (
+        med(KV_OUTER_V1, N=131072, method="stage: attend (warps=4, stages=1)"),
+        med(BLOCK_SPARSE_V2, N=131072, method="stage: attend (prefetch=False, warps=4, stages=1, rows=128)"),
+        100 * (1 - med(BLOCK_SPARSE_V2, N=131072, method="stage: attend (prefetch=False, warps=4, stages=1, rows=128)")
+               / med(KV_OUTER_V1, N=131072, method="stage: attend (warps=4, stages=1)")))),
+    Claim(K, "**worse** at 128 rows ({0:.1f} → {1:.1f} ms at 4 warps, {2:.1f} at 8); at 64 rows {3:.1f} → {4:.1f} ms; "
+          "helped only 32-row tiles ({5:.1f} → {6:.1f})", TUNE_ATTEND, lambda: tuple(
+              med(TUNE_ATTEND, stage="attend", rows=r, prefetch=p, warps=w)
+              for r, p, w in ((128, False, 4), (128, True, 4), (128, True, 8), (64, False, 4), (64, True, 4),
+                              (32, False, 4), (32, True, 2)))),
+    Claim(K, "**{0:.1f} ms, {1:.0f} useful TFLOP/s** ({2:.1f} TB/s on the 71 GB)", TUNE_ATTEND, lambda: (
+        lambda r: (r["median_ms"], r["useful_tflops"], 71 / r["median_ms"]))(
+            row(TUNE_ATTEND, stage="attend", rows=64, prefetch=False, warps=4))),
+    Claim(K, "{0:.1f} ms at 4 warps: MMA too small", TUNE_ATTEND,
+          lambda: (med(TUNE_ATTEND, stage="attend", rows=32, prefetch=False, warps=4),)),
+    Claim(K, "| 2 or 8 warps at 64 rows | – | {0:.1f} / {1:.1f} ms |", TUNE_ATTEND,
+          lambda: tuple(med(TUNE_ATTEND, stage="attend", rows=64, prefetch=False, warps=w) for w in (2, 8))),
+    Claim(K, "Merge stays at {0:.2f} ms", BLOCK_SPARSE_V2, lambda: (med(BLOCK_SPARSE_V2, N=131072, method="stage: merge"),)),
+    Claim(K, "measured {0:.1f} ms ({1:.0f} useful TFLOP/s)", TUNE_ATTEND, lambda: (
+        lambda r: (r["median_ms"], r["useful_tflops"]))(row(TUNE_ATTEND, stage="whole operator, module defaults"))),
+    Claim(K, "At 128K, G = 16: KV-outer {0:.1f} ms whole operator (v2-run defaults), Q-outer {1:.1f} ms, "
+          "FlexAttention {2:.0f} ms", BLOCK_SPARSE_V2, lambda: tuple(
+              med(BLOCK_SPARSE_V2, N=131072, method=m) for m in (
+                  "triton whole operator", "triton_q_outer whole operator", "flex (block mask built in the timed call)"))),
+    Claim(K, "128K: Triton selection {0:.1f} ms vs the reference {1:.0f} ms. The top-k kernel {2:.1f} ms vs "
+          "`torch.topk` {3:.1f} ms", MSA_OPERATOR_V1, lambda: tuple(med(MSA_OPERATOR_V1, N=131072, what=w) for w in (
+              "select_msa triton (scores + top-k)", "select_msa reference", "top-k kernel alone",
+              "torch.topk on the same scores (no causal mask, no ties rule)"))),
+    Claim(K, "no tie rule): {0:.1f}x", MSA_OPERATOR_V1, lambda: (
+        med(MSA_OPERATOR_V1, N=131072, what="torch.topk on the same scores (no causal mask, no ties rule)")
+        / med(MSA_OPERATOR_V1, N=131072, what="top-k kernel alone"),)),
+    Claim(K, "(8192 blocks per row): {0:.1f} ms", TUNE_INDEX, lambda: (med(TUNE_INDEX, startswith="top-k kernel alone"),)),
+    Claim(K, "the index branch) {0}: {1:.0f} useful TFLOP/s for the whole operator",
+          f"{MSA_OPERATOR_V1}, {TUNE_INDEX}", lambda: (
+              lambda flop: (sci(flop), flop / med(TUNE_INDEX, what="whole MSA operator at 1M") / 1e9))(
+                  row(MSA_OPERATOR_V1, N=1 << 20, what="whole MSA operator")["useful_flop"])),
+    # v3
+    Claim(K, "measured, same run: **{0:.1f} ms** ({1:.0f} useful TFLOP/s) vs {2:.1f} ms with 4 GiB chunks. The whole "
+          "KV-outer call at 128K is now {3:.1f}x faster than dense cuDNN ({4:.1f} ms). Stages in that run: lists "
+          "{5:.1f} ms, attend {6:.1f} ms, merge {7:.1f} ms", BLOCK_SPARSE_V3, lambda: (
+              lambda rows: (rows[2]["median_ms"], rows[2]["useful_tflops"], rows[4]["median_ms"],
+                            rows[0]["median_ms"] / rows[2]["median_ms"], rows[0]["median_ms"], rows[6]["median_ms"],
+                            rows[7]["median_ms"], rows[10]["median_ms"]))(_v3_chunking_rows())),
+    Claim(K, "16K (fp32) and on {0:.7f} of rows at 64K (bf16). At 128K (Hq = 64, block 128, top-16, per head): "
+          "{1:.1f} ms vs the reference {2:.0f} ms", MOBA_SELECTION, lambda: (
+              row(MOBA_SELECTION, check="moba triton selection vs reference", N=65536)["identical_rows"],
+              med(MOBA_SELECTION, what="select_moba triton"), med(MOBA_SELECTION, what="select_moba reference"))),
+    Claim(K, "`moba_attention(backend=\"triton\")` at 128K: {0:.0f} ms whole", MOBA_SELECTION,
+          lambda: (med(MOBA_SELECTION, startswith="moba_attention triton"),)),
+    Claim(K, "bf16 {0}–{1}, fp16 ≤ {2}, fp32 ≤ {3} (causal, non-causal", DENSE, lambda: (
+        sci(min(errors(DENSE, "out_rel_err", "flash", dtype="bfloat16"))),
+        sci(max(errors(DENSE, "out_rel_err", "flash", dtype="bfloat16"))),
+        sci(max(errors(DENSE, "out_rel_err", "flash", dtype="float16"))),
+        sci(max(errors(DENSE, "out_rel_err", "flash", dtype="float32"))))),
+    Claim(K, "Copy bandwidth measured in the same run: {0:.2f} TB/s (read + write of 1 GiB). Dense cuDNN decode shows "
+          "{1:.0f} % of it", DECODE_BENCH, lambda: (
+              float(row(DECODE_BENCH, what="device copy")["tb_per_s"]),
+              100 * row(DECODE_BENCH, L=1 << 20, method="dense sdpa_cudnn, CUDA graph replay")["hbm_share"])),
+    Claim(K, "relative error {0} (bf16), identical block sets", DECODE_BENCH, lambda: (
+        sci(row(DECODE_BENCH, check="msa_decode triton vs reference")["out_rel_err"]),)),
+]
+
+
+def _v3_chunking_rows() -> list[dict]:
+    """The chunking section of the v3 bench: the 128K rows before its group-size section."""
+    rows = rows_of(BLOCK_SPARSE_V3)
+    end = next(i for i, r in enumerate(rows) if r.get("Hkv") == 64)
+    section = rows[:end]
+    if not (section[2]["method"] == "triton whole operator" and section[4]["method"].endswith("4 GiB partial chunks")
+            and section[0]["method"] == "sdpa_cudnn" and section[6]["method"] == "stage: query lists"
+            and section[7]["method"] == "stage: attend (warps=4, stages=1, rows=64)"
+            and section[10]["method"] == "stage: merge"):
+        raise ValueError(f"{BLOCK_SPARSE_V3}: the chunking section is not laid out as the claim reads it")
+    return section
