@@ -299,7 +299,7 @@ def _backward_row(n: int) -> tuple:
     v2 = t(STEP_V2, CUDNN) / (t(STEP_V2, SEL) + t(STEP_V2, FWD_BWD))
     return (t(STEP_V2, SEL), t(STEP_V2, FWD), _step(STEP_V2, FWD, n)["useful_tflops"], t(STEP_V1, FWD_BWD),
             _step(STEP_V1, FWD_BWD, n)["useful_tflops"], t(STEP_V2, FWD_BWD), _step(STEP_V2, FWD_BWD, n)["useful_tflops"],
-            t(STEP_V2, DET), t(STEP_V2, CUDNN), v1, v2)
+            t(STEP_V2, DET), t(STEP_V2, CUDNN), v1, v2, t(STEP_V1, DET) if n < 131072 else None)
 
 
 def _kl(path: str, backend: str, dtype: str, lse_given: bool, n: int) -> float:
@@ -394,3 +394,37 @@ def _v3_chunking_rows() -> list[dict]:
             and section[10]["method"] == "stage: merge"):
         raise ValueError(f"{BLOCK_SPARSE_V3}: the chunking section is not laid out as the claim reads it")
     return section
+
+
+CLAIMS += [
+    Claim(K, "| 32K | {0:.1f} ms | {1:.1f} ms ({2:.0f} TF) | {3:.1f} ms ({4:.0f} TF) | {11:.1f} ms | **{5:.1f} ms ({6:.0f} TF)** "
+          "| {7:.1f} ms | {8:.1f} ms | {9:.1f}x → {10:.1f}x |", f"{STEP_V1}, {STEP_V2}",
+          lambda: _backward_row(32768)),
+    Claim(K, "| 128K | {0:.1f} ms | {1:.1f} ms ({2:.0f} TF) | {3:.1f} ms ({4:.0f} TF) | not run", f"{STEP_V1}, {STEP_V2}",
+          lambda: _backward_row(131072)[:5]),
+    Claim(K, "| **{5:.1f} ms ({6:.0f} TF)** | {7:.1f} ms | {8:.0f} ms | {9:.1f}x → {10:.1f}x |", f"{STEP_V1}, {STEP_V2}",
+          lambda: _backward_row(131072)),
+    Claim(K, "| 64K | {0:.1f} ms | {1:.1f} ms | {3:.1f} ms | {11:.1f} ms | **{5:.1f} ms ({6:.0f} TF)** | {7:.1f} ms | "
+          "{8:.1f} ms | {9:.1f}x → {10:.2f}x |", f"{STEP_V1}, {STEP_V2}", lambda: _backward_row(65536)),
+    Claim(K, "v1's speedups are against its own run's cuDNN ({0:.1f}, {1:.1f}, {2:.0f} ms)", STEP_V1,
+          lambda: tuple(_step(STEP_V1, CUDNN, n)["median_ms"] for n in (32768, 65536, 131072))),
+    Claim(K, "| 32K | {0:.1f} ms | {1:.1f} ms | {2:.1f} ms | **{3:.1f} ms** | {4:.1f} ms | {5:.1f} ms | {6:.1f}x → {7:.1f}x "
+          "(two runs) |", f"{STEP_V1}, {STEP_V2}, {STEP_V4}", lambda: _step_row(32768)),
+    Claim(K, "| 128K | {0:.1f} ms | {1:.1f} ms | {2:.1f} ms | **{3:.1f} ms** | {4:.1f} ms | {5:.0f} ms | {6:.1f}x → {7:.1f}x "
+          "(two runs) |", f"{STEP_V1}, {STEP_V2}, {STEP_V4}", lambda: _step_row(131072)),
+    Claim(K, "| 64K | {0:.1f} ms | {1:.1f} ms | {2:.1f} ms | not run | – | {3:.1f} ms | {4:.1f}x |", f"{STEP_V1}, {STEP_V2}",
+          lambda: tuple(_step(p, w, 65536)["median_ms"] for p, w in (
+              (STEP_V1, MSA_STEP), (STEP_V2, MSA_STEP), (STEP_V2, KL_STEP), (STEP_V2, CUDNN)))
+          + (_step(STEP_V2, CUDNN, 65536)["median_ms"] / _step(STEP_V2, MSA_STEP, 65536)["median_ms"],)),
+    Claim(K, "(attention forward + backward {0:.1f} / {1:.1f} ms)", STEP_V4,
+          lambda: tuple(_step(STEP_V4, FWD_BWD, n)["median_ms"] for n in (32768, 131072))),
+]
+
+
+def _step_row(n: int) -> tuple:
+    """The MSA step table: the v1 and v2 backward's runs, then the v4 run with the swept index KL
+    tiles. v4 timed no dense row, so its speedup divides by v2's run's cuDNN: two runs."""
+    t = lambda path, what: _step(path, what, n)["median_ms"]  # noqa: E731
+    cudnn = t(STEP_V2, CUDNN)
+    return (t(STEP_V1, MSA_STEP), t(STEP_V2, MSA_STEP), t(STEP_V2, KL_STEP), t(STEP_V4, MSA_STEP), t(STEP_V4, KL_STEP),
+            cudnn, cudnn / t(STEP_V2, MSA_STEP), cudnn / t(STEP_V4, MSA_STEP))
