@@ -428,3 +428,45 @@ def _step_row(n: int) -> tuple:
     cudnn = t(STEP_V2, CUDNN)
     return (t(STEP_V1, MSA_STEP), t(STEP_V2, MSA_STEP), t(STEP_V2, KL_STEP), t(STEP_V4, MSA_STEP), t(STEP_V4, KL_STEP),
             cudnn, cudnn / t(STEP_V2, MSA_STEP), cudnn / t(STEP_V4, MSA_STEP))
+
+
+def _kl_first(path: str, n: int, label: str) -> tuple:
+    ref = _kl(path, "reference", "fp32", False, n)
+    f32, b16 = (_kl(path, "triton", d, False, n) for d in ("fp32", "bf16"))
+    return (label, ref, f32, ref / f32, _kl(path, "triton", "fp32", True, n), b16, ref / b16,
+            _kl(path, "triton", "bf16", True, n))
+
+
+def _kl_tiled(n: int, label: str, first: str) -> tuple:
+    now = lambda d, g: _kl(KL_TILED, "triton" if d else "reference", d or "fp32", g, n)  # noqa: E731
+    was = lambda d, g: _kl(first, "triton", d, g, n)  # noqa: E731
+    return (label, now(None, False), now("fp32", False), was("fp32", False), now("fp32", True), was("fp32", True),
+            now("bf16", False), was("bf16", False), now("bf16", True), was("bf16", True))
+
+
+CLAIMS += [
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms ({3:.0f}x) | {4:.1f} ms |\n| {0} | bf16 | – | {5:.1f} ms ({6:.0f}x",
+          KL_32K, lambda: _kl_first(KL_32K, 32768, "32K")),
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms ({3:.0f}x) | {4:.1f} ms |\n| {0} | bf16 | – | {5:.1f} ms ({6:.0f}x) "
+          "| {7:.1f} ms |", KL_64K, lambda: _kl_first(KL_64K, 65536, "64K")),
+    Claim(K, "reference {1:.0f} ms; Triton with fp32 index inputs {2:.0f} ms (LSE recomputed) and {4:.0f} ms (LSE given); "
+          "bf16 index inputs {5:.0f} ms and {7:.1f} ms", KL_128K, lambda: _kl_first(KL_128K, 131072, "128K")),
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms (was {3:.1f}) | {4:.1f} ms ({5:.1f}) |\n| {0} | bf16 | – | "
+          "{6:.1f} ms ({7:.1f}) | **{8:.1f} ms ({9:.1f})** |", f"{KL_TILED}, {KL_32K}", lambda: _kl_tiled(32768, "32K", KL_32K)),
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms ({3:.0f}) | {4:.1f} ms ({5:.0f}) |\n| {0} | bf16 | – | "
+          "{6:.1f} ms ({7:.0f}) | **{8:.1f} ms ({9:.1f})** |", f"{KL_TILED}, {KL_128K}",
+          lambda: _kl_tiled(131072, "128K", KL_128K)),
+    Claim(K, "| bf16 | 2 (KL and gradients) | {0:.1f} | {1:.1f} | **{2:.1f}** | *{3:.1f}* | {4:.1f} | {5:.1f} |", KL_TILES,
+          lambda: tuple(_tile(KL_TILES, "kl and gradients", "bf16", t, w) for t, w in TILE_ORDER)),
+    Claim(K, "| fp32 | 2 | {0:.1f} | {1:.1f} | **{2:.1f}** | {3:.1f} | *{4:.1f}* | {5:.1f} |", KL_TILES,
+          lambda: tuple(_tile(KL_TILES, "kl and gradients", "fp32", t, w) for t, w in TILE_ORDER)),
+    Claim(K, "{0} passed with bf16 ≤ 1e-2 included", f"{LOGS}/gpu_tests_cuda_index_kl_tiles_h200.log",
+          lambda: (passed(f"{LOGS}/gpu_tests_cuda_index_kl_tiles_h200.log")[0],)),
+    Claim(K, "): {0} passed, {1} failed, both in", f"{LOGS}/gpu_tests_cuda_h200.log",
+          lambda: passed(f"{LOGS}/gpu_tests_cuda_h200.log")),
+    Claim(K, "`test_decode.py`, {0} passed)", f"{LOGS}/gpu_tests_cuda_backward_h200.log",
+          lambda: (passed(f"{LOGS}/gpu_tests_cuda_backward_h200.log")[0],)),
+    Claim(K, "**{0} passed** in 165 s", f"{LOGS}/gpu_tests_cuda_v3_h200.log",
+          lambda: (passed(f"{LOGS}/gpu_tests_cuda_v3_h200.log")[0],)),
+]
+TILE_ORDER = ((16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (64, 8))
