@@ -470,3 +470,29 @@ CLAIMS += [
           lambda: (passed(f"{LOGS}/gpu_tests_cuda_v3_h200.log")[0],)),
 ]
 TILE_ORDER = ((16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (64, 8))
+
+
+B = "docs/benchmarks.md"
+CLAIMS += [
+    Claim(B, "attend stage {0:.0f} useful TFLOP/s ({1:.1f} ms); the whole call (query lists + attend + merge) {2:.1f} ms = "
+          "{3:.0f} useful TFLOP/s, {4:.1f}x dense cuDNN", BLOCK_SPARSE_V3, lambda: (
+              lambda rows: (rows[7]["useful_tflops"], rows[7]["median_ms"], rows[2]["median_ms"], rows[2]["useful_tflops"],
+                            rows[0]["median_ms"] / rows[2]["median_ms"]))(_v3_chunking_rows())),
+    Claim(B, "MSA {0:.3f} ms vs dense cuDNN {1:.3f} ms, both CUDA-graph replayed: **{2:.1f}x** ({3:.1f}x without graphs); "
+          "MSA at {4:.0f} % of the measured copy bandwidth", DECODE_BENCH, lambda: (
+              lambda msa, plain, dense: (msa["median_ms"], dense["median_ms"], dense["median_ms"] / msa["median_ms"],
+                                         dense["median_ms"] / plain["median_ms"], 100 * msa["hbm_share"]))(
+                  row(DECODE_BENCH, L=1 << 20, method="msa_decode triton, CUDA graph replay"),
+                  row(DECODE_BENCH, L=1 << 20, method="msa_decode triton"),
+                  row(DECODE_BENCH, L=1 << 20, method="dense sdpa_cudnn, CUDA graph replay"))),
+    Claim(B, "{0:.0f} / {1:.0f} TFLOP/s at 32K / 128K (cuDNN {2:.0f} / {3:.0f}, FlashAttention backend {4:.0f} / {5:.0f})",
+          DENSE, lambda: tuple(row(DENSE, N=n, method=m)["tflops"] for m in ("triton flash", "sdpa_cudnn", "sdpa_flash")
+                               for n in (32768, 131072))),
+    Claim(B, "in bf16 (64K); {0:.1f} ms vs {1:.0f} ms at 128K (Hq = 64)", MOBA_SELECTION, lambda: (
+        med(MOBA_SELECTION, what="select_moba triton"), med(MOBA_SELECTION, what="select_moba reference"))),
+    Claim(B, "per-token selection {0:.0f} ms (every 128 x 128 tile partial, the block mask built inside the call), our "
+          "Q-outer kernel {1:.0f} ms, our KV-outer kernel {2:.1f} ms whole operator",
+          f"{BLOCK_SPARSE_V2}, {BLOCK_SPARSE_V3} (three times, no ratio)", lambda: (
+              med(BLOCK_SPARSE_V2, N=131072, method="flex (block mask built in the timed call)"),
+              _v3_chunking_rows()[3]["median_ms"], _v3_chunking_rows()[2]["median_ms"])),
+]
