@@ -1,0 +1,498 @@
+"""The numbers of the kernel docs (kernels.md, benchmarks.md, reference_check.md, cost_model.md
+and results.md's GQA table), each computed from the committed bench file it comes from.
+
+Most kernel benches write one JSON file per run (``{"environment", "rows"}``): every row of one
+file is one process, so a ratio of two rows of one file is a same-process ratio (SPEC). A few
+older runs wrote a list, or only a log of one ``repr``-ed dict a line.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+
+# claims.py imports this module at its end, as ``claims`` (the tests) or as the script
+# ``__main__`` (``python claims.py``, where ``from claims import`` would run it a second time).
+_claims = sys.modules["claims"] if "claims" in sys.modules else sys.modules["__main__"]
+ROOT, Claim, Table, json_rows, sweep_rows = (getattr(_claims, name) for name in
+                                             ("ROOT", "Claim", "Table", "json_rows", "sweep_rows"))
+
+RESULTS = "experiments/results"
+KV_OUTER_V1 = f"{RESULTS}/bench_kv_outer_v1_h200.json"
+BLOCK_SPARSE_V2 = f"{RESULTS}/bench_block_sparse_v2_h200.json"
+BLOCK_SPARSE_V3 = f"{RESULTS}/bench_block_sparse_v3_h200.json"
+TUNE_ATTEND = f"{RESULTS}/tune_kv_outer_attend_h200.json"
+TUNE_INDEX = f"{RESULTS}/tune_index_topk_h200.json"
+MSA_OPERATOR_V1 = f"{RESULTS}/bench_msa_operator_v1_h200.json"
+MOBA_SELECTION = f"{RESULTS}/bench_moba_selection_h200.json"
+DENSE = f"{RESULTS}/bench_dense_h200.json"
+DENSE_64K = f"{RESULTS}/bench_dense_64k_check_h200.json"
+DECODE_BENCH = f"{RESULTS}/bench_decode_h200.json"
+DECODE_BEFORE_SYNC_FIX = f"{RESULTS}/bench_decode_h200_before_sync_fix.log"
+STEP_V1 = f"{RESULTS}/bench_training_step_v2_h200.json"  # the v1 backward's rows
+STEP_V2 = f"{RESULTS}/bench_training_step_v3_h200.json"  # the v2 backward's rows
+STEP_V4 = f"{RESULTS}/bench_training_step_v4_h200.json"  # the index KL's swept tiles
+GQA_GRID = "experiments/results/sweeps/gqa_grid_h200"
+REFERENCE_CHECK = f"{RESULTS}/reference_check_h200.json"
+KL_32K = f"{RESULTS}/bench_index_kl_32k_h200.json"
+KL_64K = f"{RESULTS}/bench_index_kl_64k_h200.json"
+KL_128K = f"{RESULTS}/bench_index_kl_128k_h200.json"
+KL_TILES = f"{RESULTS}/bench_index_kl_tiles_32k_h200.json"
+KL_TILES_V2 = f"{RESULTS}/bench_index_kl_tiles_32k_v2.json"
+KL_TILED = f"{RESULTS}/bench_index_kl_tiled_h200.json"
+CORRECTNESS_V3 = f"{RESULTS}/kernel_correctness_64k_v3_h200.json"
+CORRECTNESS_V2 = f"{RESULTS}/kernel_correctness_64k_v2_h200.json"
+CORRECTNESS_FINAL = f"{RESULTS}/kernel_correctness_64k_h200.json"
+LOGS = f"{RESULTS}/logs"
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def rows_of(path: str) -> list[dict]:
+    """The rows of a bench file: ``{"rows": [...]}``, a bare list, or a log of one dict a line."""
+    if path.endswith(".log"):
+        return [ast.literal_eval(line) for line in (ROOT / path).read_text().splitlines()
+                if line.startswith("{")]
+    data = json.loads((ROOT / path).read_text())
+    return data["rows"] if isinstance(data, dict) else data
+
+
+def row(path: str, **match) -> dict:
+    """The one row of ``path`` whose fields equal ``match`` (a ``method`` or ``what`` given
+    as ``startswith=`` matches the start of either)."""
+    prefix = match.pop("startswith", None)
+    found = [r for r in rows_of(path) if all(r.get(k) == v for k, v in match.items())
+             and (prefix is None or str(r.get("method", r.get("what", ""))).startswith(prefix))]
+    if len(found) != 1:
+        raise ValueError(f"{path}: {len(found)} rows match {match} {prefix or ''}")
+    return found[0]
+
+
+def med(path: str, **match) -> float:
+    return float(row(path, **match)["median_ms"])
+
+
+def errors(path: str, key: str, check: str, **match) -> list[float]:
+    """``key`` of every correctness row of ``check`` (the start of its name) that matches."""
+    found = [float(r[key]) for r in rows_of(path) if str(r.get("check", "")).startswith(check)
+             and all(r.get(k) == v for k, v in match.items())]
+    if not found:
+        raise ValueError(f"{path}: no {check!r} rows with {match}")
+    return found
+
+
+def sci(value: float) -> str:
+    """An error as the docs write it: ``3.6e-3``."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def passed(log: str) -> tuple[int, ...]:
+    """pytest's closing counts in ``log``: (passed, failed)."""
+    import re
+
+    last = [line for line in (ROOT / log).read_text().splitlines() if " passed" in line][-1]
+    count = lambda word: int(m.group(1)) if (m := re.search(rf"(\d+) {word}", last)) else 0  # noqa: E731
+    return count("passed"), count("failed")
+
+
+def gqa_stage(kv_heads: int, backend: str, stage_name: str) -> float:
+    (r,) = [r for r in sweep_rows(GQA_GRID) if r["num_kv_heads"] == kv_heads and r["backend"] == backend
+            and r["stage"] == stage_name and r["status"] == "ok"]
+    return r["median_ms"]
+
+
+def ms3(value: float) -> str:
+    """Three significant digits, as the GQA tables write times: 96.5, 525, 1616."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+GROUPS = (1, 2, 4, 8, 16)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+def _gqa_sweep_table() -> str:
+    """results.md: the GQA sweep at 128K (one process), Hkv = 64 / G."""
+    kv = [64 // g for g in GROUPS]
+    cells = lambda values: " | ".join(f"{ms3(v)} ms" for v in values)  # noqa: E731
+    lines = ["| G = Hq / Hkv | 1 | 2 | 4 | 8 | 16 |", "|---|---|---|---|---|---|",
+             "| KV-outer attention path (lists + attend + merge) | " + cells(
+                 sum(gqa_stage(h, "triton", s) for s in ("metadata", "attention", "merge")) for h in kv) + " |",
+             "| Q-outer attention | " + cells(gqa_stage(h, "triton_q_outer", "attention") for h in kv) + " |",
+             "| whole MSA operator, KV-outer | " + cells(gqa_stage(h, "triton", "total") for h in kv) + " |",
+             "| dense SDPA cuDNN | " + cells(gqa_stage(h, "sdpa_cudnn", "total") for h in kv) + " |"]
+    return "\n".join(lines)
+
+
+def _kv_outer_v1_table() -> str:
+    f = KV_OUTER_V1
+    lines = ["| N | stage | ms | useful TFLOP/s | note |", "|---|---|---|---|---|"]
+    for n, label in ((32768, "32K"), (131072, "128K")):
+        lists = med(f, N=n, method="stage: query lists")
+        attend = row(f, N=n, method="stage: attend (warps=8, stages=1)")
+        merge = med(f, N=n, method="stage: merge")
+        whole = row(f, N=n, method="kv_outer total (lists+attend+merge)")
+        if n == 32768:
+            notes = ("torch sort/bincount/cumsum",
+                     f"4 warps: {med(f, N=n, method='stage: attend (warps=4, stages=1)'):.2f}; 2 stages: "
+                     f"{med(f, N=n, method='stage: attend (warps=8, stages=2)'):.1f}; 3 stages: "
+                     f"{med(f, N=n, method='stage: attend (warps=8, stages=3)'):.1f}", "",
+                     "default then was 2 stages, 2 chunks")
+        else:
+            # 71 and 37 GB are the byte model's minimal bytes of the two stages (above).
+            notes = ("", f"{71 / attend['median_ms']:.2f} TB/s on the 71 GB: 3x over its floor",
+                     f"{37 / merge:.1f} TB/s on its 37 GB: at the floor", "2 stages and 8 query chunks then")
+        lines += [f"| {label} | query lists | {lists:.2f} | – | {notes[0]} |",
+                  f"| {label} | attend, 8 warps, 1 stage | {attend['median_ms']:.2f} | "
+                  f"{attend['useful_tflops']:.0f} | {notes[1]} |",
+                  f"| {label} | merge | {merge:.2f} | – | {notes[2]} |",
+                  f"| {label} | whole operator | {whole['median_ms']:.2f} | {whole['useful_tflops']:.0f} | {notes[3]} |"]
+    cudnn, flash = (row(f, N=131072, method=m) for m in ("sdpa_cudnn", "sdpa_flash"))
+    flex = row(f, N=131072, method="flex (block mask built in the timed call)")
+    lines += [f"| 128K | SDPA cuDNN, dense causal | {cudnn['median_ms']:.1f} | {cudnn['useful_tflops']:.1f} "
+              f"({cudnn['tflops']:.0f} dense) | the dense baseline |",
+              f"| 128K | SDPA FlashAttention | {flash['median_ms']:.1f} | {flash['useful_tflops']:.1f} "
+              f"({flash['tflops']:.0f} dense) | |",
+              f"| 128K | FlexAttention, same selection | {flex['median_ms']:.0f} | {flex['useful_tflops']:.1f} | "
+              "BlockMask built in the timed call; every tile partial (per-token selection) |"]
+    return "\n".join(line.replace("|  |", "| |") for line in lines)
+
+
+def _gqa_bench_table(path: str, n: int, unit: str) -> str:
+    """The GQA group-size rows of one ``bench_block_sparse`` run (Hq = 64, Hkv = 64 / G)."""
+    rows = rows_of(path)
+    start = next(i for i, r in enumerate(rows) if r.get("N") == n and r.get("Hkv") == 64)
+    section = rows[start:]  # the group-size section (an earlier section may time Hkv = 4 too)
+
+    def cells(method: str, fmt) -> str:
+        (found,) = ([r["median_ms"] for r in section if r["N"] == n and r["Hkv"] == 64 // g
+                     and r["method"] == method] for g in GROUPS),
+        return " | ".join(fmt(v) for (v,) in found)
+    one = lambda v: f"{v:.1f}"  # noqa: E731
+    lines = ["| G = Hq/Hkv | 1 | 2 | 4 | 8 | 16 |", "|---|---|---|---|---|---|"]
+    if n == 32768:
+        lines += [f"| KV-outer | {cells('triton whole operator', one)} |",
+                  f"| Q-outer | {cells('triton_q_outer whole operator', one)} |",
+                  f"| dense SDPA cuDNN | {cells('sdpa_cudnn', one)} |"]
+    else:
+        lines += [f"| KV-outer (ms) | {cells('triton whole operator', one)} |",
+                  f"| Q-outer (ms) | {cells('triton_q_outer whole operator', ms3)} |",
+                  f"| dense SDPA cuDNN (ms) | {cells('sdpa_cudnn', ms3)} |"]
+    return "\n".join(lines)
+
+
+
+def _index_tune_table() -> str:
+    """The 1M selection by tile config (one run of the tuning script), after the first version's
+    row from the operator bench (another run: its difference to the next row is of two runs)."""
+    first = med(MSA_OPERATOR_V1, N=1 << 20, what="stage: selection (index scores + top-k)")
+    tuned = {tuple(r["config"]): r["median_ms"] for r in rows_of(TUNE_INDEX)
+             if r.get("what") == "select_msa triton at 1M"}
+    default, base = tuned[(256, 4, 8, 3)], tuned[(128, 8, 4, 3)]
+    notes = {(128, 1, 4, 3): f"one-reduction top-k: −{first - tuned[(128, 1, 4, 3)]:.0f} ms (against the first "
+                             "version's run)",
+             (128, 8, 4, 3): f"contiguous row stores: −{100 * (1 - base / tuned[(128, 1, 4, 3)]):.0f} %",
+             (64, 8, 4, 3): "more key traffic per FLOP: slower, as the L2 model says",
+             (256, 8, 8, 3): f"256 rows: −{100 * (1 - tuned[(256, 8, 8, 3)] / base):.0f} % vs 128"}
+    lines = ["| rows per program | blocks per store | warps | stages | ms | note |", "|---|---|---|---|---|---|",
+             f"| 128 | 1 (v1 top-k: max + min per pick) | 4 | default | {first:.0f} | first version |"]
+    for config, t in tuned.items():
+        if config == (256, 4, 8, 3):
+            continue
+        rows, store, warps, stages = config
+        lines.append(f"| {rows} | {store} | {warps} | {stages} | {t:.0f} | {notes.get(config, '')} |")
+    lines.append(f"| **256** | **4** | **8** | **3** | **{default:.0f}** | default now |")
+    return "\n".join(line.replace("|  |", "| |") for line in lines)
+
+
+def _spaced(value: float) -> str:
+    """Thousands apart by a space, as the operator table writes 38 499 ms."""
+    return f"{value:,.0f}".replace(",", " ")
+
+
+def _operator_table() -> str:
+    v1 = lambda n, what: med(MSA_OPERATOR_V1, N=n, what=what)  # noqa: E731
+    sel, att, whole, dense = "stage: selection (index scores + top-k)", "stage: attention (lists + KV-outer + merge)", \
+        "whole MSA operator", "dense SDPA cuDNN"
+    speedup = lambda n: row(MSA_OPERATOR_V1, N=n, what="speedup of the whole MSA operator over dense cuDNN")["speedup"]  # noqa: E731
+    m = 1 << 20
+    tuned = lambda what: med(TUNE_INDEX, what=what)  # noqa: E731
+    tuned_selection = med(TUNE_INDEX, what="select_msa triton at 1M", config=[256, 4, 8, 3])
+    lines = ["| N | whole operator | selection | attention (lists + KV-outer + merge) | dense SDPA cuDNN (same run) | "
+             "speedup |", "|---|---|---|---|---|---|",
+             f"| 128K | {v1(131072, whole):.1f} ms | {v1(131072, sel):.1f} ms | {v1(131072, att):.1f} ms | "
+             f"{v1(131072, dense):.0f} ms | {speedup(131072):.1f}x |",
+             f"| 1M (v1 index kernel) | {v1(m, whole):.0f} ms | {v1(m, sel):.0f} ms ({100 * v1(m, sel) / v1(m, whole):.0f} %) "
+             f"| {v1(m, att):.0f} ms ({100 * v1(m, att) / v1(m, whole):.0f} %) | {_spaced(v1(m, dense))} ms | "
+             f"{speedup(m):.1f}x |",
+             f"| 1M (tuned index kernel) | **{tuned('whole MSA operator at 1M'):.0f} ms** | ≈ {tuned_selection:.0f} ms | "
+             f"≈ {v1(m, att):.0f} ms | **{_spaced(tuned('dense SDPA cuDNN at 1M'))} ms** | "
+             f"**{row(TUNE_INDEX, what='speedup at 1M')['speedup']:.1f}x** |"]
+    return "\n".join(lines)
+
+
+def _dense_table() -> str:
+    cell = lambda n, m, first: (lambda r: f"{r['median_ms']:.1f} ms, {r['tflops']:.0f}" if first  # noqa: E731
+                                else f"{r['median_ms']:.1f} ms, {r['tflops']:.0f}")(row(DENSE, N=n, method=m))
+    lines = ["| N (Hq=64, Hkv=4, D=128, bf16, causal) | Triton flash | SDPA cuDNN | SDPA FlashAttention |",
+             "|---|---|---|---|"]
+    for n, label in ((32768, "32K"), (131072, "128K")):
+        cells = []
+        for i, m in enumerate(("triton flash", "sdpa_cudnn", "sdpa_flash")):
+            r = row(DENSE, N=n, method=m)
+            t = f"{r['median_ms']:.1f}" if r["median_ms"] < 100 else f"{r['median_ms']:.0f}"
+            cells.append(f"{t} ms, {r['tflops']:.0f}" + (" TFLOP/s" if (i, n) == (0, 32768) else ""))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _decode_bench_table() -> str:
+    d = lambda n, m: row(DECODE_BENCH, L=n, method=m)  # noqa: E731
+    first = row(DECODE_BEFORE_SYNC_FIX, L=1 << 20, method="msa_decode triton")
+    first_speedup = row(DECODE_BEFORE_SYNC_FIX, L=1 << 20, what="speedup of msa_decode over the faster dense decode")
+    speedup = lambda n: row(DECODE_BENCH, L=n, startswith="speedup of msa_decode")["speedup"]  # noqa: E731
+    graph_1m = d(1 << 20, "msa_decode triton, CUDA graph replay")
+    lines = ["| step | 128K | 1M |", "|---|---|---|",
+             f"| MSA decode, first version (a host sync to size the work list) | – | {float(first['median_ms']):.3f} ms "
+             f"({float(first_speedup['speedup']):.1f}x) |",
+             f"| MSA decode, no host sync | {d(1 << 17, 'msa_decode triton')['median_ms']:.3f} ms | "
+             f"{d(1 << 20, 'msa_decode triton')['median_ms']:.3f} ms |",
+             f"| MSA decode, CUDA graph replay | {d(1 << 17, 'msa_decode triton, CUDA graph replay')['median_ms']:.3f} ms | "
+             f"**{graph_1m['median_ms']:.3f} ms, {100 * graph_1m['hbm_share']:.0f} % of copy bandwidth on its bytes** |"]
+    for label, m in (("dense SDPA cuDNN, graph replay", "dense sdpa_cudnn, CUDA graph replay"),
+                     ("dense SDPA FlashAttention, graph replay", "dense sdpa_flash, CUDA graph replay")):
+        lines.append(f"| {label} | {d(1 << 17, m)['median_ms']:.3f} ms | {d(1 << 20, m)['median_ms']:.3f} ms |")
+    lines.append(f"| speedup (both graph-replayed) | {speedup(1 << 17):.1f}x | **{speedup(1 << 20):.1f}x** |")
+    return "\n".join(lines)
+
+
+TABLES: list[Table] = [
+    Table("docs/results.md", "gqa_128k", GQA_GRID, _gqa_sweep_table),
+    Table("docs/kernels.md", "kv_outer_v1", KV_OUTER_V1, _kv_outer_v1_table),
+    Table("docs/kernels.md", "gqa_32k_v2", BLOCK_SPARSE_V2, lambda: _gqa_bench_table(BLOCK_SPARSE_V2, 32768, "")),
+    Table("docs/kernels.md", "index_tune_1m", f"{TUNE_INDEX}, {MSA_OPERATOR_V1}", _index_tune_table),
+    Table("docs/kernels.md", "operator", f"{MSA_OPERATOR_V1}, {TUNE_INDEX}", _operator_table),
+    Table("docs/kernels.md", "dense_flash", DENSE, _dense_table),
+    Table("docs/kernels.md", "decode_bench", f"{DECODE_BENCH}, {DECODE_BEFORE_SYNC_FIX}", _decode_bench_table),
+    Table("docs/kernels.md", "gqa_128k_v3", BLOCK_SPARSE_V3, lambda: _gqa_bench_table(BLOCK_SPARSE_V3, 131072, "ms")),
+]
+
+CLAIMS: list[Claim] = []
+
+
+def _step(path: str, what: str, n: int) -> dict:
+    return row(path, what=what, N=n)
+
+
+FWD, FWD_BWD, DET = "kv-outer forward", "kv-outer forward+backward", "kv-outer forward+backward deterministic"
+SEL, CUDNN = "msa selection", "sdpa cudnn forward+backward"
+MSA_STEP = "msa attention step: selection + attention + index KL, forward+backward"
+KL_STEP = "index KL on selected tokens forward+backward (triton, LSE given)"
+
+
+def _backward_row(n: int) -> tuple:
+    """One row of the backward table: v1's and v2's runs, each ratio within its own run."""
+    t = lambda path, what: _step(path, what, n)["median_ms"]  # noqa: E731
+    v1 = t(STEP_V1, CUDNN) / (t(STEP_V1, SEL) + t(STEP_V1, FWD_BWD))
+    v2 = t(STEP_V2, CUDNN) / (t(STEP_V2, SEL) + t(STEP_V2, FWD_BWD))
+    return (t(STEP_V2, SEL), t(STEP_V2, FWD), _step(STEP_V2, FWD, n)["useful_tflops"], t(STEP_V1, FWD_BWD),
+            _step(STEP_V1, FWD_BWD, n)["useful_tflops"], t(STEP_V2, FWD_BWD), _step(STEP_V2, FWD_BWD, n)["useful_tflops"],
+            t(STEP_V2, DET), t(STEP_V2, CUDNN), v1, v2, t(STEP_V1, DET) if n < 131072 else None)
+
+
+def _kl(path: str, backend: str, dtype: str, lse_given: bool, n: int) -> float:
+    return med(path, what="loss+backward", backend=backend, index_dtype=dtype, lse_given=lse_given, N=n)
+
+
+def _tile(path: str, stage_name: str, dtype: str, tokens: int, warps: int) -> float:
+    return med(path, what="tile", stage=stage_name, index_dtype=dtype, tokens=tokens, num_warps=warps, N=32768)
+
+
+K = "docs/kernels.md"
+CLAIMS += [
+    Claim(K, "Whole operator at 128K: {0:.1f}x faster than the dense baseline (cuDNN)", KV_OUTER_V1,
+          lambda: (med(KV_OUTER_V1, N=131072, method="sdpa_cudnn")
+                   / med(KV_OUTER_V1, N=131072, method="kv_outer total (lists+attend+merge)"),)),
+    Claim(K, "bf16 {0}–{1}, fp16 {2}–{3}, fp32 {4}–{5} relative error against the float32 reference; LSE ≤ {6}",
+          KV_OUTER_V1, lambda: tuple(sci(f(errors(KV_OUTER_V1, "out_rel_err", "kv_outer", dtype=d)))
+                                     for d in ("bfloat16", "float16", "float32") for f in (min, max))
+          + (sci(max(errors(KV_OUTER_V1, "lse_rel_err", "kv_outer"))),)),
+    # v2's outcomes: the attend stage at 128K, one tuning run (the 48.8 is v1's run)
+    Claim(K, "{0:.1f} → {1:.1f} ms (−{2:.0f} %) (v1's run → v2's)", f"{KV_OUTER_V1}, {BLOCK_SPARSE_V2}", lambda: (
+        med(KV_OUTER_V1, N=131072, method="stage: attend (warps=4, stages=1)"),
+        med(BLOCK_SPARSE_V2, N=131072, method="stage: attend (prefetch=False, warps=4, stages=1, rows=128)"),
+        100 * (1 - med(BLOCK_SPARSE_V2, N=131072, method="stage: attend (prefetch=False, warps=4, stages=1, rows=128)")
+               / med(KV_OUTER_V1, N=131072, method="stage: attend (warps=4, stages=1)")))),
+    Claim(K, "**worse** at 128 rows ({0:.1f} → {1:.1f} ms at 4 warps, {2:.1f} at 8); at 64 rows {3:.1f} → {4:.1f} ms; "
+          "helped only 32-row tiles ({5:.1f} → {6:.1f})", TUNE_ATTEND, lambda: tuple(
+              med(TUNE_ATTEND, stage="attend", rows=r, prefetch=p, warps=w)
+              for r, p, w in ((128, False, 4), (128, True, 4), (128, True, 8), (64, False, 4), (64, True, 4),
+                              (32, False, 4), (32, True, 2)))),
+    Claim(K, "**{0:.1f} ms, {1:.0f} useful TFLOP/s** ({2:.1f} TB/s on the 71 GB)", TUNE_ATTEND, lambda: (
+        lambda r: (r["median_ms"], r["useful_tflops"], 71 / r["median_ms"]))(
+            row(TUNE_ATTEND, stage="attend", rows=64, prefetch=False, warps=4))),
+    Claim(K, "{0:.1f} ms at 4 warps: MMA too small", TUNE_ATTEND,
+          lambda: (med(TUNE_ATTEND, stage="attend", rows=32, prefetch=False, warps=4),)),
+    Claim(K, "| 2 or 8 warps at 64 rows | – | {0:.1f} / {1:.1f} ms |", TUNE_ATTEND,
+          lambda: tuple(med(TUNE_ATTEND, stage="attend", rows=64, prefetch=False, warps=w) for w in (2, 8))),
+    Claim(K, "Merge stays at {0:.2f} ms", BLOCK_SPARSE_V2, lambda: (med(BLOCK_SPARSE_V2, N=131072, method="stage: merge"),)),
+    Claim(K, "measured {0:.1f} ms ({1:.0f} useful TFLOP/s)", TUNE_ATTEND, lambda: (
+        lambda r: (r["median_ms"], r["useful_tflops"]))(row(TUNE_ATTEND, stage="whole operator, module defaults"))),
+    Claim(K, "At 128K, G = 16: KV-outer {0:.1f} ms whole operator (v2-run defaults), Q-outer {1:.1f} ms, "
+          "FlexAttention {2:.0f} ms", BLOCK_SPARSE_V2, lambda: tuple(
+              med(BLOCK_SPARSE_V2, N=131072, method=m) for m in (
+                  "triton whole operator", "triton_q_outer whole operator", "flex (block mask built in the timed call)"))),
+    Claim(K, "128K: Triton selection {0:.1f} ms vs the reference {1:.0f} ms. The top-k kernel {2:.1f} ms vs "
+          "`torch.topk` {3:.1f} ms", MSA_OPERATOR_V1, lambda: tuple(med(MSA_OPERATOR_V1, N=131072, what=w) for w in (
+              "select_msa triton (scores + top-k)", "select_msa reference", "top-k kernel alone",
+              "torch.topk on the same scores (no causal mask, no ties rule)"))),
+    Claim(K, "no tie rule): {0:.1f}x", MSA_OPERATOR_V1, lambda: (
+        med(MSA_OPERATOR_V1, N=131072, what="torch.topk on the same scores (no causal mask, no ties rule)")
+        / med(MSA_OPERATOR_V1, N=131072, what="top-k kernel alone"),)),
+    Claim(K, "(8192 blocks per row): {0:.1f} ms", TUNE_INDEX, lambda: (med(TUNE_INDEX, startswith="top-k kernel alone"),)),
+    Claim(K, "the index branch) {0}: {1:.0f} useful TFLOP/s for the whole operator",
+          f"{MSA_OPERATOR_V1}, {TUNE_INDEX}", lambda: (
+              lambda flop: (sci(flop), flop / med(TUNE_INDEX, what="whole MSA operator at 1M") / 1e9))(
+                  row(MSA_OPERATOR_V1, N=1 << 20, what="whole MSA operator")["useful_flop"])),
+    # v3
+    Claim(K, "measured, same run: **{0:.1f} ms** ({1:.0f} useful TFLOP/s) vs {2:.1f} ms with 4 GiB chunks. The whole "
+          "KV-outer call at 128K is now {3:.1f}x faster than dense cuDNN ({4:.1f} ms). Stages in that run: lists "
+          "{5:.1f} ms, attend {6:.1f} ms, merge {7:.1f} ms", BLOCK_SPARSE_V3, lambda: (
+              lambda rows: (rows[2]["median_ms"], rows[2]["useful_tflops"], rows[4]["median_ms"],
+                            rows[0]["median_ms"] / rows[2]["median_ms"], rows[0]["median_ms"], rows[6]["median_ms"],
+                            rows[7]["median_ms"], rows[10]["median_ms"]))(_v3_chunking_rows())),
+    Claim(K, "16K (fp32) and on {0:.7f} of rows at 64K (bf16). At 128K (Hq = 64, block 128, top-16, per head): "
+          "{1:.1f} ms vs the reference {2:.0f} ms", MOBA_SELECTION, lambda: (
+              row(MOBA_SELECTION, check="moba triton selection vs reference", N=65536)["identical_rows"],
+              med(MOBA_SELECTION, what="select_moba triton"), med(MOBA_SELECTION, what="select_moba reference"))),
+    Claim(K, "`moba_attention(backend=\"triton\")` at 128K: {0:.0f} ms whole", MOBA_SELECTION,
+          lambda: (med(MOBA_SELECTION, startswith="moba_attention triton"),)),
+    Claim(K, "bf16 {0}–{1}, fp16 ≤ {2}, fp32 ≤ {3} (causal, non-causal", DENSE, lambda: (
+        sci(min(errors(DENSE, "out_rel_err", "flash", dtype="bfloat16"))),
+        sci(max(errors(DENSE, "out_rel_err", "flash", dtype="bfloat16"))),
+        sci(max(errors(DENSE, "out_rel_err", "flash", dtype="float16"))),
+        sci(max(errors(DENSE, "out_rel_err", "flash", dtype="float32"))))),
+    Claim(K, "Copy bandwidth measured in the same run: {0:.2f} TB/s (read + write of 1 GiB). Dense cuDNN decode shows "
+          "{1:.0f} % of it", DECODE_BENCH, lambda: (
+              float(row(DECODE_BENCH, what="device copy")["tb_per_s"]),
+              100 * row(DECODE_BENCH, L=1 << 20, method="dense sdpa_cudnn, CUDA graph replay")["hbm_share"])),
+    Claim(K, "relative error {0} (bf16), identical block sets", DECODE_BENCH, lambda: (
+        sci(row(DECODE_BENCH, check="msa_decode triton vs reference")["out_rel_err"]),)),
+]
+
+
+def _v3_chunking_rows() -> list[dict]:
+    """The chunking section of the v3 bench: the 128K rows before its group-size section."""
+    rows = rows_of(BLOCK_SPARSE_V3)
+    end = next(i for i, r in enumerate(rows) if r.get("Hkv") == 64)
+    section = rows[:end]
+    if not (section[2]["method"] == "triton whole operator" and section[4]["method"].endswith("4 GiB partial chunks")
+            and section[0]["method"] == "sdpa_cudnn" and section[6]["method"] == "stage: query lists"
+            and section[7]["method"] == "stage: attend (warps=4, stages=1, rows=64)"
+            and section[10]["method"] == "stage: merge"):
+        raise ValueError(f"{BLOCK_SPARSE_V3}: the chunking section is not laid out as the claim reads it")
+    return section
+
+
+CLAIMS += [
+    Claim(K, "| 32K | {0:.1f} ms | {1:.1f} ms ({2:.0f} TF) | {3:.1f} ms ({4:.0f} TF) | {11:.1f} ms | **{5:.1f} ms ({6:.0f} TF)** "
+          "| {7:.1f} ms | {8:.1f} ms | {9:.1f}x → {10:.1f}x |", f"{STEP_V1}, {STEP_V2}",
+          lambda: _backward_row(32768)),
+    Claim(K, "| 128K | {0:.1f} ms | {1:.1f} ms ({2:.0f} TF) | {3:.1f} ms ({4:.0f} TF) | not run", f"{STEP_V1}, {STEP_V2}",
+          lambda: _backward_row(131072)[:5]),
+    Claim(K, "| **{5:.1f} ms ({6:.0f} TF)** | {7:.1f} ms | {8:.0f} ms | {9:.1f}x → {10:.1f}x |", f"{STEP_V1}, {STEP_V2}",
+          lambda: _backward_row(131072)),
+    Claim(K, "| 64K | {0:.1f} ms | {1:.1f} ms | {3:.1f} ms | {11:.1f} ms | **{5:.1f} ms ({6:.0f} TF)** | {7:.1f} ms | "
+          "{8:.1f} ms | {9:.1f}x → {10:.2f}x |", f"{STEP_V1}, {STEP_V2}", lambda: _backward_row(65536)),
+    Claim(K, "v1's speedups are against its own run's cuDNN ({0:.1f}, {1:.1f}, {2:.0f} ms)", STEP_V1,
+          lambda: tuple(_step(STEP_V1, CUDNN, n)["median_ms"] for n in (32768, 65536, 131072))),
+    Claim(K, "| 32K | {0:.1f} ms | {1:.1f} ms | {2:.1f} ms | **{3:.1f} ms** | {4:.1f} ms | {5:.1f} ms | {6:.1f}x → {7:.1f}x "
+          "(two runs) |", f"{STEP_V1}, {STEP_V2}, {STEP_V4}", lambda: _step_row(32768)),
+    Claim(K, "| 128K | {0:.1f} ms | {1:.1f} ms | {2:.1f} ms | **{3:.1f} ms** | {4:.1f} ms | {5:.0f} ms | {6:.1f}x → {7:.1f}x "
+          "(two runs) |", f"{STEP_V1}, {STEP_V2}, {STEP_V4}", lambda: _step_row(131072)),
+    Claim(K, "| 64K | {0:.1f} ms | {1:.1f} ms | {2:.1f} ms | not run | – | {3:.1f} ms | {4:.1f}x |", f"{STEP_V1}, {STEP_V2}",
+          lambda: tuple(_step(p, w, 65536)["median_ms"] for p, w in (
+              (STEP_V1, MSA_STEP), (STEP_V2, MSA_STEP), (STEP_V2, KL_STEP), (STEP_V2, CUDNN)))
+          + (_step(STEP_V2, CUDNN, 65536)["median_ms"] / _step(STEP_V2, MSA_STEP, 65536)["median_ms"],)),
+    Claim(K, "(attention forward + backward {0:.1f} / {1:.1f} ms)", STEP_V4,
+          lambda: tuple(_step(STEP_V4, FWD_BWD, n)["median_ms"] for n in (32768, 131072))),
+]
+
+
+def _step_row(n: int) -> tuple:
+    """The MSA step table: the v1 and v2 backward's runs, then the v4 run with the swept index KL
+    tiles. v4 timed no dense row, so its speedup divides by v2's run's cuDNN: two runs."""
+    t = lambda path, what: _step(path, what, n)["median_ms"]  # noqa: E731
+    cudnn = t(STEP_V2, CUDNN)
+    return (t(STEP_V1, MSA_STEP), t(STEP_V2, MSA_STEP), t(STEP_V2, KL_STEP), t(STEP_V4, MSA_STEP), t(STEP_V4, KL_STEP),
+            cudnn, cudnn / t(STEP_V2, MSA_STEP), cudnn / t(STEP_V4, MSA_STEP))
+
+
+def _kl_first(path: str, n: int, label: str) -> tuple:
+    ref = _kl(path, "reference", "fp32", False, n)
+    f32, b16 = (_kl(path, "triton", d, False, n) for d in ("fp32", "bf16"))
+    return (label, ref, f32, ref / f32, _kl(path, "triton", "fp32", True, n), b16, ref / b16,
+            _kl(path, "triton", "bf16", True, n))
+
+
+def _kl_tiled(n: int, label: str, first: str) -> tuple:
+    now = lambda d, g: _kl(KL_TILED, "triton" if d else "reference", d or "fp32", g, n)  # noqa: E731
+    was = lambda d, g: _kl(first, "triton", d, g, n)  # noqa: E731
+    return (label, now(None, False), now("fp32", False), was("fp32", False), now("fp32", True), was("fp32", True),
+            now("bf16", False), was("bf16", False), now("bf16", True), was("bf16", True))
+
+
+CLAIMS += [
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms ({3:.0f}x) | {4:.1f} ms |\n| {0} | bf16 | – | {5:.1f} ms ({6:.0f}x",
+          KL_32K, lambda: _kl_first(KL_32K, 32768, "32K")),
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms ({3:.0f}x) | {4:.1f} ms |\n| {0} | bf16 | – | {5:.1f} ms ({6:.0f}x) "
+          "| {7:.1f} ms |", KL_64K, lambda: _kl_first(KL_64K, 65536, "64K")),
+    Claim(K, "reference {1:.0f} ms; Triton with fp32 index inputs {2:.0f} ms (LSE recomputed) and {4:.0f} ms (LSE given); "
+          "bf16 index inputs {5:.0f} ms and {7:.1f} ms", KL_128K, lambda: _kl_first(KL_128K, 131072, "128K")),
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms (was {3:.1f}) | {4:.1f} ms ({5:.1f}) |\n| {0} | bf16 | – | "
+          "{6:.1f} ms ({7:.1f}) | **{8:.1f} ms ({9:.1f})** |", f"{KL_TILED}, {KL_32K}", lambda: _kl_tiled(32768, "32K", KL_32K)),
+    Claim(K, "| {0} | fp32 | {1:.0f} ms | {2:.1f} ms ({3:.0f}) | {4:.1f} ms ({5:.0f}) |\n| {0} | bf16 | – | "
+          "{6:.1f} ms ({7:.0f}) | **{8:.1f} ms ({9:.1f})** |", f"{KL_TILED}, {KL_128K}",
+          lambda: _kl_tiled(131072, "128K", KL_128K)),
+    Claim(K, "| bf16 | 2 (KL and gradients) | {0:.1f} | {1:.1f} | **{2:.1f}** | *{3:.1f}* | {4:.1f} | {5:.1f} |", KL_TILES,
+          lambda: tuple(_tile(KL_TILES, "kl and gradients", "bf16", t, w) for t, w in TILE_ORDER)),
+    Claim(K, "| fp32 | 2 | {0:.1f} | {1:.1f} | **{2:.1f}** | {3:.1f} | *{4:.1f}* | {5:.1f} |", KL_TILES,
+          lambda: tuple(_tile(KL_TILES, "kl and gradients", "fp32", t, w) for t, w in TILE_ORDER)),
+    Claim(K, "{0} passed with bf16 ≤ 1e-2 included", f"{LOGS}/gpu_tests_cuda_index_kl_tiles_h200.log",
+          lambda: (passed(f"{LOGS}/gpu_tests_cuda_index_kl_tiles_h200.log")[0],)),
+    Claim(K, "): {0} passed, {1} failed, both in", f"{LOGS}/gpu_tests_cuda_h200.log",
+          lambda: passed(f"{LOGS}/gpu_tests_cuda_h200.log")),
+    Claim(K, "`test_decode.py`, {0} passed)", f"{LOGS}/gpu_tests_cuda_backward_h200.log",
+          lambda: (passed(f"{LOGS}/gpu_tests_cuda_backward_h200.log")[0],)),
+    Claim(K, "**{0} passed** in 165 s", f"{LOGS}/gpu_tests_cuda_v3_h200.log",
+          lambda: (passed(f"{LOGS}/gpu_tests_cuda_v3_h200.log")[0],)),
+]
+TILE_ORDER = ((16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (64, 8))
+
+
+B = "docs/benchmarks.md"
+CLAIMS += [
+    Claim(B, "attend stage {0:.0f} useful TFLOP/s ({1:.1f} ms); the whole call (query lists + attend + merge) {2:.1f} ms = "
+          "{3:.0f} useful TFLOP/s, {4:.1f}x dense cuDNN", BLOCK_SPARSE_V3, lambda: (
+              lambda rows: (rows[7]["useful_tflops"], rows[7]["median_ms"], rows[2]["median_ms"], rows[2]["useful_tflops"],
+                            rows[0]["median_ms"] / rows[2]["median_ms"]))(_v3_chunking_rows())),
+    Claim(B, "MSA {0:.3f} ms vs dense cuDNN {1:.3f} ms, both CUDA-graph replayed: **{2:.1f}x** ({3:.1f}x without graphs); "
+          "MSA at {4:.0f} % of the measured copy bandwidth", DECODE_BENCH, lambda: (
+              lambda msa, plain, dense: (msa["median_ms"], dense["median_ms"], dense["median_ms"] / msa["median_ms"],
+                                         dense["median_ms"] / plain["median_ms"], 100 * msa["hbm_share"]))(
+                  row(DECODE_BENCH, L=1 << 20, method="msa_decode triton, CUDA graph replay"),
+                  row(DECODE_BENCH, L=1 << 20, method="msa_decode triton"),
+                  row(DECODE_BENCH, L=1 << 20, method="dense sdpa_cudnn, CUDA graph replay"))),
+    Claim(B, "{0:.0f} / {1:.0f} TFLOP/s at 32K / 128K (cuDNN {2:.0f} / {3:.0f}, FlashAttention backend {4:.0f} / {5:.0f})",
+          DENSE, lambda: tuple(row(DENSE, N=n, method=m)["tflops"] for m in ("triton flash", "sdpa_cudnn", "sdpa_flash")
+                               for n in (32768, 131072))),
+    Claim(B, "in bf16 (64K); {0:.1f} ms vs {1:.0f} ms at 128K (Hq = 64)", MOBA_SELECTION, lambda: (
+        med(MOBA_SELECTION, what="select_moba triton"), med(MOBA_SELECTION, what="select_moba reference"))),
+    Claim(B, "per-token selection {0:.0f} ms (every 128 x 128 tile partial, the block mask built inside the call), our "
+          "Q-outer kernel {1:.0f} ms, our KV-outer kernel {2:.1f} ms whole operator",
+          f"{BLOCK_SPARSE_V2}, {BLOCK_SPARSE_V3} (three times, no ratio)", lambda: (
+              med(BLOCK_SPARSE_V2, N=131072, method="flex (block mask built in the timed call)"),
+              _v3_chunking_rows()[3]["median_ms"], _v3_chunking_rows()[2]["median_ms"])),
+]
