@@ -591,6 +591,9 @@ TABLES: list[Table] = [
 # Claims of further docs live beside this file, one module per group of docs, each with its own
 # CLAIMS and TABLES lists built from the helpers above.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script this module is __main__; under its own name too, ``from claims import ...`` in
+# the group modules finds it instead of running this file a second time.
+sys.modules.setdefault("claims", sys.modules[__name__])
 for _module in ("claims_training", "claims_kernels"):
     if (Path(__file__).resolve().parent / f"{_module}.py").is_file():
         _found = __import__(_module)

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 
-# claims.py imports this module at its end, as ``claims`` (the tests) or as the script
-# ``__main__`` (``python claims.py``, where ``from claims import`` would run it a second time).
-_claims = sys.modules["claims"] if "claims" in sys.modules else sys.modules["__main__"]
-ROOT, Claim, Table, json_rows, sweep_rows = (getattr(_claims, name) for name in
-                                             ("ROOT", "Claim", "Table", "json_rows", "sweep_rows"))
+from claims import ROOT, Claim, Table, json_rows, sweep_rows
 
 RESULTS = "experiments/results"
 KV_OUTER_V1 = f"{RESULTS}/bench_kv_outer_v1_h200.json"

@@ -6,26 +6,10 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from functools import lru_cache
 
 
-def _claims_module():
-    """claims.py imports this module while it runs, as ``claims`` (tests/test_claims.py) or as
-    the script (``python claims.py``): its definitions come from the one running, since a
-    plain ``import claims`` under the script would run claims.py a second time, which would
-    import this module half made."""
-    for name in ("claims", "__main__"):
-        module = sys.modules.get(name)
-        if module is not None and hasattr(module, "Claim"):
-            return module
-    import claims
-    return claims
-
-
-_claims = _claims_module()
-ABLATION, COVERAGE, GRID, ROOT, TRAIN = _claims.ABLATION, _claims.COVERAGE, _claims.GRID, _claims.ROOT, _claims.TRAIN
-Claim, Table, json_rows, sweep_rows = _claims.Claim, _claims.Table, _claims.json_rows, _claims.sweep_rows
+from claims import ABLATION, COVERAGE, GRID, ROOT, TRAIN, Claim, Table, json_rows, sweep_rows  # noqa: E402
 
 from msa_lab.runs import find_runs, group_seeds, mean_sd, seeds_cell  # noqa: E402
 
