@@ -518,7 +518,7 @@ def _reference_agreement_table() -> str:
     shapes = [_shape_fields(r["shape"]) for r in cpu]
     joined = lambda values: "/".join(str(v) for v in sorted(values))  # noqa: E731
     ns = [s["N"] for s in shapes]
-    shape_cell = (f"N {min(ns)}–{max(ns)}, GQA {joined({s["Hq"] // s["Hkv"] for s in shapes})}, "
+    shape_cell = (f"N {min(ns)}–{max(ns)}, GQA {joined({s['Hq'] // s['Hkv'] for s in shapes})}, "
                   f"D {joined({s['D'] for s in shapes})}, blocks {joined({s['block'] for s in shapes})} (partial last block)")
     outs = [r[k] for r in cpu for k in ("full", "moba_out", "msa_out")]
     by_dtype = {d: [r["out"] for r in flex if f", {d}," in r["check"]] for d in ("float32", "float16", "bfloat16")}
