@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import json
 
-from claims import ROOT, Claim, Table, json_rows, sweep_rows
+from claims import ROOT, SELECTION_CHECK, Claim, Table, json_rows, sweep_rows
 
 RESULTS = "experiments/results"
 KV_OUTER_V1 = f"{RESULTS}/bench_kv_outer_v1_h200.json"
@@ -601,3 +601,97 @@ CLAIMS += [
           "{8:.0f} %", f"{SWEEP_1M}, {HEADLINE_1M}", lambda: _dense_roof() + tuple(
               _pct_of_bound(HEADLINE_1M, s) for s in ("selection", "attention", "merge"))),
 ]
+
+
+# --- benchmarks.md: the decode sweep and the GPU correctness bullets -------------------------------
+
+DECODE_SWEEP = "experiments/results/sweeps/decode_1m_h200"
+SWEEP_FIRST_REVISION = "fe76583c0462"  # the sweeps' first H200 run, before the fixes its rows led to
+
+
+def _decode_sweep(method: str, backend: str, seq_len: int = 1 << 20) -> dict:
+    (r,) = [r for r in sweep_rows(DECODE_SWEEP) if r["method"] == method and r["backend"] == backend
+            and r["seq_len"] == seq_len and r["stage"] == "total" and r["status"] == "ok"]
+    return r
+
+
+def _one_run(a: dict, b: dict) -> float:
+    """``b``'s time over ``a``'s for two rows of one run (old rows name no process: one revision)."""
+    if a.get("process") != b.get("process") or a["git_revision"] != b["git_revision"]:
+        raise ValueError("rows of different runs")
+    return b["median_ms"] / a["median_ms"]
+
+
+def _decode_sweep_claim() -> tuple:
+    msa, dense = _decode_sweep("msa", "triton"), _decode_sweep("full", "sdpa_cudnn")
+    return msa["median_ms"], dense["median_ms"], _one_run(msa, dense), msa["pct_of_bound"]
+
+
+def _flash_decoding() -> dict:
+    r = _decode_sweep("full", "triton")
+    if r["git_revision"] == _decode_sweep("full", "sdpa_cudnn")["git_revision"]:
+        raise ValueError("the doc labels cuDNN's row as another run's: it is now the same run")
+    return r
+
+
+def _first_run_raw(folder: str, method: str, backend: str, seq_len: int, stage_name: str = "total") -> dict:
+    """A row of the sweep's first run that a later ``--redo`` superseded (the file keeps both)."""
+    found = [r for r in map(json.loads, (ROOT / folder / "results.jsonl").read_text().splitlines())
+             if r.get("git_revision") == SWEEP_FIRST_REVISION and r["method"] == method and r["backend"] == backend
+             and r["seq_len"] == seq_len and r["stage"] == stage_name and r.get("status") == "ok"]
+    if len(found) != 1:
+        raise ValueError(f"{folder}: {len(found)} first-run rows for {method}/{backend} N={seq_len} {stage_name}")
+    return found[0]
+
+
+def _correctness_bullet() -> tuple:
+    rows = [r for r in rows_of(CORRECTNESS_FINAL) if r["check"] in ("triton vs reference", "triton_q_outer vs reference")]
+    if any(r["nan"] for r in rows) or {r["per"] for r in rows} != {"group", "head"}:
+        raise ValueError(f"{CORRECTNESS_FINAL}: a NaN, or not both per-group and per-head rows")
+    joined = lambda values: "/".join(str(v) for v in sorted(set(values)))  # noqa: E731
+    err = lambda d: sci(max(r["out_rel_err"] for r in rows if r["dtype"] == d))  # noqa: E731
+    return (f"{min(r['N'] for r in rows):,}", f"{max(r['N'] for r in rows):,}", joined(r["Hq"] // r["Hkv"] for r in rows),
+            joined(r["D"] for r in rows), joined(r["block"] for r in rows), err("bfloat16"), err("float16"),
+            err("float32"), sci(max(r["lse_rel_err"] for r in rows)))
+
+
+def _dense_check_bullet() -> tuple:
+    rows = [r for r in rows_of(DENSE_64K) if r.get("check") == "flash vs reference"]
+    if not (any(r["causal"] for r in rows) and any(not r["causal"] for r in rows) and any(r["Nq"] < r["Nk"] for r in rows)):
+        raise ValueError(f"{DENSE_64K}: the causal / non-causal / Nq < Nk cases are not all there")
+    err = lambda d: sci(max(r["out_rel_err"] for r in rows if r["dtype"] == d))  # noqa: E731
+    return f"{max(r['Nq'] for r in rows) >> 10}K", err("bfloat16"), err("float32")
+
+
+def _decode_check() -> tuple:
+    r = row(DECODE_BENCH, check="msa_decode triton vs reference")
+    if r["identical_block_sets"] != 1.0 or r["nan"]:
+        raise ValueError(f"{DECODE_BENCH}: the decode's block sets differ")
+    return f"{r['L'] >> 10}K", sci(r["out_rel_err"])
+
+
+CLAIMS += [
+    Claim(B, "in the decode sweep: {0:.3f} vs {1:.2f} ms, **{2:.1f}x**, {3:.0f} %", DECODE_SWEEP, _decode_sweep_claim),
+    Claim(B, "{0:.2f} ms at 1M, batch 8 ({1:.0f} % of the copy bound; cuDNN {2:.2f} in the sweep's earlier run)",
+          DECODE_SWEEP, lambda: (_flash_decoding()["median_ms"], _flash_decoding()["pct_of_bound"],
+                                 _decode_sweep("full", "sdpa_cudnn")["median_ms"])),
+    Claim(B, "KV-outer and Q-outer against the float32 reference over N {0}–{1}, GQA {2}, head dims {3}, blocks {4}, per "
+          "group and per head: bf16 ≤ {5}, fp16 ≤ {6}, fp32 ≤ {7} relative error, LSE ≤ {8}, never NaN",
+          CORRECTNESS_FINAL, _correctness_bullet),
+    Claim(B, "Dense flash forward up to {0} (causal, non-causal, Nq < Nk): bf16 ≤ {1}, fp32 ≤ {2}", DENSE_64K,
+          _dense_check_bullet),
+    Claim(B, "Decode at {0} context: {1} (bf16) against the reference decode, identical block sets", DECODE_BENCH,
+          _decode_check),
+]
+
+
+def _float32_selections() -> tuple:
+    def lengths(check: str) -> str:
+        rows = [r for r in rows_of(SELECTION_CHECK) if r.get("check") == check and r["dtype"] == "float32"]
+        if not rows or any(r["identical_rows"] != 1.0 for r in rows):
+            raise ValueError(f"{SELECTION_CHECK}: a float32 {check!r} row differs from the reference")
+        return " and ".join(f"{round(r['N'] / 1024)}K" for r in rows)
+    return lengths("triton selection vs reference"), lengths("moba triton selection vs reference")
+
+
+CLAIMS += [Claim(B, "the same set on every row in float32 (MSA: {0}; MoBA: {1})", SELECTION_CHECK, _float32_selections)]
