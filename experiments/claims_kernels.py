@@ -695,3 +695,84 @@ def _float32_selections() -> tuple:
 
 
 CLAIMS += [Claim(B, "the same set on every row in float32 (MSA: {0}; MoBA: {1})", SELECTION_CHECK, _float32_selections)]
+
+
+# --- kernels.md prose: the 1M sweep's fixes, the v2 backward -------------------------------------
+
+def _sweep_stage(folder: str, seq_len: int, stage_name: str) -> dict:
+    (r,) = [r for r in sweep_rows(folder) if r["method"] == "msa" and r["backend"] == "triton"
+            and r["seq_len"] == seq_len and r["stage"] == stage_name and r["status"] == "ok"]
+    return r
+
+
+def _chunk_fix() -> tuple:
+    """The first 1M sweep's MSA rows (superseded in the file, kept) against the ``--redo``'s."""
+    m, half = 1 << 20, 1 << 19
+    first = _first_run_raw(SWEEP_1M, "msa", "triton", m)
+    now = lambda n, s: _sweep_stage(SWEEP_1M, n, s)  # noqa: E731
+    return (first["median_ms"], med(TUNE_INDEX, what="whole MSA operator at 1M"), first["peak_mem_gb"],
+            _first_run_raw(SWEEP_1M, "msa", "triton", m, "metadata")["median_ms"],
+            now(m, "metadata")["median_ms"], now(m, "attention")["median_ms"], now(m, "merge")["median_ms"],
+            now(m, "total")["median_ms"], now(m, "total")["peak_mem_gb"],
+            _first_run_raw(SWEEP_1M, "msa", "triton", half)["median_ms"], now(half, "total")["median_ms"])
+
+
+def _dense_decode_log() -> tuple:
+    """``batch N Hq Hkv triton dense decode rel err E nan False``, one line a case."""
+    import re
+
+    cases = [re.match(r"(\d+) (\d+) \d+ \d+ triton dense decode rel err (\S+) nan (\w+)", line)
+             for line in (ROOT / f"{LOGS}/dense_decode_check_h200.log").read_text().splitlines() if "rel err" in line]
+    if not cases or any(c is None or c.group(4) != "False" for c in cases):
+        raise ValueError("dense_decode_check_h200.log: a case is unreadable or has NaN")
+    errs = [float(c.group(3)) for c in cases]
+    return _span(errs), f"{round(max(int(c.group(2)) for c in cases) / 1000)}K"
+
+
+def _backward_v2() -> tuple:
+    tile = lambda path, keys, warps: med(path, what="backward tile", keys_per_program=keys, num_warps=warps)  # noqa: E731
+    peak = lambda path: row(path, what=FWD_BWD, N=131072)["peak_mem_gb"]  # noqa: E731
+    dq = lambda path: sci(max(r["dq"] for r in rows_of(path) if r.get("what") == "backward check"  # noqa: E731
+                              and r["dtype"] == "bfloat16"))
+    return (_step(STEP_V2, FWD_BWD, 32768)["median_ms"], _step(STEP_V2, FWD_BWD, 131072)["median_ms"],
+            tile(STEP_V1, 128, 8), tile(STEP_V2, 128, 8), peak(STEP_V1), peak(STEP_V2), dq(STEP_V1), dq(STEP_V2))
+
+
+BACKWARD_TILES = ((128, 8), (128, 4), (64, 4), (64, 8), (32, 4), (32, 8))
+
+
+def _backward_checks(path: str) -> tuple:
+    rows = [r for r in rows_of(path) if r.get("what") == "backward check"]
+    if any(r["nan"] for r in rows) or {r["deterministic"] for r in rows} != {True, False}:
+        raise ValueError(f"{path}: a NaN, or not both modes")
+    worst = lambda d: sci(max(r[g] for r in rows if r["dtype"] == d for g in ("dq", "dk", "dv")))  # noqa: E731
+    return (max(r["N"] for r in rows), "/".join(str(g) for g in sorted({r["Hq"] // r["Hkv"] for r in rows})),
+            " and ".join(str(b) for b in sorted({r["block_size"] for r in rows})), worst("bfloat16"), worst("float32"))
+
+
+CLAIMS += [
+    Claim(K, "operator at {0:.0f} ms where the v3 bench had {1:.0f}, with peak memory at {2:.0f} of 143 GB", SWEEP_1M,
+          lambda: _chunk_fix()[:3]),
+    Claim(K, "(query lists {3:.0f} ms at 1M, expected ~20)", SWEEP_1M, _chunk_fix),
+    Claim(K, "**lists {4:.1f}, attend {5:.0f}, merge {6:.1f} ms; whole operator {7:.0f} ms**; peak memory {8:.0f} GB",
+          SWEEP_1M, _chunk_fix),
+    Claim(K, "At 512K: {9:.0f} → {10:.0f} ms.", SWEEP_1M, _chunk_fix),
+    Claim(K, "({0:.1f} ms at 1M, batch 8: {1:.0f} % of the copy bound)", DECODE_SWEEP, lambda: (
+        lambda r: (r["median_ms"], r["pct_of_bound"]))(_first_run_raw(DECODE_SWEEP, "full", "triton", 1 << 20))),
+    Claim(K, "**{0:.2f} ms at 1M ({1:.0f} % of the copy bound; cuDNN {2:.2f} ms in the sweep's earlier run), {3:.3f} ms at "
+          "128K**; bf16 error against the float32 reference {4} up to {5} context, no NaN", f"{DECODE_SWEEP}, {LOGS}",
+          lambda: (_flash_decoding()["median_ms"], _flash_decoding()["pct_of_bound"],
+                   _decode_sweep("full", "sdpa_cudnn")["median_ms"], _decode_sweep("full", "triton", 1 << 17)["median_ms"])
+          + _dense_decode_log()),
+    Claim(K, "Measured {0:.0f} and {1:.0f} ms: better than predicted", STEP_V2, lambda: _backward_v2()[:2]),
+    Claim(K, "at 32K (tile sweep, 128 keys x 8 warps): {2:.1f} → {3:.1f} ms. Peak memory at 128K {4:.1f} → {5:.1f} GB",
+          f"{STEP_V1}, {STEP_V2}", _backward_v2),
+    Claim(K, "dQ error against the float64 reference {6} → {7} (the partials", f"{STEP_V1}, {STEP_V2}", _backward_v2),
+    Claim(K, "Tile (backward alone, 32K, fast mode, v2): 128 keys x 8 warps {0:.1f} ms; 128 x 4: {1:.1f}; 64 x 4: {2:.1f}; "
+          "64 x 8: {3:.1f}; 32 x 4: {4:.1f}; 32 x 8: {5:.1f} (64 and 32 keys split the block, so their dQ still goes by "
+          "atomics; v1, same order: {6:.1f}, {7:.1f}, {8:.1f}, {9:.1f}, {10:.1f}, {11:.1f})", f"{STEP_V2}, {STEP_V1}",
+          lambda: tuple(med(p, what="backward tile", keys_per_program=k, num_warps=w)
+                        for p in (STEP_V2, STEP_V1) for k, w in BACKWARD_TILES)),
+    Claim(K, "v2, N up to {0}, GQA {1}, per group and per head, block {2}: bf16 ≤ {3}, fp32 ≤ {4} relative error for "
+          "dQ, dK, dV, both modes, no NaN", STEP_V2, lambda: _backward_checks(STEP_V2)),
+]
