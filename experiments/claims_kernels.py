@@ -751,7 +751,7 @@ def _backward_checks(path: str) -> tuple:
 
 
 CLAIMS += [
-    Claim(K, "operator at {0:.0f} ms where the v3 bench had {1:.0f}, with peak memory at {2:.0f} of 143 GB", SWEEP_1M,
+    Claim(K, "operator at {0:.0f} ms where the index-tuning run (`tune_index_topk_h200.json`) had {1:.0f}, with peak memory at {2:.0f} of 143 GB", SWEEP_1M,
           lambda: _chunk_fix()[:3]),
     Claim(K, "(query lists {3:.0f} ms at 1M, expected ~20)", SWEEP_1M, _chunk_fix),
     Claim(K, "**lists {4:.1f}, attend {5:.0f}, merge {6:.1f} ms; whole operator {7:.0f} ms**; peak memory {8:.0f} GB",
