@@ -776,3 +776,25 @@ CLAIMS += [
     Claim(K, "v2, N up to {0}, GQA {1}, per group and per head, block {2}: bf16 ≤ {3}, fp32 ≤ {4} relative error for "
           "dQ, dK, dV, both modes, no NaN", STEP_V2, lambda: _backward_checks(STEP_V2)),
 ]
+
+
+def _grid_bounds(path: str) -> tuple:
+    """The forward grid's worst relative errors: KV-outer bf16 / fp16 / fp32, Q-outer bf16 / fp32."""
+    rows = rows_of(path)
+    if any(r["nan"] for r in rows):
+        raise ValueError(f"{path}: a NaN")
+    worst = lambda check, d: sci(max(r["out_rel_err"] for r in rows if r["check"] == check and r["dtype"] == d))  # noqa: E731
+    shapes = {(r["N"], r["Hq"], r["Hkv"], r["D"], r["block"], r["top_k"], r["per"]) for r in rows}
+    return (len(shapes),) + tuple(worst(c, d) for c, d in (
+        ("triton vs reference", "bfloat16"), ("triton vs reference", "float16"), ("triton vs reference", "float32"),
+        ("triton_q_outer vs reference", "bfloat16"), ("triton_q_outer vs reference", "float32")))
+
+
+CLAIMS += [
+    Claim(K, "ran {0} of its 9 shapes up to 64K tokens", CORRECTNESS_V2, lambda: _grid_bounds(CORRECTNESS_V2)),
+    Claim(K, "KV-outer bf16 ≤ {1}, fp16 ≤ {2}, fp32 ≤ {3},\nQ-outer bf16 ≤ {4}, fp32 ≤ {5} against the reference, no NaN",
+          CORRECTNESS_V2, lambda: _grid_bounds(CORRECTNESS_V2)),
+    Claim(K, "every check of the {0} shapes but the last of the ninth", CORRECTNESS_V3, lambda: _grid_bounds(CORRECTNESS_V3)),
+    Claim(K, "KV-outer bf16 ≤ {1}, fp16 ≤ {2}, fp32 ≤ {3}, Q-outer bf16 ≤ {4}, fp32 ≤ {5} over all, no NaN",
+          CORRECTNESS_V3, lambda: _grid_bounds(CORRECTNESS_V3)),
+]
