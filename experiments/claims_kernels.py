@@ -798,3 +798,32 @@ CLAIMS += [
     Claim(K, "KV-outer bf16 ≤ {1}, fp16 ≤ {2}, fp32 ≤ {3}, Q-outer bf16 ≤ {4}, fp32 ≤ {5} over all, no NaN",
           CORRECTNESS_V3, lambda: _grid_bounds(CORRECTNESS_V3)),
 ]
+
+
+# --- kernels.md: the index KL's correctness bounds -------------------------------------------------
+
+def _kl_checks(path: str = KL_32K) -> tuple:
+    rows = [r for r in rows_of(path) if r.get("what") == "check"]
+    if any(r["nan"] for r in rows):
+        raise ValueError(f"{path}: a NaN")
+    pick = lambda qk, index: [r for r in rows if r["qk_dtype"] == qk and r["index_dtype"] == index]  # noqa: E731
+    grads = lambda rs: sci(max(max(r["err_diq"], r["err_dik"]) for r in rs))  # noqa: E731
+    fp32, bf16, mixed = pick("fp32", "fp32"), pick("bf16", "bf16"), pick("bf16", "fp32")
+    run_to_run = f"{max(r['run_to_run'] for r in rows):.0e}".replace("e-05", "e-5")
+    at_size = row(path, what="check at size")
+    return (max(r["N"] for r in rows), ", ".join(str(g) for g in sorted({r["Hq"] // r["Hkv"] for r in rows})),
+            sci(max(r["err_loss"] for r in fp32)), grads(fp32), sci(max(r["err_loss"] for r in bf16)), grads(bf16),
+            grads(mixed), run_to_run, sci(at_size["err_loss"]), sci(at_size["err_diq"]), sci(at_size["err_dik"]))
+
+
+CLAIMS += [
+    Claim(K, "Correctness at N ≤ {0} (G = {1}) against the float64 reference on unrounded inputs: fp32 loss ≤ {2}, "
+          "gradients ≤ {3}; bf16 loss ≤ {4}, gradients ≤ {5}; bf16 q/k with fp32 index inputs: gradients ≤ {6}; no NaN; "
+          "run to run (atomics) ≤ {7}. At 32K, MSA's config, fp32 index inputs: loss {8}, `d index_q` {9}, `d index_k` "
+          "{10} against the reference", KL_32K, _kl_checks),
+    Claim(K, "At 64K the kernel's loss matches the reference to {0:g} and its gradients to {1} / {2} (fp32 index inputs)",
+          KL_64K, lambda: (lambda r: (r["err_loss"], sci(r["err_diq"]), sci(r["err_dik"])))(
+              row(KL_64K, what="check at size"))),
+    Claim(K, "checks skipped but one: loss {0}, gradients ≤ {1} against the reference", KL_128K, lambda: (
+        lambda r: (sci(r["err_loss"]), sci(max(r["err_diq"], r["err_dik"]))))(row(KL_128K, what="check at size"))),
+]
