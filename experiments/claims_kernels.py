@@ -827,3 +827,28 @@ CLAIMS += [
     Claim(K, "checks skipped but one: loss {0}, gradients ≤ {1} against the reference", KL_128K, lambda: (
         lambda r: (sci(r["err_loss"]), sci(max(r["err_diq"], r["err_dik"]))))(row(KL_128K, what="check at size"))),
 ]
+
+
+def _kl_v2(stage_name: str, dtype: str, tokens: int, warps: int) -> float:
+    return _tile(KL_TILES_V2, stage_name, dtype, tokens, warps)
+
+
+CLAIMS += [
+    Claim(K, "| bf16 | 1 (partial LSEs) | {0:.1f} | **{1:.1f}** | {2:.1f} | *{3:.1f}* | {4:.1f} | {5:.1f} |", KL_TILES,
+          lambda: tuple(_tile(KL_TILES, "lse partials", "bf16", t, w) for t, w in TILE_ORDER)),
+    Claim(K, "| fp32 | 1 | {0:.1f} | ***{1:.1f}*** | {2:.1f} | {3:.1f} | {4:.1f} | {5:.1f} |", KL_TILES,
+          lambda: tuple(_tile(KL_TILES, "lse partials", "fp32", t, w) for t, w in TILE_ORDER)),
+    Claim(K, "bf16 pass 2 {0:.1f} ms at 32 x 4 ({1:.1f} at 16 x 16), pass 1 {2:.1f} ms; fp32 {3:.1f} and {4:.1f} ms; loss + "
+          "gradients with the LSE given {5:.1f} ms (bf16) and {6:.1f} ms (fp32)", KL_TILES_V2, lambda: (
+              _kl_v2("kl and gradients", "bf16", 32, 4), _kl_v2("kl and gradients", "bf16", 16, 16),
+              _kl_v2("lse partials", "bf16", 32, 4), _kl_v2("kl and gradients", "fp32", 32, 8),
+              _kl_v2("lse partials", "fp32", 16, 8), _kl(KL_TILES_V2, "triton", "bf16", True, 32768),
+              _kl(KL_TILES_V2, "triton", "fp32", True, 32768))),
+    Claim(K, "its checks skipped but the one at 32K: loss {0:g}, gradients ≤ {1} against the reference with float32 index "
+          "inputs", KL_TILED, lambda: (lambda r: (r["err_loss"], sci(max(r["err_diq"], r["err_dik"]))))(
+              row(KL_TILED, what="check at size"))),
+    Claim(K, "{0:.1f} ms at 128K with the LSE given and the tiles of its sweep ({1:.1f} ms at the first defaults), where "
+          "the plain-PyTorch loss took {2:.1f} s", f"{KL_TILED}, {KL_128K}", lambda: (
+              _kl(KL_TILED, "triton", "bf16", True, 131072), _kl(KL_128K, "triton", "bf16", True, 131072),
+              _kl(KL_128K, "reference", "fp32", False, 131072) / 1000)),
+]
