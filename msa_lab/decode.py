@@ -13,12 +13,10 @@ import torch
 
 from .attention import full_attention
 from .reference import attention_reference
-from .selection import BlockSelection
-from .selectors import _msa_block_scores, _select_top_blocks, _use_triton
-from .validation import check_bool, check_float_dtype, check_positive_int, check_scale, check_tensor
 from .selection import BlockSelection, num_blocks
-from .selectors import _use_triton, msa_block_scores, select_top_blocks
-from .validation import check_block_size, check_positive_int, check_scale, check_tensor, check_top_k
+from .selectors import _msa_block_scores, _select_top_blocks, _use_triton
+from .validation import (check_block_size, check_bool, check_float_dtype, check_positive_int, check_scale,
+                         check_tensor, check_top_k)
 
 
 class KVCache:
