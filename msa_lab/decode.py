@@ -13,10 +13,9 @@ import torch
 
 from .attention import full_attention
 from .reference import attention_reference
-from .selection import BlockSelection, num_blocks
+from .selection import BlockSelection
 from .selectors import _msa_block_scores, _select_top_blocks, _use_triton
-from .validation import (check_block_size, check_bool, check_float_dtype, check_positive_int, check_scale,
-                         check_tensor, check_top_k)
+from .validation import check_blocks, check_bool, check_float_dtype, check_positive_int, check_scale, check_tensor
 
 
 class KVCache:
@@ -140,8 +139,7 @@ def msa_decode(q: torch.Tensor, index_q: torch.Tensor, cache: KVCache, *, block_
         raise ValueError(f"index_q must be [batch={B}, 1, groups={Hkv}, index_dim={Di}] in q's dtype and "
                          f"device, got {tuple(index_q.shape)} {index_q.dtype} on {index_q.device}")
     capacity = cache.k.shape[1]  # bounds that hold for every step of this cache
-    block_size = check_block_size(block_size, capacity, "the cache's max_len")
-    top_k = check_top_k(top_k, num_blocks(capacity, block_size))
+    block_size, top_k = check_blocks(block_size, top_k, capacity, "the cache's max_len")
     scale = check_scale(scale, q.shape[3])
     check_bool(return_blocks, "return_blocks")
     L = cache.length

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import check_block_size, check_choice, check_positive_int, check_top_k
+from .validation import check_blocks, check_choice, check_positive_int
 
 PER_CHOICES = ("group", "head")
 
@@ -147,7 +147,7 @@ class BlockSelection:
     def check_matches(self, batch: int, seq_len: int, num_q_heads: int, num_kv_heads: int,
                       device: torch.device, name: str = "selection") -> None:
         """Raise ``ValueError`` unless this selection fits q/k of the given shape (block size
-        and top_k within ``check_block_size`` / ``check_top_k``'s bounds); validate it again
+        and top_k within ``check_blocks``' bounds); validate it again
         if its indices changed in place since it was last validated."""
         expected_hs = num_kv_heads if self.per == "group" else num_q_heads
         expected = (batch, expected_hs, seq_len)
@@ -159,8 +159,7 @@ class BlockSelection:
             )
         if self.device != device:
             raise ValueError(f"{name} is on {self.device} but q is on {device}")
-        check_block_size(self.block_size, seq_len)
-        check_top_k(self.top_k, self.num_blocks)
+        check_blocks(self.block_size, self.top_k, seq_len)
         if self.changed_since_validation():
             self.validate()
             self._record_version()

@@ -17,7 +17,7 @@ from .reference import block_mass, compute_dtype, grouped_scores, query_chunk_si
 from .selection import PER_CHOICES, BlockSelection, num_blocks
 from .validation import (
     check_bool,
-    check_block_size,
+    check_blocks,
     check_choice,
     check_index_inputs,
     check_int,
@@ -148,8 +148,7 @@ def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int
     inputs the fp32 gate is accumulated in another order, so near-ties can resolve
     differently); ``"auto"`` picks them on CUDA."""
     B, N, Hq, Hkv, _ = check_qkv(q, k)
-    block_size = check_block_size(block_size, N)
-    top_k = check_top_k(top_k, num_blocks(N, block_size))
+    block_size, top_k = check_blocks(block_size, top_k, N)
     if _use_triton(backend, q):
         from .kernels.moba_select import moba_select_triton
 
@@ -202,8 +201,7 @@ def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int 
     the logits are tensor-core products, so near-ties can resolve differently from the
     float32 reference); ``"auto"`` picks them on CUDA."""
     B, N, G, _ = check_index_inputs(index_q, index_k)
-    block_size = check_block_size(block_size, N)
-    top_k = check_top_k(top_k, num_blocks(N, block_size))
+    block_size, top_k = check_blocks(block_size, top_k, N)
     if _use_triton(backend, index_q):
         from .kernels.index_topk import msa_select_triton
 
@@ -230,8 +228,7 @@ def select_oracle(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
     ``per="group"``). ``force_local=True`` gives the best selection under the same
     local-block rule as MoBA and MSA."""
     B, N, Hq, Hkv, D = check_qkv(q, k)
-    block_size = check_block_size(block_size, N)
-    top_k = check_top_k(top_k, num_blocks(N, block_size))
+    block_size, top_k = check_blocks(block_size, top_k, N)
     check_choice(per, "per", PER_CHOICES)
     scale = check_scale(scale, D)
     check_bool(force_local, "force_local")
@@ -248,8 +245,7 @@ def select_window(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
                   per: str = "group") -> BlockSelection:
     """Sliding window of blocks: the own block and the ``top_k - 1`` blocks before it."""
     B, N, Hq, Hkv, _ = check_qkv(q, k)
-    block_size = check_block_size(block_size, N)
-    top_k = check_top_k(top_k, num_blocks(N, block_size))
+    block_size, top_k = check_blocks(block_size, top_k, N)
     check_choice(per, "per", PER_CHOICES)
     own = torch.arange(N, device=k.device) // block_size
     ids = own.view(-1, 1) - torch.arange(top_k, device=k.device)
@@ -263,8 +259,7 @@ def select_random(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
     """The own block plus ``top_k - 1`` earlier blocks drawn uniformly (a floor for
     coverage comparisons). Reproducible from ``seed``."""
     B, N, Hq, Hkv, _ = check_qkv(q, k)
-    block_size = check_block_size(block_size, N)
-    top_k = check_top_k(top_k, num_blocks(N, block_size))
+    block_size, top_k = check_blocks(block_size, top_k, N)
     check_choice(per, "per", PER_CHOICES)
     seed = check_int(seed, "seed")
     Hs = Hkv if per == "group" else Hq

@@ -227,6 +227,13 @@ def check_block_size(block_size, seq_len: int, what: str = "the sequence length"
     return block_size
 
 
+def check_blocks(block_size, top_k, seq_len: int, what: str = "the sequence length") -> tuple[int, int]:
+    """``(block_size, top_k)`` for an input of ``seq_len`` tokens: ``check_block_size``, then
+    ``check_top_k`` against the number of blocks that block size makes."""
+    block_size = check_block_size(block_size, seq_len, what)
+    return block_size, check_top_k(top_k, -(-seq_len // block_size))
+
+
 def check_top_k(top_k, num_key_blocks: int) -> int:
     """``top_k``: a positive int no larger than ``max(256, num_key_blocks)``."""
     top_k = check_positive_int(top_k, "top_k")
