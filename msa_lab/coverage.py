@@ -75,7 +75,7 @@ def _check_block_ids(ids, name: str, shape: tuple, num_blocks: int) -> None:
     if tuple(ids.shape) != shape:
         raise ValueError(f"{name} must be [batch, selection heads, rows, top_k] = {list(shape)}, "
                          f"got {list(ids.shape)}")
-    lo, hi = int(ids.min()), int(ids.max())
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()
     if lo < -1 or hi >= num_blocks:
         raise ValueError(f"{name} must be block ids in [-1, {num_blocks - 1}], got range [{lo}, {hi}]")
 

@@ -136,6 +136,11 @@ def moba_gate(q: torch.Tensor, mean_keys: torch.Tensor, positions: torch.Tensor)
         raise ValueError(f"mean_keys must be [batch={B}, num_blocks, kv_heads dividing {Hq}, dim={D}] for q "
                          f"{tuple(q.shape)}, got {tuple(mean_keys.shape)}")
     positions = check_positions(positions, "positions", N)
+    return _moba_gate(q, mean_keys, positions)
+
+
+def _moba_gate(q: torch.Tensor, mean_keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``moba_gate`` on inputs already checked (``select_moba``'s loop over query chunks)."""
     return grouped_scores(q[:, positions], mean_keys, 1.0).flatten(1, 2)
 
 
@@ -157,7 +162,7 @@ def select_moba(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int
     nb = kmean.shape[1]
     parts = []
     for _, pos in _rows(N, query_chunk_size(nb, B, Hq), q.device):
-        parts.append(_select_top_blocks(moba_gate(q, kmean, pos), pos, block_size, top_k))
+        parts.append(_select_top_blocks(_moba_gate(q, kmean, pos), pos, block_size, top_k))
     return BlockSelection._trusted(torch.cat(parts, 2), block_size, "head")
 
 

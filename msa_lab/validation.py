@@ -192,7 +192,7 @@ def check_positions(positions, name: str, seq_len: int) -> torch.Tensor:
     if positions.dim() != 1 or positions.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D tensor of query positions, got shape "
                          f"{tuple(positions.shape)}")
-    lo, hi = int(positions.min()), int(positions.max())
+    lo, hi = torch.stack(torch.aminmax(positions)).tolist()  # one device sync, not two
     if lo < 0 or hi >= seq_len:
         raise ValueError(f"{name} must be query positions in [0, {seq_len - 1}], got range [{lo}, {hi}]")
     return positions.long()

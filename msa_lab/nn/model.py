@@ -30,7 +30,7 @@ def check_tokens(tokens, vocab_size: int, device: torch.device) -> None:
         raise ValueError(f"tokens must be a non-empty [batch, seq] tensor, got shape {tuple(tokens.shape)}")
     if tokens.device != device:
         raise ValueError(f"tokens are on {tokens.device} but the model is on {device}")
-    lo, hi = int(tokens.min()), int(tokens.max())
+    lo, hi = torch.stack(torch.aminmax(tokens)).tolist()  # one device sync per forward, not two
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"tokens must be ids in [0, {vocab_size - 1}] (vocab_size {vocab_size}), "
                          f"got range [{lo}, {hi}]")
