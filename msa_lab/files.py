@@ -127,15 +127,20 @@ def repair_last_line(path) -> bool:
     return True
 
 
-def write_text_atomic(path, text: str) -> None:
+def write_bytes_atomic(path, data: bytes) -> None:
     """Write ``path`` through a temporary file and a rename, so a reader never sees half."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
+    with tmp.open("wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """``write_bytes_atomic`` of ``text`` in UTF-8."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def check_file_writable(path) -> None:

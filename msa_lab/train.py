@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .bench.config import _as_list, _choice, _did_you_mean, _int, _unknown
 from .bench.results import gpu_environment
-from .files import FolderLock, append_json_lines, repair_last_line, write_text_atomic
+from .files import FolderLock, append_json_lines, repair_last_line, write_bytes_atomic, write_text_atomic
 from .nn import TinyLM
 from .runs import SEED_SUFFIX, config_differences, find_runs, finished, group_seeds, seeds_cell
 from .tasks import TASKS, make_batch
@@ -361,13 +361,7 @@ def save_checkpoint(path, state: dict) -> None:
     payload = buffer.getvalue()
     header = json.dumps(dict(version=CHECKPOINT_VERSION, bytes=len(payload),
                              sha256=hashlib.sha256(payload).hexdigest())).encode() + b"\n"
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        f.write(CHECKPOINT_MAGIC + header + payload)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_bytes_atomic(path, CHECKPOINT_MAGIC + header + payload)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
