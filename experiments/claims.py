@@ -17,6 +17,7 @@ claim with its value and source.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import re
@@ -102,8 +103,29 @@ def ratio(a: dict, b: dict) -> float:
     return a["median_ms"] / b["median_ms"]
 
 
-def json_rows(path: str) -> list[dict]:
-    return json.loads((ROOT / path).read_text())["rows"]
+def rows_of(path: str) -> list[dict]:
+    """The rows of a result file: ``{"rows": [...]}`` (with its environment), a bare list, or
+    a log of one ``repr``-ed dict a line."""
+    if path.endswith(".log"):
+        return [ast.literal_eval(line) for line in (ROOT / path).read_text().splitlines()
+                if line.startswith("{")]
+    data = json.loads((ROOT / path).read_text())
+    return data["rows"] if isinstance(data, dict) else data
+
+
+def row(path: str, **match) -> dict:
+    """The one row of ``path`` whose fields equal ``match`` (a ``method`` or ``what`` given
+    as ``startswith=`` matches the start of either)."""
+    prefix = match.pop("startswith", None)
+    found = [r for r in rows_of(path) if all(r.get(k) == v for k, v in match.items())
+             and (prefix is None or str(r.get("method", r.get("what", ""))).startswith(prefix))]
+    if len(found) != 1:
+        raise ValueError(f"{path}: {len(found)} rows match {match} {prefix or ''}")
+    return found[0]
+
+
+def med(path: str, **match) -> float:
+    return float(row(path, **match)["median_ms"])
 
 
 @lru_cache(maxsize=None)
@@ -196,17 +218,14 @@ def _passkey(run: str, folder: str = f"{TRAIN}/ablation_gpu_h200") -> tuple[floa
 
 
 def _training_step(what: str, path: str = TRAINING_STEP) -> dict:
-    (row,) = [r for r in json_rows(path) if r.get("what") == what and r.get("N") == 1 << 17]
-    return row
+    return row(path, what=what, N=1 << 17)
 
 
 INDEX_KL = "experiments/results/bench_index_kl_tiled_h200.json"  # one run of the bench: one process
 
 
 def _index_kl(backend: str, index_dtype: str, lse_given: bool, n: int = 1 << 17) -> float:
-    (row,) = [r for r in json_rows(INDEX_KL) if r.get("what") == "loss+backward" and r["N"] == n
-              and r["backend"] == backend and r["index_dtype"] == index_dtype and r["lse_given"] == lse_given]
-    return row["median_ms"]
+    return med(INDEX_KL, what="loss+backward", N=n, backend=backend, index_dtype=index_dtype, lse_given=lse_given)
 
 
 def _decode_runs() -> tuple:
@@ -229,8 +248,7 @@ def _flex_prebuilt(method: str) -> float:
 
 
 def _selection_rows(check: str, n: int, dtype: str) -> float:
-    (row,) = [r for r in json_rows(SELECTION_CHECK) if r.get("check") == check and r["N"] == n and r["dtype"] == dtype]
-    return row["identical_rows"]
+    return row(SELECTION_CHECK, check=check, N=n, dtype=dtype)["identical_rows"]
 
 
 COVERAGE = f"{SWEEPS}/coverage_cpu"
@@ -239,8 +257,7 @@ DEMO = "experiments/results/demo_cpu/summary.json"
 
 
 def _demo(method: str) -> dict:
-    (row,) = [r for r in json.loads((ROOT / DEMO).read_text())["rows"] if r["method"] == method]
-    return row
+    return row(DEMO, method=method)
 
 
 def _by_distance(method: str, seq_len: int = 16384) -> tuple[list[float], list[float]]:

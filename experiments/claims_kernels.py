@@ -8,10 +8,9 @@ older runs wrote a list, or only a log of one ``repr``-ed dict a line.
 
 from __future__ import annotations
 
-import ast
 import json
 
-from claims import ROOT, SELECTION_CHECK, Claim, Table, _same, json_rows, sweep_rows
+from claims import ROOT, SELECTION_CHECK, Claim, Table, _same, med, row, rows_of, sweep_rows
 
 RESULTS = "experiments/results"
 KV_OUTER_V1 = f"{RESULTS}/bench_kv_outer_v1_h200.json"
@@ -43,30 +42,6 @@ LOGS = f"{RESULTS}/logs"
 
 
 # --- reading ------------------------------------------------------------------------------------
-
-def rows_of(path: str) -> list[dict]:
-    """The rows of a bench file: ``{"rows": [...]}``, a bare list, or a log of one dict a line."""
-    if path.endswith(".log"):
-        return [ast.literal_eval(line) for line in (ROOT / path).read_text().splitlines()
-                if line.startswith("{")]
-    data = json.loads((ROOT / path).read_text())
-    return data["rows"] if isinstance(data, dict) else data
-
-
-def row(path: str, **match) -> dict:
-    """The one row of ``path`` whose fields equal ``match`` (a ``method`` or ``what`` given
-    as ``startswith=`` matches the start of either)."""
-    prefix = match.pop("startswith", None)
-    found = [r for r in rows_of(path) if all(r.get(k) == v for k, v in match.items())
-             and (prefix is None or str(r.get("method", r.get("what", ""))).startswith(prefix))]
-    if len(found) != 1:
-        raise ValueError(f"{path}: {len(found)} rows match {match} {prefix or ''}")
-    return found[0]
-
-
-def med(path: str, **match) -> float:
-    return float(row(path, **match)["median_ms"])
-
 
 def errors(path: str, key: str, check: str, **match) -> list[float]:
     """``key`` of every correctness row of ``check`` (the start of its name) that matches."""

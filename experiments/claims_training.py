@@ -9,7 +9,7 @@ import statistics
 from functools import lru_cache
 
 
-from claims import ABLATION, COVERAGE, GRID, ROOT, TRAIN, Claim, Table, json_rows, sweep_rows  # noqa: E402
+from claims import ABLATION, COVERAGE, GRID, ROOT, TRAIN, Claim, Table, med, row, rows_of, sweep_rows  # noqa: E402
 
 from msa_lab.runs import find_runs, group_seeds, mean_sd, seeds_cell  # noqa: E402
 
@@ -202,11 +202,11 @@ def _text_table(folder: str) -> str:
 
 
 def _step_row(path: str, what: str, n: int) -> dict:
-    (row,) = [r for r in json_rows(path) if r.get("what") == what and r.get("N") == n]
-    if row["repeats"] < 20 or row["spread_pct"] > 3:
-        raise ValueError(f"{path}: {what} at N={n} has {row['repeats']} repeats, spread {row['spread_pct']:.1f} %: "
+    found = row(path, what=what, N=n)
+    if found["repeats"] < 20 or found["spread_pct"] > 3:
+        raise ValueError(f"{path}: {what} at N={n} has {found['repeats']} repeats, spread {found['spread_pct']:.1f} %: "
                          f"the doc says medians of >= 20 repeats, spread <= 3 %")
-    return row
+    return found
 
 
 def _ms(value: float) -> str:
@@ -248,7 +248,7 @@ def sci_bound(value: float) -> str:
 def _backward_errors() -> tuple:
     """The largest gradient error (dq, dk, dv) of the backward checks on the H200, by dtype."""
     def worst(paths, dtype):
-        return max(max(r["dq"], r["dk"], r["dv"]) for path in paths for r in json_rows(path)
+        return max(max(r["dq"], r["dk"], r["dv"]) for path in paths for r in rows_of(path)
                    if r.get("what") == "backward check" and r["dtype"] == dtype)
     every = (STEP_V1, STEP_V2, STEP_V3)
     return (sci_bound(worst(every, "bfloat16")), sci_bound(worst(every, "float32")),
@@ -256,8 +256,7 @@ def _backward_errors() -> tuple:
 
 
 def _step(path: str, what: str, n: int) -> float:
-    (row,) = [r for r in json_rows(path) if r.get("what") == what and r.get("N") == n]
-    return row["median_ms"]
+    return med(path, what=what, N=n)
 
 
 SIZES = (1 << 15, 1 << 16, 1 << 17)
@@ -265,9 +264,7 @@ SIZES = (1 << 15, 1 << 16, 1 << 17)
 
 def _reference_index_kl(n: int) -> float:
     path = f"experiments/results/bench_index_kl_{n >> 10}k_h200.json"
-    (row,) = [r for r in json_rows(path) if r.get("what") == "loss+backward" and r["backend"] == "reference"
-              and r["N"] == n]
-    return row["median_ms"]
+    return med(path, what="loss+backward", backend="reference", N=n)
 
 
 def _index_kl_reference() -> tuple:
