@@ -9,6 +9,7 @@ older runs wrote a list, or only a log of one ``repr``-ed dict a line.
 from __future__ import annotations
 
 import json
+import math
 
 from claims import ROOT, SELECTION_CHECK, Claim, Table, _same, med, row, rows_of, sweep_rows
 
@@ -24,6 +25,7 @@ DENSE = f"{RESULTS}/bench_dense_h200.json"
 DENSE_64K = f"{RESULTS}/bench_dense_64k_check_h200.json"
 DECODE_BENCH = f"{RESULTS}/bench_decode_h200.json"
 DECODE_BEFORE_SYNC_FIX = f"{RESULTS}/bench_decode_h200_before_sync_fix.log"
+STEP_FIRST = f"{RESULTS}/bench_training_step_h200.json"  # the first v1 table, 2026-11-23
 STEP_V1 = f"{RESULTS}/bench_training_step_v2_h200.json"  # the v1 backward's rows
 STEP_V2 = f"{RESULTS}/bench_training_step_v3_h200.json"  # the v2 backward's rows
 STEP_V4 = f"{RESULTS}/bench_training_step_v4_h200.json"  # the index KL's swept tiles
@@ -723,6 +725,17 @@ def _backward_v2() -> tuple:
 BACKWARD_TILES = ((128, 8), (128, 4), (64, 4), (64, 8), (32, 4), (32, 8))
 
 
+def _first_v1_table_drift() -> tuple:
+    """The largest difference, in whole percent rounded up, between a timed row of the first v1
+    table and the same row (what, N, tile) of v1's re-run; rows only one of them has are skipped."""
+    key = lambda r: (r["what"], r.get("N"), r.get("keys_per_program"), r.get("num_warps"))  # noqa: E731
+    rerun = {key(r): r["median_ms"] for r in rows_of(STEP_V1) if "median_ms" in r}
+    pairs = [(r["median_ms"], rerun[key(r)]) for r in rows_of(STEP_FIRST) if key(r) in rerun]
+    if len(pairs) < 20:
+        raise ValueError(f"{STEP_FIRST}: only {len(pairs)} rows in common with {STEP_V1}")
+    return (math.ceil(max(100 * abs(b / a - 1) for a, b in pairs)),)
+
+
 def _backward_checks(path: str) -> tuple:
     rows = [r for r in rows_of(path) if r.get("what") == "backward check"]
     if any(r["nan"] for r in rows) or {r["deterministic"] for r in rows} != {True, False}:
@@ -747,6 +760,11 @@ CLAIMS += [
                    _decode_sweep("full", "sdpa_cudnn")["median_ms"], _decode_sweep("full", "triton", 1 << 17)["median_ms"])
           + _dense_decode_log()),
     Claim(K, "Measured {0:.0f} and {1:.0f} ms: better than predicted", STEP_V2, lambda: _backward_v2()[:2]),
+    Claim(K, "2026-11-23, is `bench_training_step_h200.json` and agrees within {0} %", f"{STEP_FIRST}, {STEP_V1}",
+          _first_v1_table_drift),
+    Claim(K, "({0:.0f} ms of v2's {1:.0f} ms at 128K", STEP_V2, lambda: (
+        _step(STEP_V2, FWD_BWD, 131072)["median_ms"] - _step(STEP_V2, "kv-outer forward", 131072)["median_ms"],
+        _step(STEP_V2, FWD_BWD, 131072)["median_ms"])),
     Claim(K, "at 32K (tile sweep, 128 keys x 8 warps): {2:.1f} → {3:.1f} ms. Peak memory at 128K {4:.1f} → {5:.1f} GB",
           f"{STEP_V1}, {STEP_V2}", _backward_v2),
     Claim(K, "dQ error against the float64 reference {6} → {7} (the partials", f"{STEP_V1}, {STEP_V2}", _backward_v2),
