@@ -28,7 +28,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
 from msa_lab.bench import ResultRows, event_timed, gpu_environment  # noqa: E402
-from msa_lab.kernels import index_topk, kv_outer  # noqa: E402
+from msa_lab.kernels import kv_outer  # noqa: E402
+from msa_lab.select import msa_triton as index_topk  # noqa: E402
+from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402
 
 REPEATS = 5
 
@@ -63,7 +65,7 @@ def selection_timing(rows, N=131072):
     nb = N // 128
     scores = torch.randn(1, 4, N, nb, device="cuda")
     sel = torch.empty(1, 4, N, 16, device="cuda", dtype=torch.int32)
-    rows.append(dict(N=N, what="top-k kernel alone", **timed(lambda: index_topk._top_blocks[(N, 4, 1)](
+    rows.append(dict(N=N, what="top-k kernel alone", **timed(lambda: top_blocks_kernel[(N, 4, 1)](
         scores, sel, 0, *scores.stride()[:3], *sel.stride()[:3], K=16, BS=128, NB_PAD=nb))))
     rows.append(dict(N=N, what="torch.topk on the same scores (no causal mask, no ties rule)",
                      **timed(lambda: torch.topk(scores, 16, dim=-1))))

@@ -18,7 +18,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
 from msa_lab.bench import event_timed  # noqa: E402
-from msa_lab.kernels import index_topk  # noqa: E402
+from msa_lab.select import msa_triton as index_topk  # noqa: E402
+from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402
 
 CONFIGS = [  # QUERY_TILE, BLOCKS_PER_STORE, NUM_WARPS, NUM_STAGES
     (128, 1, 4, 3), (128, 8, 4, 3), (128, 16, 4, 3), (128, 8, 8, 3), (64, 8, 4, 3),
@@ -69,7 +70,7 @@ nb = N // 128
 scores = torch.randn(1, 4, 131072, nb, device="cuda", generator=g)
 sel = torch.empty(1, 4, N, 16, device="cuda", dtype=torch.int32)
 emit(dict(what="top-k kernel alone, 128K rows x 4 groups of 8192 blocks (rows 917504..1M)", **timed(
-    lambda: index_topk._top_blocks[(131072, 4, 1)](scores, sel, N - 131072, *scores.stride()[:3],
+    lambda: top_blocks_kernel[(131072, 4, 1)](scores, sel, N - 131072, *scores.stride()[:3],
                                                    *sel.stride()[:3], K=16, BS=128, NB_PAD=nb))))
 del scores
 q, k, v = (torch.randn(1, N, h, 128, device="cuda", generator=g, dtype=torch.bfloat16) for h in (64, 4, 4))

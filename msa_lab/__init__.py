@@ -8,7 +8,7 @@ from .attention import block_sparse_attention, full_attention, moba_attention, m
 from .coverage import CoverageReport, coverage, output_error
 from .decode import KVCache, dense_decode, msa_decode
 from .selection import BlockSelection
-from .selectors import (
+from .select import (
     index_from_qk,
     msa_block_scores,
     select_moba,

@@ -12,25 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from .backends import BLOCK_SPARSE, FULL, FULL_WITH_LSE, selection_backend
 from .reference import attention_reference
+from .select import select_moba, select_msa
 from .selection import BlockSelection
-from .selectors import select_moba, select_msa
 from .validation import check_bool, check_index_inputs, check_qkv, check_scale
-
-FULL_BACKENDS = ("reference", "sdpa", "triton", "auto")
-SPARSE_BACKENDS = ("reference", "flex", "triton", "triton_q_outer", "auto")
-
-
-def _check_backend(backend, choices) -> str:
-    if backend not in choices:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, choices))}; got {backend!r}")
-    return backend
-
-
-def _selection_backend(backend: str, q: torch.Tensor) -> str:
-    """Selection follows attention: Triton kernels with a Triton backend (or auto on CUDA)."""
-    triton_path = backend in ("triton", "triton_q_outer") or (backend == "auto" and q.is_cuda)
-    return "triton" if triton_path else "reference"
 
 
 def _check_flags(**flags) -> None:
@@ -58,17 +44,12 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if causal and Nq > k.shape[1]:
         raise ValueError(f"causal attention needs q length {Nq} <= k length {k.shape[1]}")
     scale = check_scale(scale, D)
-    backend = _check_backend(backend, FULL_BACKENDS)
-    if backend == "auto":  # SDPA (cuDNN / FlashAttention) is the fastest exact dense path
-        backend = ("triton" if q.is_cuda else "reference") if return_lse else "sdpa"
+    if return_lse and backend == "sdpa":
+        raise ValueError("backend='sdpa' cannot return the LSE; use backend='reference' or 'triton'")
+    backend = (FULL_WITH_LSE if return_lse else FULL).resolve(backend, q)
     if backend == "sdpa":
-        if return_lse:
-            raise ValueError("backend='sdpa' cannot return the LSE; use backend='reference' or 'triton'")
         return _full_sdpa(q, k, v, causal, scale)
     if backend == "triton":
-        from .kernels.runtime import check_triton_device
-
-        check_triton_device(q, backend)
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
             raise ValueError("backend='triton' of full_attention has no backward pass; use backend='sdpa' "
                              "or 'reference' for gradients, or call it under torch.no_grad()")
@@ -112,22 +93,18 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise TypeError(f"selection must be a BlockSelection, got {type(selection).__name__}")
     selection.check_matches(B, N, Hq, Hkv, q.device)
     scale = check_scale(scale, D)
-    backend = _check_backend(backend, SPARSE_BACKENDS)
+    backend = BLOCK_SPARSE.resolve(backend, q)
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, False, deterministic)
 
 
 def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic=False):
-    if backend == "auto":  # KV-outer beat Q-outer and FlexAttention at every GQA ratio measured
-        backend = "triton" if q.is_cuda else "reference"
+    """Attention over ``selection`` with a resolved ``backend`` (``BLOCK_SPARSE.resolve``)."""
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if backend == "flex":
         from .flex import block_sparse_flex
 
         out, lse = block_sparse_flex(q, k, v, selection, scale)
     elif backend in ("triton", "triton_q_outer"):
-        from .kernels.runtime import check_triton_device
-
-        check_triton_device(q, backend)
         if backend == "triton" and needs_grad:
             from .kernels.kv_outer_bwd import KVOuterAttention
 
@@ -158,10 +135,9 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     _check_flags(return_lse=return_lse, return_selection=return_selection, deterministic=deterministic)
     scale = check_scale(scale, D)
-    backend = _check_backend(backend, SPARSE_BACKENDS)
+    backend = BLOCK_SPARSE.resolve(backend, q)
     with torch.no_grad():  # the gate has no parameters and top-k no gradient
-        selection = select_moba(q, k, block_size=block_size, top_k=top_k,
-                                backend=_selection_backend(backend, q))
+        selection = select_moba(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend, q))
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
 
 
@@ -184,8 +160,8 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
     if index_q.device != q.device:
         raise ValueError(f"index_q is on {index_q.device} but q is on {q.device}")
     scale = check_scale(scale, D)
-    backend = _check_backend(backend, SPARSE_BACKENDS)
+    backend = BLOCK_SPARSE.resolve(backend, q)
     with torch.no_grad():  # top-k has no gradient; the index branch learns from its own loss
         selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k,
-                               backend=_selection_backend(backend, q))
+                               backend=selection_backend(backend, q))
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)

@@ -25,7 +25,7 @@ import torch
 
 from .reference import block_mass, query_chunk_size
 from .selection import PER_CHOICES, BlockSelection, _block_one_hot
-from .selectors import select_top_blocks
+from .select import select_top_blocks
 from .validation import (
     check_bool,
     check_choice,

@@ -14,7 +14,9 @@ import torch
 from .attention import full_attention
 from .reference import attention_reference
 from .selection import BlockSelection
-from .selectors import _msa_block_scores, _select_top_blocks, _use_triton
+from .backends import DECODE, DENSE_DECODE
+from .select.msa import max_pooled_scores
+from .select.topk import top_blocks
 from .validation import check_blocks, check_bool, check_float_dtype, check_positive_int, check_scale, check_tensor
 
 
@@ -113,10 +115,8 @@ def dense_decode(q: torch.Tensor, cache: KVCache, *, scale: float | None = None,
     (flash-decoding: the keys split over programs, partials merged by the LSE rule) or
     ``"reference"``."""
     _check_step(q, cache)
+    backend = DENSE_DECODE.resolve(backend, q)
     if backend == "triton":
-        from .kernels.runtime import check_triton_device
-
-        check_triton_device(q, backend)
         from .kernels.decode import dense_decode_triton
 
         return dense_decode_triton(q, cache.keys(), cache.values(), check_scale(scale, q.shape[3]))[0]
@@ -144,14 +144,14 @@ def msa_decode(q: torch.Tensor, index_q: torch.Tensor, cache: KVCache, *, block_
     check_bool(return_blocks, "return_blocks")
     L = cache.length
     k, v, ik = cache.keys(), cache.values(), cache.index_k[:, :L]
-    if _use_triton(backend, q):
+    if DECODE.resolve(backend, q) == "triton":
         from .kernels.decode import msa_decode_triton
 
         out, _, ids = msa_decode_triton(q, index_q, k, v, ik, block_size, top_k, scale)
     else:
         position = torch.tensor([L - 1], device=q.device)
-        scores = _msa_block_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
-        ids = _select_top_blocks(scores, position, block_size, top_k)  # [B, G, 1, K]
+        scores = max_pooled_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
+        ids = top_blocks(scores, position, block_size, top_k)  # [B, G, 1, K]
         selection = BlockSelection._trusted(ids, block_size, "group")
         out, _ = attention_reference(q, k, v, scale=scale, selection=selection)
         ids = ids[:, :, 0]

@@ -20,7 +20,7 @@ from .attention import block_sparse_attention, full_attention
 from .bench.results import gpu_environment
 from .coverage import coverage, output_error
 from .data import structured_qkv
-from .selectors import index_from_qk, select_moba, select_msa, select_oracle, select_random, select_window
+from .select import index_from_qk, select_moba, select_msa, select_oracle, select_random, select_window
 from .viz import (
     recall_by_distance_figure,
     recall_by_position_figure,

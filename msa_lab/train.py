@@ -185,7 +185,7 @@ def _check_backend(backend: str, device: str) -> None:
     check an MSA run fails only when its index warm-up ends."""
     if backend != "triton" or device == "cuda":
         return
-    from .kernels import runtime
+    from . import triton_runtime as runtime
 
     try:
         interpreted = runtime.interpreted()
@@ -293,7 +293,7 @@ def index_coverage(model: TinyLM, cfg: dict, rows: int = 256) -> list[dict]:
     """Per MSA layer, on the model's own attention for one eval batch: recall of the trained
     index branch's selection, of MoBA's gate on the same q/k, and of the oracle."""
     from .coverage import coverage
-    from .selectors import select_moba, select_msa, select_oracle
+    from .select import select_moba, select_msa, select_oracle
 
     layers = [a for a in model.attention_layers if a.method == "msa"]
     if not layers:

@@ -129,7 +129,7 @@ def test_bad_inputs_raise_errors_that_name_the_argument(monkeypatch):
         index_kl_loss(iq.double(), ik.double(), q.double(), k.double(), sel, backend="triton")
     with pytest.raises(ValueError, match="selection.indices must be"):
         index_kl_loss(iq, ik, q, k, random_selection(1, 1, 32, 8, 2, "group"), backend="triton")
-    from msa_lab.kernels import runtime
+    from msa_lab import triton_runtime as runtime
 
     monkeypatch.setattr(runtime, "interpreted", lambda: False)  # a CPU without TRITON_INTERPRET
     with pytest.raises(ValueError, match="backend='triton' needs a CUDA GPU"):

@@ -12,7 +12,7 @@ from msa_lab import tasks
 from msa_lab.coverage import CoverageReport, distance_labels, distance_octave, evenly_spaced_rows
 from msa_lab.data import structured_qkv
 from msa_lab.nn import Attention, MSAIndexer, TinyLM, index_kl_loss, rotary
-from msa_lab.selectors import block_mean_keys, moba_gate
+from msa_lab.select import block_mean_keys, moba_gate
 
 B, N, HQ, HKV, D, BS = 1, 16, 2, 1, 8, 4
 q, k, v = torch.randn(B, N, HQ, D), torch.randn(B, N, HKV, D), torch.randn(B, N, HKV, D)

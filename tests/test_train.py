@@ -77,7 +77,7 @@ def test_no_clipping_is_null_or_zero():
 
 
 def test_a_triton_backend_without_a_gpu_is_refused_before_training(monkeypatch):
-    from msa_lab.kernels import runtime
+    from msa_lab import triton_runtime as runtime
 
     monkeypatch.setattr(runtime, "interpreted", lambda: False)  # the tests run the kernels interpreted
     with pytest.raises(ValueError, match="model.backend: triton needs device: cuda"):

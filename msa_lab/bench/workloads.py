@@ -20,7 +20,7 @@ import torch
 from ..attention import block_sparse_attention, full_attention
 from ..decode import KVCache, dense_decode, msa_decode
 from ..selection import BlockSelection, num_blocks
-from ..selectors import (index_from_qk, select_moba, select_msa, select_oracle, select_random, select_top_blocks,
+from ..select import (index_from_qk, select_moba, select_msa, select_oracle, select_random, select_top_blocks,
                          select_window)
 from .config import LEARNED_SELECTORS, Point
 
@@ -219,7 +219,7 @@ def measure_coverage(p: Point, device: str, seed: int) -> dict:
     from ..coverage import coverage, evenly_spaced_rows, output_error
     from ..data import structured_qkv
     from ..reference import attention_reference
-    from ..selectors import index_from_qk
+    from ..select import index_from_qk
 
     data = structured_qkv(batch=p.batch, seq_len=p.seq_len, num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
                           head_dim=p.head_dim, patterns=p.pattern, seed=seed, dtype=p.torch_dtype, device=device)

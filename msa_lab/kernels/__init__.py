@@ -2,4 +2,4 @@
 before this package is first imported for the kernels to run on the CPU: the interpreter is
 chosen when a kernel is defined, so every kernel module is defined here, at once."""
 
-from . import decode, flash, index_topk, kv_outer, moba_select, q_outer  # noqa: F401
+from . import decode, flash, kv_outer, q_outer  # noqa: F401

@@ -4,7 +4,7 @@
    each cached index-key block once and scores it for all G index queries at once (the
    groups are the MMA rows), max-pooled per block. Decode is a bytes problem and the index
    keys are its largest read (``N * Di`` elements per sequence), so they are read once.
-2. ``_top_blocks`` (shared with prefill): local block plus the ``top_k - 1`` best.
+2. ``top_blocks_kernel`` (shared with prefill): local block plus the ``top_k - 1`` best.
 3. Split-K attention over the selected blocks and the LSE reduction: the KV-outer attend
    and merge kernels, given a stride-0 view of the single query (every work item is one
    (sequence, group, block) and one query).
@@ -17,11 +17,11 @@ import triton
 import triton.language as tl
 
 from ..selection import num_blocks
-from .index_topk import _top_blocks
 from .kv_outer import Launch, attend, merge, partial_buffers
 from .query_lists import QueryLists
-from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import load_rows
+from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..select.topk_triton import top_blocks_kernel
+from ..triton_tiles import load_rows
 
 BLOCKS_PER_PROGRAM = 16
 
@@ -65,7 +65,7 @@ def decode_selection(index_q, index_k, block_size: int, top_k: int):
         DI=Di, DI_PAD=dot_pad(Di), BLOCKS=BLOCKS_PER_PROGRAM, PRECISION=dot_precision(iq.dtype),
     )
     ids = torch.empty(B, G, 1, top_k, device=iq.device, dtype=torch.int32)
-    _top_blocks[(1, G, B)](
+    top_blocks_kernel[(1, G, B)](
         scores, ids, L - 1, scores.stride(0), scores.stride(1), scores.stride(2),
         ids.stride(0), ids.stride(1), 0, K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
     )

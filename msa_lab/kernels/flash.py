@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .runtime import dot_pad, dot_precision
-from .tiles import finite_values, load_rows, sees_any
+from ..triton_runtime import dot_pad, dot_precision
+from ..triton_tiles import finite_values, load_rows, sees_any
 
 BLOCK_M = 128
 BLOCK_N = 64

@@ -38,8 +38,8 @@ from torch.autograd.function import once_differentiable
 from ..selection import BlockSelection
 from .kv_outer import ROWS_PER_ITEM
 from .query_lists import build_query_lists
-from .runtime import dot_pad, dot_precision
-from .tiles import load_rows, work_item
+from ..triton_runtime import dot_pad, dot_precision
+from ..triton_tiles import load_rows, work_item
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp2 domain: exp(x) = exp2(x * log2(e))
 LN2 = tl.constexpr(0.6931471805599453)

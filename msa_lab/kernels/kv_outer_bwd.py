@@ -39,8 +39,8 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .kv_outer import Launch, chunk_rows, empty_partials
 from .query_lists import build_query_lists
-from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import finite_part, load_rows, slot_row, work_item
+from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..triton_tiles import finite_part, load_rows, slot_row, work_item
 
 
 @triton.jit

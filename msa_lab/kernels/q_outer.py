@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from .runtime import dot_pad, dot_precision
-from .tiles import load_rows
+from ..triton_runtime import dot_pad, dot_precision
+from ..triton_tiles import load_rows
 
 NUM_WARPS = 4
 

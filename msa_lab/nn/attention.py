@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..attention import block_sparse_attention, full_attention
-from ..selectors import select_moba, select_msa
+from ..select import select_moba, select_msa
 from ..validation import check_bool, check_choice, check_hidden, check_positive_int
 from .indexer import MSAIndexer, index_kl_loss
 from .rope import check_rope_base, check_rotary_dims, rotary

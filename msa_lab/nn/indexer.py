@@ -200,7 +200,7 @@ def _selected_kl(index_q, index_k, q, k, selection, scale, lse, start, stop):
 
 
 def _triton_kl(index_q, index_k, q, k, selection, scale, lse):
-    from ..kernels import runtime
+    from .. import triton_runtime as runtime
 
     if selection is None:
         raise ValueError("backend='triton' computes the loss over a selection's tokens; with selection=None "

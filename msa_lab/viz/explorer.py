@@ -25,7 +25,7 @@ from ..coverage import CoverageReport, evenly_spaced_rows, oracle_blocks
 from ..data import PATTERNS, structured_qkv
 from ..reference import block_mass
 from ..selection import num_blocks
-from ..selectors import block_mean_keys, index_from_qk, moba_gate, msa_block_scores, select_top_blocks
+from ..select import block_mean_keys, index_from_qk, moba_gate, msa_block_scores, select_top_blocks
 from ..validation import check_choice, check_positive_int
 from .coverage_sweeps import METHOD_LABELS
 from .figures import add_future_layer, future_cells

@@ -62,7 +62,7 @@ def selection_map_example(rows=None, *, seq_len: int = 8192, block_size: int = 1
     """MSA's selection (index = main Q/K) for one KV group of generated mixed data, with the
     oracle's blocks that it missed marked."""
     from ..data import structured_qkv
-    from ..selectors import index_from_qk, select_msa, select_oracle
+    from ..select import index_from_qk, select_msa, select_oracle
 
     data = structured_qkv(seq_len=seq_len, num_heads=8, num_kv_heads=4, head_dim=64, patterns="mixed", seed=0)
     msa = select_msa(*index_from_qk(data.q, data.k), block_size=block_size, top_k=top_k)

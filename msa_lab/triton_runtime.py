@@ -11,7 +11,7 @@ def interpreted() -> bool:
     effect: the kernels themselves are asked."""
     from triton.runtime.jit import JITFunction
 
-    from .tiles import load_rows
+    from .triton_tiles import load_rows
 
     return not isinstance(load_rows, JITFunction)
 

@@ -5,10 +5,7 @@ up to its last query's block; for each it computes the causal index logits
 ``index_q . index_k * Di**-0.5`` on the tensor cores and keeps their max per query
 (max pooling: no softmax, no exponentials). Scores go to a buffer for one query chunk.
 
-``_top_blocks``: a program per (query row, selection head) puts the local block in slot 0,
-then picks the ``top_k - 1`` best earlier blocks by repeated max, ties to the lower id (the
-rule of ``select_top_blocks``; NaN scores count as -inf). Unused slots are -1. MoBA's
-selection kernel reuses it on its gate scores.
+Then the shared top-k kernel (``topk_triton.top_blocks_kernel``) ranks the scores.
 
 The score buffer (``[B, G, chunk, num_blocks]`` float32) is bounded by ``SCORE_BYTES``,
 so 1M-token inputs never hold a ``[G, N, N / block]`` matrix at once.
@@ -21,8 +18,9 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection, num_blocks
-from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import load_rows
+from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..triton_tiles import load_rows
+from .topk_triton import top_blocks_kernel
 
 SCORE_BYTES = 4 << 30
 # Measured on an H200 at 1M tokens (docs/kernels.md): 256 query rows per program (half the
@@ -65,38 +63,6 @@ def _block_scores(
                      mask=row_ok[:, None] & (blk[None, :] <= j) & (blk[None, :] * BS <= t[:, None]))
 
 
-@triton.jit
-def _top_blocks(
-    score_ptr, sel_ptr, q0,
-    ssb, ssg, ssn, sib, sig, sin,
-    K: tl.constexpr, BS: tl.constexpr, NB_PAD: tl.constexpr,
-):
-    r = tl.program_id(0)
-    g = tl.program_id(1)
-    b = tl.program_id(2)
-    t = q0 + r
-    own = t // BS
-    j = tl.arange(0, NB_PAD)
-    avail = j < own
-    x = tl.load(score_ptr + b.to(tl.int64) * ssb + g.to(tl.int64) * ssg + r.to(tl.int64) * ssn + j, mask=avail,
-                other=float("-inf"))
-    x = tl.where(x == x, x, float("-inf"))  # NaN ranks last
-    # One int64 key per block orders by score, then by lower id: the float's bits made
-    # order-preserving as a signed int, above the reversed block id. One max per pick.
-    bits = x.to(tl.int32, bitcast=True)
-    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    key = (bits.to(tl.int64) << 32) | (NB_PAD - 1 - j).to(tl.int64)
-    taken = -9223372036854775807 - 1  # int64 min: no longer a candidate
-    key = tl.where(avail, key, taken)
-    out = sel_ptr + b.to(tl.int64) * sib + g.to(tl.int64) * sig + t.to(tl.int64) * sin
-    tl.store(out, own)
-    for s in range(1, K):
-        best = tl.max(key, 0)
-        pick = NB_PAD - 1 - (best & 0xFFFFFFFF).to(tl.int32)
-        tl.store(out + s, tl.where(s <= own, pick, -1))
-        key = tl.where(key == best, taken, key)
-
-
 def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: int,
                       top_k: int) -> BlockSelection:
     """The MSA selection of ``select_msa`` computed by the Triton kernels (valid inputs)."""
@@ -120,7 +86,7 @@ def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: 
             DI=Di, DI_PAD=dot_pad(Di), PRECISION=dot_precision(iq.dtype),
             num_warps=NUM_WARPS, num_stages=stages,
         )
-        _top_blocks[(q1 - q0, G, B)](
+        top_blocks_kernel[(q1 - q0, G, B)](
             scores, sel, q0,
             scores.stride(0), scores.stride(1), scores.stride(2),
             sel.stride(0), sel.stride(1), sel.stride(2),

@@ -12,10 +12,10 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from ..selectors import block_mean_keys
-from .index_topk import _top_blocks
-from .runtime import dot_pad, dot_precision, next_pow2
-from .tiles import load_rows
+from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..triton_tiles import load_rows
+from .pooling import block_mean_keys
+from .topk_triton import top_blocks_kernel
 
 SCORE_BYTES = 4 << 30
 QUERY_TILE = 128
@@ -63,7 +63,7 @@ def moba_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k:
             G=G, BS=block_size, BM=QUERY_TILE, BJ=BLOCK_TILE, D=D, D_PAD=dot_pad(D),
             PRECISION=dot_precision(q.dtype),
         )
-        _top_blocks[(q1 - q0, Hq, B)](
+        top_blocks_kernel[(q1 - q0, Hq, B)](
             scores, sel, q0,
             scores.stride(0), scores.stride(1), scores.stride(2),
             sel.stride(0), sel.stride(1), sel.stride(2),
