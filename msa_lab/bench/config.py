@@ -19,26 +19,22 @@ from pathlib import Path
 
 import torch
 
+from ..backends import BLOCK_SPARSE, DECODE
+from ..select.registry import SELECTORS, selectors
+
 #: Backends per (mode, method). "sdpa_cudnn" / "sdpa_flash" pin PyTorch SDPA's backend;
 #: "sdpa" lets PyTorch choose. Sparse attention backends are those of block_sparse_attention.
-SPARSE_BACKENDS = ("triton", "triton_q_outer", "flex", "reference")
+SPARSE_BACKENDS = tuple(sorted(BLOCK_SPARSE.backends, key=("triton", "triton_q_outer", "flex", "reference").index))
 DENSE_BACKENDS = ("sdpa_cudnn", "sdpa_flash", "sdpa", "triton", "reference")
-#: Given selections of a prefill sweep (inputs of the experiment, not timed): the oracle, a
-#: sliding window, random blocks (picks spread evenly, the worst case of union tiles),
-#: "structured" (MSA's selection on generated data with planted patterns, ``msa_lab.data``)
-#: and "coherent" (every query of a block-sized tile picks the same blocks: the best case of
-#: union tiles such as FlexAttention's).
-GIVEN_SELECTIONS = ("oracle", "random", "window", "structured", "coherent")
+#: Every registered selector in prefill (the timed ones time their selection; the others,
+#: controls and benchmark workloads such as "structured" and "coherent", are given selections);
+#: MSA's fused decode; coverage of every selector of real inputs against full attention (the
+#: backend computes the outputs whose relative error is reported).
 BACKENDS = {
-    "prefill": {"full": DENSE_BACKENDS, "msa": SPARSE_BACKENDS, "moba": SPARSE_BACKENDS,
-                **{m: SPARSE_BACKENDS for m in GIVEN_SELECTIONS}},
-    "decode": {"full": DENSE_BACKENDS, "msa": ("triton", "reference")},
-    # Coverage of a selection against full attention; the backend computes the outputs
-    # whose relative error is reported.
-    "coverage": {m: ("reference",) for m in ("msa", "moba", "oracle", "random", "window")},
+    "prefill": {"full": DENSE_BACKENDS, **{s.name: SPARSE_BACKENDS for s in selectors(synthetic=None)}},
+    "decode": {"full": DENSE_BACKENDS, "msa": DECODE.backends},
+    "coverage": {s.name: ("reference",) for s in selectors()},
 }
-#: Methods whose selection is part of the operator (timed); the others are given selections.
-LEARNED_SELECTORS = ("msa", "moba")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GRID_FIELDS = ("seq_len", "batch", "num_heads", "num_kv_heads", "head_dim", "index_dim",
                "block_size", "top_k", "dtype", "pattern", "rows")
@@ -194,7 +190,7 @@ def _unused_fields(method: str, mode: str) -> tuple[str, ...]:
     in coverage mode MSA's index branch is the main Q/K (``index_from_qk``)."""
     if method == "full":
         return ("index_dim", "block_size", "top_k")
-    return () if method == "msa" and mode != "coverage" else ("index_dim",)
+    return () if SELECTORS[method].inputs == "index" and mode != "coverage" else ("index_dim",)
 
 
 def _check_cuda_graph(value, where: str, mode: str) -> bool:
@@ -274,19 +270,21 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         backend = _choice(entry["backend"], f"{where}.backend ({mode} {method})", BACKENDS[mode][method])
         sel_backend = _choice(entry.get("selection_backend", "auto"), f"{where}.selection_backend",
                               SELECTION_BACKENDS)
+        selector = SELECTORS.get(method)
+        triton_selection = selector is not None and selector.timed and "triton" in selector.backends
         if sel_backend == "auto":
-            sel_backend = "triton" if device == "cuda" and method in LEARNED_SELECTORS else "reference"
+            sel_backend = "triton" if device == "cuda" and triton_selection else "reference"
         if mode == "coverage" and sel_backend == "triton":
             raise ValueError(f"{where}.selection_backend: coverage measures the reference selectors "
                              "(the Triton ones pick the same blocks); use 'reference' or 'auto'")
-        if method not in LEARNED_SELECTORS and sel_backend == "triton":
+        if not triton_selection and sel_backend == "triton":
             raise ValueError(f"{where}.selection_backend: {method!r} selections have no Triton "
                              "kernel; use 'reference' or 'auto'")
         if method == "full":
             sel_backend = "none"
-        default_per = "head" if method == "moba" else ("group" if method != "full" else "none")
+        default_per = "none" if selector is None else selector.default_per()
         per = entry.get("per", default_per)
-        if method in ("oracle", "random", "window", "coherent"):
+        if selector is not None and selector.per == "either":
             _choice(per, f"{where}.per", ("group", "head"))
         elif per != default_per:
             raise ValueError(f"{where}.per: {method!r} selects per {default_per}; got {per!r}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..select.registry import SELECTORS, Shape
 from .config import Point
 
 LSE_BYTES = 4
@@ -71,12 +72,6 @@ def selected_tokens(N: int, block_size: int, top_k: int) -> int:
     return int((own + past).sum())
 
 
-def _past_blocks(N: int, block_size: int) -> int:
-    """Sum over query positions of the number of blocks strictly before the own block."""
-    t = torch.arange(N, dtype=torch.int64)
-    return int((t // block_size).sum())
-
-
 def dense_equiv_flop(p: Point) -> float:
     if p.mode == "decode":
         return 4.0 * p.batch * p.num_heads * p.head_dim * p.seq_len
@@ -105,12 +100,10 @@ def stage_costs(p: Point) -> dict[str, Cost]:
     attn_flop = 4.0 * B * Hq * D * selected_tokens(N, bs, K)
     ids = float(B * Hs * N * K * ID_BYTES)
     costs: dict[str, Cost] = {}
-    if p.method == "msa":
-        G = Hkv
-        costs["selection"] = Cost(2.0 * B * G * Di * N * N / 2, B * N * (G + 1) * Di * e + ids)
-    elif p.method == "moba":
-        gate = 2.0 * B * Hq * D * _past_blocks(N, bs)
-        costs["selection"] = Cost(gate, B * N * (Hq + Hkv) * D * e + ids)
+    selector = SELECTORS[p.method]
+    if selector.timed:  # a given selection is an input, not a stage of the operator
+        flop, read = selector.scoring(Shape(B, N, Hq, Hkv, D, Di, bs, K, e))
+        costs["selection"] = Cost(flop, read + ids)
     if p.backend == "triton":
         partial = entries * rows_per_entry * (D * e + LSE_BYTES)
         gathered_q = entries * rows_per_entry * D * e

@@ -19,10 +19,9 @@ import torch
 
 from ..attention import block_sparse_attention, full_attention
 from ..decode import KVCache, dense_decode, msa_decode
-from ..selection import BlockSelection, num_blocks
-from ..select import (index_from_qk, select_moba, select_msa, select_oracle, select_random, select_top_blocks,
-                         select_window)
-from .config import LEARNED_SELECTORS, Point
+from ..select.registry import SELECTORS
+from ..selection import BlockSelection
+from .config import Point
 
 
 @dataclass
@@ -63,68 +62,32 @@ def build_workload(p: Point, device: str, seed: int) -> Workload:
     if p.method == "full":
         return Workload(_dense(p.backend, lambda backend: full_attention(q, k, v, backend=backend)))
 
-    index = (randn(B, N, Hkv, p.index_dim), randn(B, N, 1, p.index_dim)) if p.method == "msa" else None
+    selector = SELECTORS[p.method]
+    index = (randn(B, N, Hkv, p.index_dim), randn(B, N, 1, p.index_dim)) if selector.inputs == "index" else None
     select = _selector(p, q, k, index, seed)
     selection = select()
 
     def attend(sel):
         return block_sparse_attention(q, k, v, sel, backend=p.backend)
 
-    if p.method in LEARNED_SELECTORS:
+    if selector.timed:
         total = lambda: attend(select())  # noqa: E731
-    else:  # a given selection (oracle, random, window) is an input of the experiment
+    else:  # a given selection (oracle, random, window, ...) is an input of the experiment
         total = lambda: attend(selection)  # noqa: E731
 
     def stages():
-        found = {"selection": select} if p.method in LEARNED_SELECTORS else {}
+        found = {"selection": select} if selector.timed else {}
         return dict(found, **_attention_stages(p, q, k, v, selection))
 
     return Workload(total, stages, selection)
 
 
 def _selector(p: Point, q, k, index, seed: int) -> Callable[[], BlockSelection]:
-    """The point's selector as a call; ``index``: MSA's ``(index_q, index_k)`` (else None)."""
-    bs, K = p.block_size, p.top_k
-    if p.method == "msa":
-        return lambda: select_msa(*index, block_size=bs, top_k=K, backend=p.selection_backend)
-    if p.method == "moba":
-        return lambda: select_moba(q, k, block_size=bs, top_k=K, backend=p.selection_backend)
-    if p.method == "oracle":
-        return lambda: select_oracle(q, k, block_size=bs, top_k=K, per=p.per, force_local=True)
-    if p.method == "random":
-        return lambda: select_random(q, k, block_size=bs, top_k=K, per=p.per, seed=seed)
-    if p.method == "structured":
-        return lambda: _structured_selection(p, q.device, seed)
-    if p.method == "coherent":
-        return lambda: _tile_coherent_selection(q, k, bs, K, p.per, seed)
-    return lambda: select_window(q, k, block_size=bs, top_k=K, per=p.per)
-
-
-def _structured_selection(p: Point, device, seed: int) -> BlockSelection:
-    """MSA's selection (Triton where the point's device has it) on generated data with
-    planted patterns (``msa_lab.data``, "mixed"), its index branch the main Q/K: the picks of
-    neighbouring queries correlate as they do on real data, unlike a random index."""
-    from ..data import structured_qkv
-
-    data = structured_qkv(batch=p.batch, seq_len=p.seq_len, num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
-                          head_dim=p.head_dim, seed=seed, dtype=p.torch_dtype, device=device)
-    backend = "triton" if str(device).startswith("cuda") else "reference"
-    return select_msa(*index_from_qk(data.q, data.k), block_size=p.block_size, top_k=p.top_k, backend=backend)
-
-
-def _tile_coherent_selection(q, k, block_size: int, top_k: int, per: str, seed: int) -> BlockSelection:
-    """Every query of one block-sized tile selects the same blocks (its own block and
-    ``top_k - 1`` earlier ones drawn at random per tile): the best case of union-tile kernels
-    such as FlexAttention's, whose 128-query tiles then attend to exactly ``top_k`` blocks."""
-    B, N, Hq, _ = q.shape
-    Hs = k.shape[2] if per == "group" else Hq
-    nb = num_blocks(N, block_size)
-    gen = torch.Generator(device=q.device).manual_seed(seed)
-    scores = torch.rand(B, Hs, nb, nb, generator=gen, device=q.device)
-    tile_start = torch.arange(nb, device=q.device) * block_size  # one row per tile decides for all
-    per_tile = select_top_blocks(scores, tile_start, block_size=block_size, top_k=top_k)
-    rows = torch.arange(N, device=q.device) // block_size
-    return BlockSelection(per_tile[:, :, rows], block_size, per)
+    """The point's registered selector as a call; ``index``: MSA's ``(index_q, index_k)``
+    (None: the selector's stand-in)."""
+    selector = SELECTORS[p.method]
+    return lambda: selector.select(q, k, index=index, block_size=p.block_size, top_k=p.top_k,
+                                   backend=p.selection_backend, per=p.per, seed=seed)
 
 
 def _attention_stages(p: Point, q, k, v, selection: BlockSelection) -> dict:
@@ -219,13 +182,12 @@ def measure_coverage(p: Point, device: str, seed: int) -> dict:
     from ..coverage import coverage, evenly_spaced_rows, output_error
     from ..data import structured_qkv
     from ..reference import attention_reference
-    from ..select import index_from_qk
 
     data = structured_qkv(batch=p.batch, seq_len=p.seq_len, num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
                           head_dim=p.head_dim, patterns=p.pattern, seed=seed, dtype=p.torch_dtype, device=device)
     q, k, v = data.q, data.k, data.v
     start = time.perf_counter()
-    selection = _selector(p, q, k, index_from_qk(q, k) if p.method == "msa" else None, seed)()
+    selection = _selector(p, q, k, None, seed)()  # MSA's index branch: the main Q/K (index_from_qk)
     select_s = time.perf_counter() - start
     positions = evenly_spaced_rows(p.seq_len, p.rows, device)
     report = coverage(q, k, selection, rows=positions)
