@@ -20,7 +20,7 @@ from .attention import block_sparse_attention, full_attention
 from .bench.results import gpu_environment
 from .coverage import coverage, output_error
 from .data import structured_qkv
-from .select import index_from_qk, select_moba, select_msa, select_oracle, select_random, select_window
+from .select.registry import selectors as registered
 from .viz import (
     recall_by_distance_figure,
     recall_by_position_figure,
@@ -43,14 +43,12 @@ def run_demo(*, out_dir="results/demo", seq_len: int = 8192, num_heads: int = 8,
     data = structured_qkv(seq_len=seq_len, num_heads=num_heads, num_kv_heads=num_kv_heads,
                           head_dim=head_dim, seed=seed, device=device)
     q, k, v = data.q, data.k, data.v
-    budget = dict(block_size=block_size, top_k=top_k)
-    selectors = {
-        "msa": lambda: select_msa(*index_from_qk(q, k), **budget),
-        "moba": lambda: select_moba(q, k, **budget),
-        "oracle": lambda: select_oracle(q, k, **budget),
-        "window": lambda: select_window(q, k, **budget),
-        "random": lambda: select_random(q, k, **budget, seed=seed),
-    }
+    # Every registered selector of real inputs (MSA's index branch: the main Q/K, untrained); the
+    # oracle without the local-block rule, the most mass any selection of this size keeps.
+    options = {"oracle": dict(force_local=False)}
+    selectors = {s.name: lambda s=s: s.select(q, k, block_size=block_size, top_k=top_k, seed=seed,
+                                              **options.get(s.name, {}))
+                 for s in registered()}
     steps = tqdm(total=2 + 2 * len(selectors), desc="demo", disable=not progress)
 
     def step(label, work):

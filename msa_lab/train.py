@@ -48,6 +48,8 @@ from .bench.config import _as_list, _choice, _did_you_mean, _int, _unknown
 from .bench.results import gpu_environment
 from .files import FolderLock, append_json_lines, repair_last_line, write_bytes_atomic, write_text_atomic
 from .nn import TinyLM
+from .nn.attention import METHODS as ATTENTION_METHODS
+from .select.registry import SELECTORS, selectors
 from .runs import SEED_SUFFIX, config_differences, find_runs, finished, group_seeds, seeds_cell
 from .tasks import TASKS, make_batch
 
@@ -88,7 +90,7 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     if not isinstance(cfg["description"], str):
         raise ValueError(f"description must be a string, got {cfg['description']!r}")
     m, t, tr, ev = cfg["model"], cfg["task"], cfg["train"], cfg["eval"]
-    _choice(m["method"], "model.method", ("full", "moba", "msa"))
+    _choice(m["method"], "model.method", ATTENTION_METHODS)
     _choice(m["backend"], "model.backend", ("auto", "reference", "triton"))
     _choice(t["name"], "task.name", TASKS)
     _choice(tr["dtype"], "train.dtype", tuple(DTYPES))
@@ -121,8 +123,9 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     if m["num_heads"] % m["num_kv_heads"]:
         raise ValueError(f"model.num_heads ({m['num_heads']}) must be a multiple of model.num_kv_heads "
                          f"({m['num_kv_heads']})")
-    if tr["index_warmup"] and m["method"] != "msa":
-        raise ValueError("train.index_warmup is for model.method: msa (the warm-up trains its index branch)")
+    if tr["index_warmup"] and not _has_index_branch(m["method"]):
+        learned = " or ".join(s.name for s in selectors() if s.learned)
+        raise ValueError(f"train.index_warmup is for model.method: {learned} (the warm-up trains its index branch)")
     if check_device and cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: cuda, but no CUDA GPU is visible here; use device: cpu")
     if check_device and m["method"] != "full":  # full attention never runs the Triton kernels
@@ -169,7 +172,7 @@ def _check_model_shape(m: dict) -> None:
         where = ("model.head_dim" if m["head_dim"] else
                  f"the head dim (model.head_dim: null gives d_model // num_heads = {m['d_model']} // {m['num_heads']})")
         raise ValueError(f"{where} must be an even int >= 2 (RoPE turns pairs of channels), got {head_dim}")
-    if m["method"] == "msa" and m["index_dim"] is not None and (m["index_dim"] < 2 or m["index_dim"] % 2):
+    if _has_index_branch(m["method"]) and m["index_dim"] is not None and (m["index_dim"] < 2 or m["index_dim"] % 2):
         raise ValueError(f"model.index_dim must be an even int >= 2 (RoPE turns pairs of channels) or null, "
                          f"got {m['index_dim']}")
 
@@ -286,6 +289,11 @@ def evaluate(model: TinyLM, cfg: dict) -> list[dict]:
 def _eval_options(task: dict) -> dict:
     """The task's options for scoring: text on its held-out split."""
     return dict(task["options"], **({"split": "val"} if task["name"] == "text" else {}))
+
+
+def _has_index_branch(method: str) -> bool:
+    """A selector whose index branch is trained with the model (MSA's)."""
+    return method in SELECTORS and SELECTORS[method].learned
 
 
 @torch.no_grad()
@@ -522,7 +530,7 @@ def _train(cfg: dict, out: Path, *, progress: bool, max_steps: int | None, progr
                                    step=step, metrics_rows=rows_written, config=config))
 
     for step in bar:
-        warm = m["method"] == "msa" and step < tr["index_warmup"]
+        warm = _has_index_branch(m["method"]) and step < tr["index_warmup"]
         model.set_sparse(not warm)
         for group in opt.param_groups:
             group["lr"] = _lr(step, tr)

@@ -4,11 +4,11 @@
 q/k/v with (partial) RoPE, attends, and projects back. ``method``:
 
 - ``"full"``: exact causal attention;
-- ``"moba"``: MoBA's parameter-free mean-pooled gate per query head, then block-sparse
-  attention;
-- ``"msa"``: MSA's index branch (``MSAIndexer``) picks blocks per KV group, then block-sparse
-  attention; the index branch learns from ``index_kl_loss``, returned as the layer's
-  auxiliary loss.
+- any registered selector of real inputs (``msa_lab.select.registry``), then block-sparse
+  attention over its selection: ``"moba"`` (MoBA's parameter-free mean-pooled gate per query
+  head), the controls (``"window"``, ``"random"``, ``"oracle"``), and ``"msa"``, whose index
+  branch (``MSAIndexer``) picks blocks per KV group and learns from ``index_kl_loss``, returned
+  as the layer's auxiliary loss (a learned selector with index inputs gets an indexer).
 
 ``layer.sparse`` is the routing switch: False runs full attention whatever the method (for
 MSA this is the indexer warm-up: its KL loss then covers every visible token), True routes
@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from ..attention import block_sparse_attention, full_attention
-from ..select import select_moba, select_msa
+from ..backends import BLOCK_SPARSE
+from ..select.registry import SELECTORS, selectors
 from ..validation import check_bool, check_choice, check_hidden, check_positive_int
 from .indexer import MSAIndexer, index_kl_loss
 from .rope import check_rope_base, check_rotary_dims, rotary
 
-METHODS = ("full", "moba", "msa")
+METHODS = ("full", *(s.name for s in selectors()))
 BACKENDS = ("auto", "reference", "triton")
 
 
@@ -70,8 +71,9 @@ class Attention(nn.Module):
         self.wk = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
+        self.selector = SELECTORS.get(method)
         self.indexer = None
-        if method == "msa":
+        if self.selector is not None and self.selector.learned and self.selector.inputs == "index":
             idx_dim = self.head_dim if index_dim is None else index_dim
             idx_rot = None if rotary_dims is None else round(rotary_dims * idx_dim / self.head_dim / 2) * 2
             self.indexer = MSAIndexer(d_model, num_kv_heads, idx_dim, rotary_dims=idx_rot, rope_base=rope_base)
@@ -82,9 +84,7 @@ class Attention(nn.Module):
         self.keep_inputs, self.last_inputs = False, None
 
     def _sparse_backend(self, x: torch.Tensor) -> str:
-        if self.backend == "auto":
-            return "triton" if x.is_cuda else "reference"
-        return self.backend
+        return BLOCK_SPARSE.resolve(self.backend, x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, _ = check_hidden(x, self.d_model)
@@ -100,11 +100,9 @@ class Attention(nn.Module):
             index_q, index_k = self.indexer(x.detach())
         if self.sparse and self.method != "full":
             with torch.no_grad():  # top-k has no gradient; MSA's indexer learns from the KL loss
-                if self.method == "moba":
-                    selection = select_moba(q, k, block_size=self.block_size, top_k=self.top_k, backend=backend)
-                else:
-                    selection = select_msa(index_q, index_k, block_size=self.block_size, top_k=self.top_k,
-                                           backend=backend)
+                selection = self.selector.select(
+                    q, k, index=None if self.indexer is None else (index_q, index_k), block_size=self.block_size,
+                    top_k=self.top_k, backend=backend if backend in self.selector.backends else "reference")
             # MSA's KL teacher is this attention normalised over the same tokens: its LSE saves
             # the KL a pass over the main q/k
             out, lse = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic,

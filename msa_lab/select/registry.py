@@ -15,8 +15,9 @@ import torch
 
 from ..selection import BlockSelection
 from .controls import select_oracle, select_random, select_window
-from .moba import select_moba
-from .msa import index_from_qk, select_msa
+from .moba import moba_gate, select_moba
+from .msa import index_from_qk, msa_block_scores, select_msa
+from .pooling import block_mean_keys
 from .synthetic import select_coherent, select_structured
 
 
@@ -64,8 +65,11 @@ class Selector:
     trained with the model. ``timed``: its selection is part of the operator (a benchmark times
     it); the others are given selections, inputs of an experiment (controls). ``synthetic``: a
     benchmark workload that ignores the inputs' values. ``scoring``: FLOPs and minimal bytes of
-    its scoring, for the cost model (None: not timed). ``options``: the ablation parameters its
-    ``run`` takes, with their defaults.
+    its scoring, for the cost model (None: not timed). ``row_scores(q, k, index, positions,
+    block_size)``: its block scores ``[B, Hs, rows, num_blocks]`` of some query rows alone, which
+    the shared top-k rule turns into its selection of those rows (None: it ranks no scores, or
+    only whole selections are cheap). ``options``: the ablation parameters its ``run`` takes,
+    with their defaults.
     """
 
     name: str
@@ -78,6 +82,7 @@ class Selector:
     backends: tuple[str, ...]
     run: Callable[..., BlockSelection]
     scoring: Callable[[Shape], tuple[float, float]] | None = None
+    row_scores: Callable[..., torch.Tensor] | None = None
     synthetic: bool = False
     options: dict = field(default_factory=dict)
     description: str = ""
@@ -110,15 +115,22 @@ SELECTORS: dict[str, Selector] = {s.name: s for s in (
     Selector("msa", "MSA", "#0072B2", "group", "index", learned=True, timed=True, backends=("reference", "triton"),
              run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_msa(
                  *index, block_size=block_size, top_k=top_k, backend=backend),
-             scoring=_msa_scoring, description="max-pooled index-branch logits per KV group, local block forced"),
+             scoring=_msa_scoring,
+             row_scores=lambda q, k, index, positions, block_size: msa_block_scores(
+                 *(index or index_from_qk(q, k)), positions, block_size),
+             description="max-pooled index-branch logits per KV group, local block forced"),
     Selector("moba", "MoBA", "#D55E00", "head", "qk", learned=False, timed=True, backends=("reference", "triton"),
              run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_moba(
                  q, k, block_size=block_size, top_k=top_k, backend=backend),
-             scoring=_moba_scoring, description="mean-pooled key gate per query head, own block forced"),
+             scoring=_moba_scoring,
+             row_scores=lambda q, k, index, positions, block_size: moba_gate(
+                 q, block_mean_keys(k, block_size), positions),
+             description="mean-pooled key gate per query head, own block forced"),
     Selector("oracle", "oracle", "#009E73", "either", "qk", learned=False, timed=False, backends=("reference",),
-             run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_oracle(
-                 q, k, block_size=block_size, top_k=top_k, per=per, force_local=True),
-             description="the most true attention mass under the local-block rule"),
+             run=lambda q, k, *, index, block_size, top_k, backend, per, seed, force_local: select_oracle(
+                 q, k, block_size=block_size, top_k=top_k, per=per, force_local=force_local),
+             options={"force_local": True},
+             description="the most true attention mass (by default under the local-block rule)"),
     Selector("window", "sliding window", "#CC79A7", "either", "qk", learned=False, timed=False,
              backends=("reference",),
              run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_window(

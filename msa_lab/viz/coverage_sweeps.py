@@ -14,12 +14,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..data import PATTERNS
+from ..select.registry import selectors
 from .figures import distance_figure
 from .theme import TEMPLATE, method_color, tokens_label
 
-METHODS = ("oracle", "msa", "moba", "window", "random")
-#: MSA's index branch here is the main Q/K (``index_from_qk``): the mechanism, untrained.
-METHOD_LABELS = {"oracle": "oracle", "msa": "MSA", "moba": "MoBA", "window": "sliding window", "random": "random"}
+#: The oracle first, then the registered selectors of real inputs. MSA's index branch here is
+#: the main Q/K (``index_from_qk``): the mechanism, untrained.
+METHODS = ("oracle", *(s.name for s in selectors() if s.name != "oracle"))
+METHOD_LABELS = {s.name: s.label for s in selectors()}
 METRICS = {
     "recall_mean": "mean recall",
     "recall_p5": "5th-percentile recall",

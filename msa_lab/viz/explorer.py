@@ -25,13 +25,14 @@ from ..coverage import CoverageReport, evenly_spaced_rows, oracle_blocks
 from ..data import PATTERNS, structured_qkv
 from ..reference import block_mass
 from ..selection import num_blocks
-from ..select import block_mean_keys, index_from_qk, moba_gate, msa_block_scores, select_top_blocks
+from ..select import select_top_blocks
+from ..select.registry import SELECTORS, selectors
 from ..validation import check_choice, check_positive_int
-from .coverage_sweeps import METHOD_LABELS
 from .figures import add_future_layer, future_cells
 from .theme import TEMPLATE, method_color
 
-METHODS = ("msa", "moba", "oracle", "window", "random")
+#: The learned and training-free selectors first, then the controls.
+METHODS = tuple(s.name for s in sorted(selectors(), key=lambda s: not s.timed))
 #: Heat-map cells at most per axis: longer selections are aggregated into coarser bins.
 MAP_CELLS = 256
 
@@ -102,7 +103,7 @@ class CoverageExplorer:
                                                 margin=dict(l=60, r=10, t=40, b=50)))
         # Both traces named (and shown in the legend) from the start; update() names the first
         # after the selector.
-        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name=METHOD_LABELS["msa"],
+        self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name=SELECTORS["msa"].label,
                                 marker_color=method_color("msa"), opacity=0.8, showlegend=True)
         self.hist.add_histogram(x=[], xbins=dict(start=0, end=1.0001, size=0.02), name="oracle (best possible)",
                                 marker_color=method_color("oracle"), opacity=0.45, showlegend=True)
@@ -130,32 +131,22 @@ class CoverageExplorer:
 
     @functools.lru_cache(maxsize=32)
     def _scores(self, method: str, pattern: str, seq_len: int, block_size: int):
-        """Per-row block scores ``[B, Hs, R, nb]`` of a selector, or None for the window."""
-        # (the oracle ranks the true mass: see _ids)
+        """Block scores ``[B, Hs, R, nb]`` of the measured rows alone (a selector's ``row_scores``)."""
         data, pos = self._data(pattern, seq_len)
-        if method == "msa":
-            index_q, index_k = index_from_qk(data.q, data.k)
-            return msa_block_scores(index_q, index_k, pos, block_size)
-        if method == "moba":
-            return moba_gate(data.q, block_mean_keys(data.k, block_size), pos)
-        if method == "random":
-            gen = torch.Generator(device=self.device).manual_seed(self.seed)
-            return torch.rand(1, self.num_kv_heads, pos.numel(), num_blocks(seq_len, block_size),
-                              generator=gen, device=self.device)
-        return None
+        return SELECTORS[method].row_scores(data.q, data.k, None, pos, block_size)
 
     def _ids(self, method, pattern, seq_len, block_size, top_k):
-        _, pos = self._data(pattern, seq_len)
+        data, pos = self._data(pattern, seq_len)
         if method == "oracle":  # the most true mass per group, as coverage()'s oracle
             return oracle_blocks(self._mass(pattern, seq_len, block_size), pos, block_size=block_size,
                                  top_k=top_k, per="group", group_size=self.num_heads // self.num_kv_heads)
-        scores = self._scores(method, pattern, seq_len, block_size)
-        if scores is None:  # window: the own block and the top_k - 1 before it
-            own = (pos // block_size).view(-1, 1)
-            ids = own - torch.arange(top_k, device=pos.device)
-            return torch.where(ids >= 0, ids, torch.full_like(ids, -1)).to(torch.int32).expand(
-                1, self.num_kv_heads, -1, -1)
-        return select_top_blocks(scores, pos, block_size=block_size, top_k=top_k)
+        selector = SELECTORS[method]
+        if selector.row_scores is not None:
+            return select_top_blocks(self._scores(method, pattern, seq_len, block_size), pos,
+                                     block_size=block_size, top_k=top_k)
+        # A selector that ranks no scores (the window, random blocks): its whole selection, at the rows.
+        selection = selector.select(data.q, data.k, block_size=block_size, top_k=top_k, seed=self.seed)
+        return selection.indices[:, :, pos]
 
     def report(self) -> CoverageReport:
         """The coverage of the current setting (on the measured rows)."""
@@ -167,7 +158,7 @@ class CoverageExplorer:
         _, pos = self._data(pattern, n)
         mass = self._mass(pattern, n, bs)
         ids = self._ids(method, pattern, n, bs, k)
-        per = "head" if method == "moba" else "group"
+        per = SELECTORS[method].default_per()
         G = self.num_heads // self.num_kv_heads
         oracle = oracle_blocks(mass, pos, block_size=bs, top_k=k, per=per, group_size=G)
         report = CoverageReport.from_block_mass(mass, ids, pos, per=per, group_size=G, block_size=bs, top_k=k,
@@ -196,7 +187,7 @@ class CoverageExplorer:
         recall = report.recall[0, head]
         with self.hist.batch_update():
             self.hist.data[0].x = recall.tolist()
-            self.hist.data[0].name = METHOD_LABELS[name]
+            self.hist.data[0].name = SELECTORS[name].label
             self.hist.data[0].marker.color = method_color(name)
             self.hist.data[1].x = report.oracle_recall[0, head].tolist()
             self.hist.layout.title = f"Recall of head {head}'s rows"

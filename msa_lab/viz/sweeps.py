@@ -17,15 +17,14 @@ from ..bench.analysis import PUBLISHED, totals, with_speedups
 from ..bench.store import load_results
 from ..files import path_inside
 from .coverage_sweeps import coverage_figures
+from ..select.registry import SELECTORS
 from .export import save_figure, static_export_session
 from .theme import TEMPLATE, method_color, tokens_label
 
-#: Oracle, random, window, structured and tile-coherent selections are given to the attention
-#: kernel (not timed).
-METHOD_NAMES = {"full": "full", "msa": "MSA", "moba": "MoBA", "oracle": "oracle selection (attention only)",
-                "random": "random selection (attention only)", "window": "window selection (attention only)",
-                "structured": "structured selection (attention only)",
-                "coherent": "tile-coherent selection (attention only)"}
+#: A timed selector by its label; a given selection (a control or a benchmark workload, not
+#: timed) as "<label> selection (attention only)".
+METHOD_NAMES = {"full": "full", **{s.name: s.label if s.timed else f"{s.label} selection (attention only)"
+                                   for s in SELECTORS.values()}}
 BACKEND_NAMES = {"sdpa_cudnn": "SDPA cuDNN", "sdpa_flash": "SDPA FlashAttention", "sdpa": "SDPA",
                  "triton_q_outer": "Triton Q-outer", "flex": "FlexAttention", "reference": "reference"}
 #: Parameters that may vary between series (seq_len is the x axis).

@@ -12,6 +12,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from ..select.registry import SELECTORS
+
 TEMPLATE = "msa_lab"
 PAPER_TEMPLATE = "msa_lab_paper"
 PX_PER_INCH = 96
@@ -23,16 +25,9 @@ PAPER_FONT_PT, PAPER_SMALL_PT = 9, 8
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 
-METHOD_COLORS = {
-    "full": "#000000",
-    "msa": "#0072B2",
-    "moba": "#D55E00",
-    "oracle": "#009E73",
-    "window": "#CC79A7",
-    "random": "#E69F00",
-    "structured": "#56B4E9",
-    "coherent": "#666666",  # the palette's yellow is unreadable on white
-}
+#: Full attention in black; each registered selector in its row's colour (the palette's
+#: yellow is unreadable on white, so the tile-coherent workload is grey).
+METHOD_COLORS = {"full": "#000000", **{s.name: s.color for s in SELECTORS.values()}}
 
 
 #: Map cells a query cannot select (key blocks after its own, causally masked): a light grey,
