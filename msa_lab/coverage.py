@@ -9,7 +9,10 @@
   ``top_k`` candidate blocks, cannot reach 1);
 - recall by distance: of the true mass that lies ``d`` blocks behind the query's own
   block (``d`` in octaves 0, 1, 2-3, 4-7, ...), the share on selected blocks; it shows
-  whether a selector loses far context or near context.
+  whether a selector loses far context or near context;
+- the MSA paper's block recall and score recall (Sec. 5.2), per (query, query head), against
+  ``I*``, the ``top_k`` blocks by that head's own true mass (no block forced, ties to the
+  lower id): ``|I* ∩ selected| / |I*|`` and the share of ``I*``'s mass on selected blocks.
 
 Everything is computed blockwise in query chunks, optionally on sampled rows with exact
 normalisers, so it never builds an ``N x N`` tensor and works at 1M tokens.
@@ -39,6 +42,9 @@ from .validation import (
 )
 
 PERCENTILES = (1, 5, 25, 50, 75, 95)
+#: The per-(query, query head) metrics of a report, ``[B, Hq, R]`` each: what ``by_head``,
+#: ``by_group`` and ``by_position`` can break down.
+ROW_METRICS = ("recall", "oracle_recall", "relative_recall", "block_recall", "score_recall")
 
 
 def _stats(x: torch.Tensor, threshold: float | None = None) -> dict:
@@ -80,8 +86,8 @@ def _check_block_ids(ids, name: str, shape: tuple, num_blocks: int) -> None:
         raise ValueError(f"{name} must be block ids in [-1, {num_blocks - 1}], got range [{lo}, {hi}]")
 
 
-def _check_block_mass_inputs(mass, ids, positions, oracle_ids, *, per, group_size, block_size, top_k,
-                             threshold) -> None:
+def _check_block_mass_inputs(mass, ids, positions, oracle_ids, head_oracle_ids, *, per, group_size,
+                             block_size, top_k, threshold) -> None:
     """The checks of ``CoverageReport.from_block_mass``: every tensor against ``mass``."""
     check_choice(per, "per", PER_CHOICES)
     group_size = check_positive_int(group_size, "group_size")
@@ -101,7 +107,10 @@ def _check_block_mass_inputs(mass, ids, positions, oracle_ids, *, per, group_siz
     _check_block_ids(ids, "ids", shape, nb)
     if oracle_ids is not None:
         _check_block_ids(oracle_ids, "oracle_ids", shape, nb)
-    for name, x in (("ids", ids), ("positions", positions), ("oracle_ids", oracle_ids)):
+    if head_oracle_ids is not None:
+        _check_block_ids(head_oracle_ids, "head_oracle_ids", (B, Hq, R, top_k), nb)
+    for name, x in (("ids", ids), ("positions", positions), ("oracle_ids", oracle_ids),
+                    ("head_oracle_ids", head_oracle_ids)):
         if x is not None and x.device != mass.device:
             raise ValueError(f"{name} is on {x.device} but mass is on {mass.device}")
 
@@ -109,7 +118,8 @@ def _check_block_mass_inputs(mass, ids, positions, oracle_ids, *, per, group_siz
 @dataclass(frozen=True, eq=False)
 class CoverageReport:
     """Per-row coverage of one selection. Tensors are float32 on the CPU:
-    ``recall``, ``oracle_recall``: ``[B, Hq, R]``; ``overlap``: ``[B, Hs, R]``;
+    ``recall``, ``oracle_recall``, ``block_recall``, ``score_recall`` (the MSA paper's, against
+    each head's own top-``top_k`` blocks by true mass): ``[B, Hq, R]``; ``overlap``: ``[B, Hs, R]``;
     ``positions``: the ``R`` query positions measured; ``mass_by_distance`` and
     ``kept_by_distance``: ``[num_distance_bins]`` float64 sums over rows and heads of the
     true mass, and of the selected mass, at each block distance octave."""
@@ -125,43 +135,54 @@ class CoverageReport:
     threshold: float
     mass_by_distance: torch.Tensor
     kept_by_distance: torch.Tensor
+    block_recall: torch.Tensor
+    score_recall: torch.Tensor
 
     @property
     def relative_recall(self) -> torch.Tensor:
         return self.recall / self.oracle_recall.clamp_min(1e-12)
 
     def summary(self) -> dict:
-        """Mean, min and percentiles of recall, relative recall, oracle recall and
-        overlap; for recall also the share of rows under ``threshold``. ``nonfinite_rows``
-        counts the rows whose recall or oracle recall is NaN or inf (only possible when
-        the logits overflow); they count as under ``threshold`` and make ``mean``, ``min``
-        and the low percentiles NaN."""
-        nonfinite = ~(torch.isfinite(self.recall) & torch.isfinite(self.oracle_recall))
+        """Mean, min and percentiles of recall, relative recall, oracle recall, overlap and
+        the paper's block recall and score recall; for recall, oracle recall, block recall and
+        score recall also the share of rows under ``threshold``. ``nonfinite_rows`` counts the
+        rows where any of recall, oracle recall, block recall or score recall is NaN or inf
+        (only possible when the logits overflow); they count as under ``threshold`` and make
+        ``mean``, ``min`` and the low percentiles NaN."""
+        nonfinite = ~(torch.isfinite(self.recall) & torch.isfinite(self.oracle_recall)
+                      & torch.isfinite(self.block_recall) & torch.isfinite(self.score_recall))
         return {
             "recall": _stats(self.recall, self.threshold),
             "relative_recall": _stats(self.relative_recall),
             "oracle_recall": _stats(self.oracle_recall, self.threshold),
             "overlap": _stats(self.overlap),
+            "block_recall": _stats(self.block_recall, self.threshold),
+            "score_recall": _stats(self.score_recall, self.threshold),
             "rows": int(self.recall.numel()),
             "nonfinite_rows": int(nonfinite.sum()),
         }
 
-    def by_head(self) -> torch.Tensor:
-        """Mean recall per query head ``[Hq]``."""
-        return self.recall.mean(dim=(0, 2))
+    def _row_metric(self, metric: str) -> torch.Tensor:
+        return getattr(self, check_choice(metric, "metric", ROW_METRICS))
 
-    def by_group(self) -> torch.Tensor:
-        """Mean recall per KV group ``[Hkv]``."""
-        return self.recall.unflatten(1, (-1, self.group_size)).mean(dim=(0, 2, 3))
+    def by_head(self, metric: str = "recall") -> torch.Tensor:
+        """Mean of ``metric`` (one of ``ROW_METRICS``) per query head ``[Hq]``; a NaN row
+        makes its head's mean NaN."""
+        return self._row_metric(metric).mean(dim=(0, 2))
 
-    def by_position(self, num_bins: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(bin centres, mean recall)`` over query position, in ``num_bins`` bins."""
+    def by_group(self, metric: str = "recall") -> torch.Tensor:
+        """Mean of ``metric`` per KV group ``[Hkv]``."""
+        return self._row_metric(metric).unflatten(1, (-1, self.group_size)).mean(dim=(0, 2, 3))
+
+    def by_position(self, num_bins: int = 32, metric: str = "recall") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bin centres, mean of metric)`` over query position, in ``num_bins`` bins."""
         num_bins = check_positive_int(num_bins, "num_bins")
+        values = self._row_metric(metric)
         pos = self.positions.double()
         edges = torch.linspace(float(pos.min()), float(pos.max()) + 1, num_bins + 1,
                                dtype=torch.float64)
         which = (torch.bucketize(pos, edges, right=True) - 1).clamp(0, num_bins - 1)
-        per_row = self.recall.double().mean(dim=(0, 1))
+        per_row = values.double().mean(dim=(0, 1))
         sums = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, which, per_row)
         counts = torch.bincount(which, minlength=num_bins).double()
         centres = (edges[:-1] + edges[1:]) / 2
@@ -171,14 +192,22 @@ class CoverageReport:
     @classmethod
     def from_block_mass(cls, mass: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor, *, per: str,
                         group_size: int, block_size: int, top_k: int, threshold: float = 0.9,
-                        oracle_ids: torch.Tensor | None = None) -> CoverageReport:
+                        oracle_ids: torch.Tensor | None = None,
+                        head_oracle_ids: torch.Tensor | None = None) -> CoverageReport:
         """The report of block ids ``[B, Hs, R, K]`` for rows at ``positions`` from their true
-        block mass ``[B, Hq, R, nb]`` (``oracle_ids``: the oracle's ids, if already known)."""
-        _check_block_mass_inputs(mass, ids, positions, oracle_ids, per=per, group_size=group_size,
-                                 block_size=block_size, top_k=top_k, threshold=threshold)
+        block mass ``[B, Hq, R, nb]`` (``oracle_ids``: the oracle's ids, if already known;
+        ``head_oracle_ids``: the paper's ``I*`` ``[B, Hq, R, K]``, ``oracle_blocks`` with
+        ``per="head"``, if already known)."""
+        _check_block_mass_inputs(mass, ids, positions, oracle_ids, head_oracle_ids, per=per,
+                                 group_size=group_size, block_size=block_size, top_k=top_k,
+                                 threshold=threshold)
         if oracle_ids is None:
             oracle_ids = oracle_blocks(mass, positions, block_size=block_size, top_k=top_k, per=per,
                                        group_size=group_size)
+        if head_oracle_ids is None:
+            head_oracle_ids = oracle_blocks(mass, positions, block_size=block_size, top_k=top_k, per="head",
+                                            group_size=group_size)
+        block_recall, score_recall = paper_recall(mass, ids, head_oracle_ids, group_size, per)
         where = dict(block_size=block_size, group_size=group_size, per=per)
         return cls(
             recall=recall_of_blocks(mass, ids, group_size, per).float().cpu(),
@@ -186,7 +215,8 @@ class CoverageReport:
             overlap=block_overlap(ids, oracle_ids, mass.shape[-1], top_k).float().cpu(),
             positions=positions.cpu(), per=per, group_size=group_size, block_size=block_size, top_k=top_k,
             threshold=threshold, mass_by_distance=mass_by_distance(mass, None, positions, **where),
-            kept_by_distance=mass_by_distance(mass, ids, positions, **where))
+            kept_by_distance=mass_by_distance(mass, ids, positions, **where),
+            block_recall=block_recall.float().cpu(), score_recall=score_recall.float().cpu())
 
     @staticmethod
     def concat(reports) -> CoverageReport:
@@ -202,7 +232,7 @@ class CoverageReport:
                 raise ValueError(f"reports must come from one selection on disjoint rows; they differ in "
                                  f"{', '.join(differ) or 'batch or heads'}")
         cat = {f: torch.cat([getattr(r, f) for r in reports], -1)
-               for f in ("recall", "oracle_recall", "overlap", "positions")}
+               for f in ("recall", "oracle_recall", "overlap", "positions", "block_recall", "score_recall")}
         summed = {f: sum(getattr(r, f) for r in reports) for f in ("mass_by_distance", "kept_by_distance")}
         return dataclasses.replace(first, **cat, **summed)
 
@@ -218,12 +248,15 @@ class CoverageReport:
     def __repr__(self) -> str:
         s = self.summary()
         r, rel, ov = s["recall"], s["relative_recall"], s["overlap"]
+        br, sr = s["block_recall"], s["score_recall"]
         below = r[f"share_below_{self.threshold:g}"]
         return (
             f"CoverageReport(per={self.per!r}, block_size={self.block_size}, top_k={self.top_k}, "
             f"rows={s['rows']:,}: recall mean {r['mean']:.3f} p5 {r['p5']:.3f}, "
             f"{100 * below:.1f}% of rows < {self.threshold:g}; "
-            f"vs oracle {rel['mean']:.3f}; overlap {ov['mean']:.3f}"
+            f"vs oracle {rel['mean']:.3f}; overlap {ov['mean']:.3f}; "
+            f"paper: block recall mean {br['mean']:.3f} p5 {br['p5']:.3f}, "
+            f"score recall mean {sr['mean']:.3f} p5 {sr['p5']:.3f}"
             + (f"; {s['nonfinite_rows']:,} rows non-finite" if s["nonfinite_rows"] else "") + ")"
         )
 
@@ -298,6 +331,28 @@ def block_overlap(ids: torch.Tensor, oracle_ids: torch.Tensor, num_blocks: int, 
     return (_block_one_hot(ids, num_blocks) & _block_one_hot(oracle_ids, num_blocks)).sum(-1) / top_k
 
 
+def paper_recall(mass: torch.Tensor, ids: torch.Tensor, head_oracle_ids: torch.Tensor, group_size: int,
+                 per: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MSA paper's ``(block recall, score recall)`` (Sec. 5.2), ``[B, Hq, C]`` each, of the
+    selection ``ids [B, Hs, C, K]`` against ``I* = head_oracle_ids [B, Hq, C, K]``, each head's
+    own top-``K`` blocks by true mass ``mass [B, Hq, C, nb]`` (a group selection's row counts
+    for every head of the group): ``|I* ∩ Î| / |I*|`` and
+    ``sum_{b in I* ∩ Î} P_b / sum_{b in I*} P_b``. A row whose mass holds a NaN or inf has no
+    true ranking: both are NaN there, never a finite value."""
+    nb = mass.shape[-1]
+    if per == "group":
+        ids = ids.repeat_interleave(group_size, dim=1)
+    best = _block_one_hot(head_oracle_ids, nb)
+    hit = best & _block_one_hot(ids, nb)
+    zero = torch.zeros((), dtype=mass.dtype, device=mass.device)
+    # The same masked sum over the same blocks: a selection holding all of I* scores exactly 1.
+    block = hit.sum(-1).to(mass.dtype) / best.sum(-1).to(mass.dtype)  # |I*| >= 1: the own block is visible
+    score = torch.where(hit, mass, zero).sum(-1) / torch.where(best, mass, zero).sum(-1)
+    broken = ~torch.isfinite(mass).all(-1)
+    nan = torch.full((), float("nan"), dtype=mass.dtype, device=mass.device)
+    return torch.where(broken, nan, block), torch.where(broken, nan, score)
+
+
 def recall_of_blocks(mass: torch.Tensor, ids: torch.Tensor, group_size: int, per: str) -> torch.Tensor:
     """Mass on the selected blocks ``[B, Hq, C]``: ``mass [B, Hq, C, nb]``, ``ids [B, Hs, C, K]``."""
     if per == "group":
@@ -342,16 +397,18 @@ def coverage(q: torch.Tensor, k: torch.Tensor, selection, *, scale: float | None
     for start in range(0, positions.numel(), chunk):
         pos = positions[start:start + chunk]
         masses = {bs: block_mass(q, k, pos, block_size=bs, scale=scale) for bs in block_sizes}
-        oracles = {}
+        oracles = {}  # by (block size, top_k, per); the per="head" one is the paper's I*
         for name, sel in named.items():
             mass = masses[sel.block_size]
-            key = (sel.block_size, sel.top_k, sel.per)
-            if key not in oracles:
-                oracles[key] = oracle_blocks(mass, pos, block_size=sel.block_size, top_k=sel.top_k,
-                                             per=sel.per, group_size=G)
+            for per in {sel.per, "head"}:
+                key = (sel.block_size, sel.top_k, per)
+                if key not in oracles:
+                    oracles[key] = oracle_blocks(mass, pos, block_size=sel.block_size, top_k=sel.top_k,
+                                                 per=per, group_size=G)
             parts[name].append(CoverageReport.from_block_mass(
                 mass, sel.indices[:, :, pos], pos, per=sel.per, group_size=G, block_size=sel.block_size,
-                top_k=sel.top_k, threshold=threshold, oracle_ids=oracles[key]))
+                top_k=sel.top_k, threshold=threshold, oracle_ids=oracles[(sel.block_size, sel.top_k, sel.per)],
+                head_oracle_ids=oracles[(sel.block_size, sel.top_k, "head")]))
     reports = {name: CoverageReport.concat(chunks) for name, chunks in parts.items()}
     return reports[None] if None in reports else reports
 

@@ -206,4 +206,9 @@ def measure_coverage(p: Point, device: str, seed: int) -> dict:
         patterns=list(data.patterns), recall_by_head=report.by_head().tolist(),
         recall_by_group=report.by_group().tolist(), recall_by_position=[centres.tolist(), by_position.tolist()],
         recall_by_distance=[distances, by_distance.tolist(), mass_share.tolist()],
-        selection_seconds=select_s)
+        selection_seconds=select_s,
+        # the MSA paper's metrics (Sec. 5.2), against each head's own top_k blocks by true mass
+        block_recall_mean=s["block_recall"]["mean"], block_recall_p5=s["block_recall"]["p5"],
+        score_recall_mean=s["score_recall"]["mean"], score_recall_p5=s["score_recall"]["p5"],
+        block_recall_by_head=report.by_head("block_recall").tolist(),
+        score_recall_by_head=report.by_head("score_recall").tolist())
