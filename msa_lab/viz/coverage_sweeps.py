@@ -29,6 +29,8 @@ METRICS = {
     "rows_below_0_9": "share of rows with recall < 0.9",
     "recall_vs_oracle_mean": "recall / oracle recall",
     "overlap_mean": "block overlap with the oracle",
+    "block_recall_mean": "block recall (MSA paper)",
+    "score_recall_mean": "score recall (MSA paper)",
     "output_error": "output error ‖o − o_full‖ / ‖o_full‖",
 }
 AXES = {"top_k": "top_k (blocks per query)", "seq_len": "sequence length N (tokens)",

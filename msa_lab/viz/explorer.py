@@ -200,7 +200,8 @@ class CoverageExplorer:
             f"recall mean <b>{s['recall']['mean']:.3f}</b> (p5 {s['recall']['p5']:.3f}, "
             f"{100 * s['recall']['share_below_0.9']:.1f} % of rows under 0.9), "
             f"oracle {s['oracle_recall']['mean']:.3f}, vs oracle {s['relative_recall']['mean']:.3f}, "
-            f"overlap {s['overlap']['mean']:.3f}; head {head}: {float(recall.mean()):.3f}. "
+            f"overlap {s['overlap']['mean']:.3f}; the paper's block recall {s['block_recall']['mean']:.3f}, "
+            f"score recall {s['score_recall']['mean']:.3f}; head {head}: {float(recall.mean()):.3f}. "
             f"<span style='color:#888'>({1000 * self.last_update_s:.0f} ms)</span>")
 
     def _changed(self, _change) -> None:
