@@ -43,7 +43,8 @@ COVERAGE_FIELDS = ("pattern", "rows")
 COVERAGE_DEFAULTS = {"pattern": "mixed", "rows": 1024}
 TOP_FIELDS = ("name", "description", "mode", "device", "repeats", "max_seconds_per_point",
               "seed", "cuda_graph", "grid", "methods")
-METHOD_FIELDS = ("method", "backend", "selection_backend", "per", "stages", "max_seq_len", "cuda_graph", "grid")
+METHOD_FIELDS = ("method", "backend", "selection_backend", "per", "stages", "max_seq_len", "cuda_graph", "grid",
+                 "options")
 SELECTION_BACKENDS = ("auto", "triton", "reference")
 
 
@@ -70,6 +71,9 @@ class Point:
     pattern: str | None = None
     rows: int | None = None
     cuda_graph: bool = False
+    #: The selector's ablation parameters (``Selector.options``) that differ from its defaults,
+    #: as sorted ``(name, value)`` pairs.
+    options: tuple = ()
 
     @property
     def params(self) -> dict:
@@ -79,7 +83,14 @@ class Point:
         fields = GRID_FIELDS if self.mode == "coverage" else tuple(f for f in GRID_FIELDS if f not in COVERAGE_FIELDS)
         timing = ("per_call",) if self.per_call else ()
         keys = ("mode", "method", "backend", "selection_backend", "per", *fields, *timing)
-        return {k: getattr(self, k) for k in keys}
+        # Options join the id only when given, so every point without them keeps its id.
+        extra = {"options": self.options_text} if self.options else {}
+        return {**{k: getattr(self, k) for k in keys}, **extra}
+
+    @property
+    def options_text(self) -> str:
+        """The options as a row shows them, e.g. ``"pooling=lse,sink_blocks=1"``."""
+        return ",".join(f"{k}={v}" for k, v in self.options)
 
     @property
     def per_call(self) -> bool:
@@ -98,7 +109,8 @@ class Point:
         return self.method != "full"
 
     def describe(self) -> str:
-        return (f"{self.mode} {self.method}/{self.backend} N={self.seq_len} B={self.batch} "
+        options = f" {self.options_text}" if self.options else ""
+        return (f"{self.mode} {self.method}{options}/{self.backend} N={self.seq_len} B={self.batch} "
                 f"H={self.num_heads}/{self.num_kv_heads} D={self.head_dim} bs={self.block_size} "
                 f"k={self.top_k} {self.dtype}")
 
@@ -191,6 +203,23 @@ def _unused_fields(method: str, mode: str) -> tuple[str, ...]:
     if method == "full":
         return ("index_dim", "block_size", "top_k")
     return () if SELECTORS[method].inputs == "index" and mode != "coverage" else ("index_dim",)
+
+
+def _check_options(given, selector, where: str) -> tuple:
+    """A method entry's ``options``: the selector's ablation parameters, each a scalar; those
+    equal to the default are dropped, so a point's id does not depend on spelling a default."""
+    if not isinstance(given, dict):
+        raise ValueError(f"{where} must be a mapping of the selector's options, got {given!r}")
+    if given and selector is None:
+        raise ValueError(f"{where}: full attention takes no options")
+    known = {} if selector is None else selector.options
+    _unknown(given, tuple(known), where)
+    for name, value in given.items():
+        default = known[name]
+        if type(value) is not type(default):
+            raise ValueError(f"{where}.{name} must be a {type(default).__name__} like its default "
+                             f"{default!r}, got {value!r}")
+    return tuple(sorted((k, v) for k, v in given.items() if v != known[k]))
 
 
 def _check_cuda_graph(value, where: str, mode: str) -> bool:
@@ -292,6 +321,7 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         if not isinstance(stages, bool):
             raise ValueError(f"{where}.stages must be true or false, got {stages!r}")
         graph = _check_cuda_graph(entry.get("cuda_graph", cuda_graph), f"{where}.cuda_graph", mode)
+        options = _check_options(entry.get("options", {}), selector, f"{where}.options")
         max_len = entry.get("max_seq_len")
         if max_len is not None:
             max_len = _int(max_len, f"{where}.max_seq_len")
@@ -301,7 +331,8 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         for values in itertools.product(*(grid[f] for f in GRID_FIELDS)):
             cell = dict(zip(GRID_FIELDS, values), **dict.fromkeys(unused))
             _check_cell(cell, where)
-            point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell, cuda_graph=graph)
+            point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell, cuda_graph=graph,
+                          options=options)
             if point.point_id not in seen:  # grid fields the method ignores collapse
                 seen.add(point.point_id)
                 points.append(point)

@@ -87,7 +87,7 @@ def _selector(p: Point, q, k, index, seed: int) -> Callable[[], BlockSelection]:
     (None: the selector's stand-in)."""
     selector = SELECTORS[p.method]
     return lambda: selector.select(q, k, index=index, block_size=p.block_size, top_k=p.top_k,
-                                   backend=p.selection_backend, per=p.per, seed=seed)
+                                   backend=p.selection_backend, per=p.per, seed=seed, **dict(p.options))
 
 
 def _attention_stages(p: Point, q, k, v, selection: BlockSelection) -> dict:

@@ -29,9 +29,9 @@ BACKEND_NAMES = {"sdpa_cudnn": "SDPA cuDNN", "sdpa_flash": "SDPA FlashAttention"
                  "triton_q_outer": "Triton Q-outer", "flex": "FlexAttention", "reference": "reference"}
 #: Parameters that may vary between series (seq_len is the x axis).
 SERIES_PARAMS = ("batch", "num_heads", "num_kv_heads", "head_dim", "index_dim", "block_size", "top_k",
-                 "dtype", "per", "selection_backend", "gpu")
+                 "dtype", "per", "selection_backend", "options", "gpu")
 SHORT = {"batch": "B", "num_heads": "Hq", "num_kv_heads": "Hkv", "head_dim": "D", "index_dim": "Di",
-         "block_size": "bs", "top_k": "k", "selection_backend": "sel", "per": "per", "dtype": "", "gpu": ""}
+         "block_size": "bs", "top_k": "k", "selection_backend": "sel", "per": "per", "dtype": "", "options": "", "gpu": ""}
 STAGE_COLORS = {"selection": "#0072B2", "metadata": "#E69F00", "attention": "#009E73", "merge": "#CC79A7"}
 STAGE_SYMBOLS = {"total": "circle", "selection": "square", "metadata": "diamond", "attention": "triangle-up",
                  "merge": "x"}
