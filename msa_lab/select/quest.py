@@ -28,7 +28,7 @@ def quest_bound_scores(q: torch.Tensor, key_min: torch.Tensor, key_max: torch.Te
     scores = torch.maximum(qg * lo, qg * hi).sum(-1)  # [B, C, Hkv, G, nb]
     finite_rows = torch.isfinite(qg).all(-1)  # [B, C, Hkv, G, 1]
     finite_blocks = (torch.isfinite(lo) & torch.isfinite(hi)).all(-1)  # [B, 1, Hkv, 1, nb]
-    scores = torch.where(finite_rows & finite_blocks, scores, torch.full_like(scores, float("nan")))
+    scores = torch.where(finite_rows & finite_blocks, scores, float("nan"))
     return scores.flatten(2, 3).permute(0, 2, 1, 3)
 
 

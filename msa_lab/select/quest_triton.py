@@ -46,9 +46,8 @@ def _bound_scores(
     t = q0 + tl.program_id(0) * BM + tl.arange(0, BM)
     row_ok = t < q1
     q = load_rows(q_ptr, b, t, h, sqb, sqn, sqh, row_ok, D, D_PAD)
-    # A NaN goes to q_pos (NaN < 0 is false), so it reaches the score; +-inf to its own half.
-    q_pos = tl.where(q < 0, tl.zeros_like(q), q)
-    q_neg = tl.where(q < 0, q, tl.zeros_like(q))
+    q_pos = tl.maximum(q, 0.0)
+    q_neg = tl.minimum(q, 0.0)
     bad_row = tl.max(tl.where(tl.abs(q) < float("inf"), 0, 1), 1) > 0
     own = t // BS
     last_own = (tl.minimum(q0 + (tl.program_id(0) + 1) * BM, q1) - 1) // BS
