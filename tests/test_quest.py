@@ -29,7 +29,8 @@ def quest_scores64(q, k, bs):
     qd = q.double()
     cols = []
     for j in range(lo.shape[1]):
-        corner = torch.where(qd >= 0, hi[:, j].repeat_interleave(G, 1)[:, None], lo[:, j].repeat_interleave(G, 1)[:, None])
+        lo_j, hi_j = (x[:, j].repeat_interleave(G, 1)[:, None] for x in (lo, hi))  # [B, 1, Hq, D]
+        corner = torch.where(qd >= 0, hi_j, lo_j)
         cols.append((qd * corner).sum(-1).transpose(1, 2))
     return torch.stack(cols, -1)
 
