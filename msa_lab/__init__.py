@@ -4,7 +4,7 @@ Tensors are ``[batch, seq, heads, dim]``; see ``docs/semantics.md`` for what eac
 method means.
 """
 
-from .attention import block_sparse_attention, full_attention, moba_attention, msa_attention
+from .attention import block_sparse_attention, full_attention, moba_attention, msa_attention, quest_attention
 from .coverage import CoverageReport, coverage, output_error
 from .decode import KVCache, dense_decode, msa_decode
 from .selection import BlockSelection
@@ -14,6 +14,7 @@ from .select import (
     select_moba,
     select_msa,
     select_oracle,
+    select_quest,
     select_random,
     select_top_blocks,
     select_window,
@@ -35,9 +36,11 @@ __all__ = [
     "msa_block_scores",
     "msa_decode",
     "output_error",
+    "quest_attention",
     "select_moba",
     "select_msa",
     "select_oracle",
+    "select_quest",
     "select_random",
     "select_top_blocks",
     "select_window",

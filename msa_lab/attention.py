@@ -14,7 +14,7 @@ import torch
 
 from .backends import BLOCK_SPARSE, FULL, FULL_WITH_LSE, selection_backend
 from .reference import attention_reference
-from .select import select_moba, select_msa
+from .select import select_moba, select_msa, select_quest
 from .selection import BlockSelection
 from .validation import check_bool, check_index_inputs, check_qkv, check_scale
 
@@ -138,6 +138,22 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
     backend = BLOCK_SPARSE.resolve(backend, q)
     with torch.no_grad():  # the gate has no parameters and top-k no gradient
         selection = select_moba(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend, q))
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
+
+
+def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int,
+                    top_k: int, scale: float | None = None, backend: str = "reference",
+                    return_lse: bool = False, return_selection: bool = False, deterministic: bool = False):
+    """Quest: per-head min/max key-bound scores (own block forced, counted in ``top_k``),
+    then exact attention over the selected blocks. Returns ``out`` then, as asked, ``lse``
+    and the ``BlockSelection``. With a Triton backend (or ``"auto"`` on CUDA) the selection
+    runs on the Triton kernels too."""
+    B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    _check_flags(return_lse=return_lse, return_selection=return_selection, deterministic=deterministic)
+    scale = check_scale(scale, D)
+    backend = BLOCK_SPARSE.resolve(backend, q)
+    with torch.no_grad():  # the bound has no parameters and top-k no gradient
+        selection = select_quest(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend, q))
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
 
 

@@ -1,5 +1,6 @@
 """The controls every comparison needs: the oracle (the most true attention mass a selection
-of the same size can keep), the sliding window and uniformly random blocks."""
+of the same size can keep), the sliding window (with optional sink blocks) and uniformly
+random blocks."""
 
 from __future__ import annotations
 
@@ -33,13 +34,29 @@ def select_oracle(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
 
 
 def select_window(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
-                  per: str = "group") -> BlockSelection:
-    """Sliding window of blocks: the own block and the ``top_k - 1`` blocks before it."""
+                  per: str = "group", sink_blocks: int = 0) -> BlockSelection:
+    """Sliding window of blocks with StreamingLLM's sinks: the own block, the blocks just
+    before it and the first ``sink_blocks`` blocks, ``top_k`` in all.
+
+    A row whose own block ``o`` is below ``top_k`` takes every block ``0..o`` (sinks and
+    window meet); later rows take ``o, o-1, ..., o-(top_k-sink_blocks-1)`` then the sinks
+    ``0..sink_blocks-1``, which lie strictly below the window. No id repeats, and a row keeps
+    ``min(top_k, o + 1)`` ids. ``sink_blocks`` lies in ``[0, top_k - 1]`` (the own block always
+    fits); ``0`` is the plain window (own block and the ``top_k - 1`` blocks before it)."""
     B, N, Hq, Hkv, _ = check_qkv(q, k)
     block_size, top_k = check_blocks(block_size, top_k, N)
     check_choice(per, "per", PER_CHOICES)
-    own = torch.arange(N, device=k.device) // block_size
-    ids = own.view(-1, 1) - torch.arange(top_k, device=k.device)
+    sink_blocks = check_int(sink_blocks, "sink_blocks", minimum=0)
+    if sink_blocks >= top_k:
+        raise ValueError(f"sink_blocks must be an int in [0, top_k - 1] = [0, {top_k - 1}] so that the own block "
+                         f"fits in the top_k={top_k} slots, got {sink_blocks}")
+    own = torch.arange(N, device=k.device).view(-1, 1) // block_size
+    slot = torch.arange(top_k, device=k.device)
+    ids = own - slot
+    if sink_blocks:
+        # Rows with more than top_k candidates: the last sink_blocks slots hold blocks 0, 1, ...
+        window_slots = top_k - sink_blocks
+        ids = torch.where((own >= top_k) & (slot >= window_slots), slot - window_slots, ids)
     ids = torch.where(ids >= 0, ids, torch.full_like(ids, -1)).to(torch.int32)
     Hs = Hkv if per == "group" else Hq
     return BlockSelection._trusted(ids.expand(B, Hs, N, top_k).contiguous(), block_size, per)
