@@ -20,6 +20,7 @@ from .attention import block_sparse_attention, full_attention
 from .bench.results import gpu_environment
 from .coverage import coverage, output_error
 from .data import structured_qkv
+from .select.registry import SELECTORS
 from .select.registry import selectors as registered
 from .viz import (
     recall_by_distance_figure,
@@ -44,11 +45,13 @@ def run_demo(*, out_dir="results/demo", seq_len: int = 8192, num_heads: int = 8,
                           head_dim=head_dim, seed=seed, device=device)
     q, k, v = data.q, data.k, data.v
     # Every registered selector of real inputs (MSA's index branch: the main Q/K, untrained); the
-    # oracle without the local-block rule, the most mass any selection of this size keeps.
+    # oracle without the local-block rule, the most mass any selection of this size keeps; and the
+    # sliding window once more with StreamingLLM's sink (the first block).
+    runs = [(s.name, s, {}) for s in registered()] + [("window+sinks", SELECTORS["window"], dict(sink_blocks=1))]
     options = {"oracle": dict(force_local=False)}
-    selectors = {s.name: lambda s=s: s.select(q, k, block_size=block_size, top_k=top_k, seed=seed,
-                                              **options.get(s.name, {}))
-                 for s in registered()}
+    selectors = {name: lambda s=s, extra=extra: s.select(q, k, block_size=block_size, top_k=top_k, seed=seed,
+                                                         **options.get(s.name, {}), **extra)
+                 for name, s, extra in runs}
     steps = tqdm(total=2 + 2 * len(selectors), desc="demo", disable=not progress)
 
     def step(label, work):

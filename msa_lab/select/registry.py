@@ -17,7 +17,8 @@ from ..selection import BlockSelection
 from .controls import select_oracle, select_random, select_window
 from .moba import moba_gate, select_moba
 from .msa import index_from_qk, msa_block_scores, select_msa
-from .pooling import block_mean_keys
+from .pooling import block_key_bounds, block_mean_keys
+from .quest import quest_bound_scores, select_quest
 from .synthetic import select_coherent, select_structured
 
 
@@ -52,6 +53,13 @@ def _msa_scoring(s: Shape) -> tuple[float, float]:
 def _moba_scoring(s: Shape) -> tuple[float, float]:
     """One gate per (query head, past block) against the block's mean key; reads q and k once."""
     return (2.0 * s.batch * s.num_heads * s.head_dim * past_blocks(s.seq_len, s.block_size),
+            float(s.batch * s.seq_len * (s.num_heads + s.num_kv_heads) * s.head_dim * s.element_size))
+
+
+def _quest_scoring(s: Shape) -> tuple[float, float]:
+    """Two length-D products per (query head, past block) against the block's key bounds
+    (``max(q, 0) . max + min(q, 0) . min``); reads q and k once."""
+    return (4.0 * s.batch * s.num_heads * s.head_dim * past_blocks(s.seq_len, s.block_size),
             float(s.batch * s.seq_len * (s.num_heads + s.num_kv_heads) * s.head_dim * s.element_size))
 
 
@@ -126,6 +134,14 @@ SELECTORS: dict[str, Selector] = {s.name: s for s in (
              row_scores=lambda q, k, index, positions, block_size: moba_gate(
                  q, block_mean_keys(k, block_size), positions),
              description="mean-pooled key gate per query head, own block forced"),
+    Selector("quest", "Quest", "#882255", "head", "qk", learned=False, timed=True, backends=("reference", "triton"),
+             run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_quest(
+                 q, k, block_size=block_size, top_k=top_k, backend=backend),
+             scoring=_quest_scoring,
+             row_scores=lambda q, k, index, positions, block_size: quest_bound_scores(
+                 q, *block_key_bounds(k, block_size), positions),
+             description="upper bound of the block's max logit from its keys' element-wise min and max, "
+                         "per query head, own block forced"),
     Selector("oracle", "oracle", "#009E73", "either", "qk", learned=False, timed=False, backends=("reference",),
              run=lambda q, k, *, index, block_size, top_k, backend, per, seed, force_local: select_oracle(
                  q, k, block_size=block_size, top_k=top_k, per=per, force_local=force_local),
@@ -133,9 +149,10 @@ SELECTORS: dict[str, Selector] = {s.name: s for s in (
              description="the most true attention mass (by default under the local-block rule)"),
     Selector("window", "sliding window", "#CC79A7", "either", "qk", learned=False, timed=False,
              backends=("reference",),
-             run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_window(
-                 q, k, block_size=block_size, top_k=top_k, per=per),
-             description="the own block and the blocks just before it"),
+             run=lambda q, k, *, index, block_size, top_k, backend, per, seed, sink_blocks: select_window(
+                 q, k, block_size=block_size, top_k=top_k, per=per, sink_blocks=sink_blocks),
+             options={"sink_blocks": 0},
+             description="the own block and the blocks just before it, after StreamingLLM's sink blocks"),
     Selector("random", "random", "#E69F00", "either", "qk", learned=False, timed=False, backends=("reference",),
              run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_random(
                  q, k, block_size=block_size, top_k=top_k, per=per, seed=seed),
