@@ -46,8 +46,10 @@ def _bound_scores(
     t = q0 + tl.program_id(0) * BM + tl.arange(0, BM)
     row_ok = t < q1
     q = load_rows(q_ptr, b, t, h, sqb, sqn, sqh, row_ok, D, D_PAD)
-    q_pos = tl.maximum(q, 0.0)
-    q_neg = tl.minimum(q, 0.0)
+    # tl.maximum against a Python float promotes bf16/fp16 to fp32 (triton 3.6), and tl.dot needs
+    # both operands in one dtype: back to the input dtype (exact: a max or min of q and 0 is q or 0).
+    q_pos = tl.maximum(q, 0.0).to(q.dtype)
+    q_neg = tl.minimum(q, 0.0).to(q.dtype)
     bad_row = tl.max(tl.where(tl.abs(q) < float("inf"), 0, 1), 1) > 0
     own = t // BS
     last_own = (tl.minimum(q0 + (tl.program_id(0) + 1) * BM, q1) - 1) // BS
