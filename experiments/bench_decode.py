@@ -15,7 +15,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, bench_median, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows, bench_median  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 
 B, Hq, Hkv, D, Di, BS, TOPK = 8, 64, 4, 128, 128, 128, 16
 out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results/decode")

@@ -12,7 +12,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, bench_median, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows, bench_median  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 
 
 def rel_err(out, ref):

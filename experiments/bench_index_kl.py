@@ -36,8 +36,9 @@ if args.smoke and not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows  # noqa: E402
 from msa_lab.bench.timing import time_call  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 from msa_lab.kernels import index_kl as kernel  # noqa: E402
 from msa_lab.nn import index_kl_loss  # noqa: E402
 

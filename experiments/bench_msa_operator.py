@@ -27,7 +27,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, event_timed, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows, event_timed  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
 from msa_lab.select import msa_triton as index_topk  # noqa: E402
 from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402

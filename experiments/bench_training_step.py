@@ -24,8 +24,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows  # noqa: E402
 from msa_lab.bench.timing import time_call  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 from msa_lab.kernels.kv_outer import kv_outer_attention  # noqa: E402
 from msa_lab.kernels import kv_outer_bwd  # noqa: E402
 from msa_lab.kernels.kv_outer_bwd import KVOuterAttention  # noqa: E402

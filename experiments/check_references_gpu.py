@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 
 
 def rel_err(out, ref):

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .bench.results import gpu_environment
 from .config_checks import (check_known_fields, did_you_mean, field_bool, field_choice, field_int, field_list,
                             field_number)
+from .environment import gpu_environment
 from .files import FolderLock, append_json_lines, repair_last_line, write_bytes_atomic, write_text_atomic
 from .nn import TinyLM
 from .nn.attention import METHODS as ATTENTION_METHODS
