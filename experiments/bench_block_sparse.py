@@ -15,25 +15,18 @@ Usage: python experiments/bench_block_sparse.py OUT_DIR [--sizes N ...] [--gqa-n
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+from _common import rel_err, result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, bench_median, gpu_environment  # noqa: E402
+from msa_lab.bench import bench_median  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
 from msa_lab.kernels.query_lists import build_query_lists  # noqa: E402
-
-
-def rel_err(out, ref):
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
 def bench(fn, warmup=100, rep=500):
@@ -130,11 +123,7 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quic
 
 
 def main(out_dir, sizes, gqa_n, sections):
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    env = gpu_environment()
-    print(json.dumps(env), flush=True)
-    rows = ResultRows(out / "bench_block_sparse.json", env)
+    rows = result_rows(Path(out_dir) / "bench_block_sparse.json", announce=True)
     if "correctness" in sections:
         t = time.perf_counter()
         correctness(rows)

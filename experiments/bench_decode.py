@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+from _common import result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, bench_median, gpu_environment  # noqa: E402
+from msa_lab.bench import bench_median  # noqa: E402
 
 B, Hq, Hkv, D, Di, BS, TOPK = 8, 64, 4, 128, 128, 128, 16
 out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results/decode")
-out_dir.mkdir(parents=True, exist_ok=True)
-rows = ResultRows(out_dir / "bench_decode.json", gpu_environment())
+rows = result_rows(out_dir / "bench_decode.json")
 g = torch.Generator(device="cuda").manual_seed(0)
 src = torch.randn(1 << 29, device="cuda", dtype=torch.bfloat16)  # 1 GiB
 dst = torch.empty_like(src)

@@ -10,20 +10,14 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+from _common import rel_err, result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, bench_median, gpu_environment  # noqa: E402
-
-
-def rel_err(out, ref):
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
+from msa_lab.bench import bench_median  # noqa: E402
 
 
 out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results/dense")
-out_dir.mkdir(parents=True, exist_ok=True)
-rows = ResultRows(out_dir / "bench_dense.json", gpu_environment())
+rows = result_rows(out_dir / "bench_dense.json")
 g = torch.Generator(device="cuda").manual_seed(1)
 for (Nq, Nk, Hq, Hkv, D, causal) in [(4099, 4099, 64, 4, 128, True), (3000, 3000, 8, 8, 64, True),
                                      (3000, 3000, 16, 2, 128, False), (17, 5000, 32, 4, 128, True),

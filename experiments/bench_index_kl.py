@@ -18,7 +18,6 @@ Usage: python experiments/bench_index_kl.py --out OUT.json [--lengths N ...] [--
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 
@@ -34,9 +33,9 @@ args = parser.parse_args()
 if args.smoke and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before msa_lab's kernels are defined
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+from _common import rel_err, result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
 from msa_lab.bench.timing import time_call  # noqa: E402
 from msa_lab.kernels import index_kl as kernel  # noqa: E402
 from msa_lab.nn import index_kl_loss  # noqa: E402
@@ -44,20 +43,13 @@ from msa_lab.nn import index_kl_loss  # noqa: E402
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 if dev == "cpu" and not args.smoke:
     sys.exit("no CUDA GPU: run with --smoke for the interpreted CPU check")
-out_path = Path(args.out)
-out_path.parent.mkdir(parents=True, exist_ok=True)
-rows = ResultRows(out_path, gpu_environment(smoke=args.smoke))
+rows = result_rows(args.out, smoke=args.smoke)
 gen = torch.Generator(device=dev).manual_seed(0)
 NAMES = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)
 
 
 def rnd(*shape, dtype=torch.bfloat16):
     return torch.randn(*shape, device=dev, generator=gen, dtype=dtype)
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return float("inf") if not torch.isfinite(a).all() else float((a - b).norm() / b.norm())
 
 
 def loss_and_grads(iq, ik, q, k, sel, **kw):
@@ -100,9 +92,9 @@ for B, N, Hq, Hkv, D, Di, bs, K in CHECKS:
             again = loss_and_grads(iqc, ikc, qc, kc, sel, backend="triton", lse=lse if given else None)
             rows.append(dict(what="check", B=B, N=N, Hq=Hq, Hkv=Hkv, D=D, Di=Di, block_size=bs, top_k=K,
                              qk_dtype=qk_name, index_dtype=index_name, lse_given=given,
-                             **{f"err_{n}": rel(g, r) for n, g, r in zip(("loss", "diq", "dik"), got, ref)},
+                             **{f"err_{n}": rel_err(g, r) for n, g, r in zip(("loss", "diq", "dik"), got, ref)},
                              nan=any(bool(torch.isnan(g).any()) for g in got),
-                             run_to_run=max(rel(a, b) for a, b in zip(again, got))))
+                             run_to_run=max(rel_err(a, b) for a, b in zip(again, got))))
     del q, k, v, iq, ik, ref
 
 # 2. Tiles of each pass at MSA's config.
@@ -202,7 +194,7 @@ for N in LENGTHS:
             ref = loss_and_grads(iq, ik, q, k, sel, backend="reference")
             got = loss_and_grads(iq, ik, q, k, sel, backend="triton")
             rows.append(dict(what="check at size", **base, index_dtype=index_name,
-                             **{f"err_{n}": rel(g, r) for n, g, r in zip(("loss", "diq", "dik"), got, ref)},
+                             **{f"err_{n}": rel_err(g, r) for n, g, r in zip(("loss", "diq", "dik"), got, ref)},
                              nan=any(bool(torch.isnan(g).any()) for g in got)))
             del ref, got
         del q, k, iq, ik, sel, lse, iqg, ikg

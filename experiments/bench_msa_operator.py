@@ -18,16 +18,15 @@ Usage: python experiments/bench_msa_operator.py OUT_DIR [--sections selection op
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+from _common import result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, event_timed, gpu_environment  # noqa: E402
+from msa_lab.bench import event_timed  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
 from msa_lab.select import msa_triton as index_topk  # noqa: E402
 from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402
@@ -114,12 +113,8 @@ def moba(rows, N=131072):
 
 
 def main(out_dir, sections):
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    env = gpu_environment(partial_bytes=kv_outer.partial_budget(torch.device('cuda')),
-                          score_bytes=index_topk.SCORE_BYTES)
-    print(json.dumps(env), flush=True)
-    rows = ResultRows(out / "bench_msa_operator.json", env)
+    rows = result_rows(Path(out_dir) / "bench_msa_operator.json", announce=True,
+                       partial_bytes=kv_outer.partial_budget(torch.device('cuda')), score_bytes=index_topk.SCORE_BYTES)
     if "selection" in sections:
         selection_checks(rows)
         selection_timing(rows)

@@ -16,15 +16,14 @@ Usage: python experiments/bench_training_step.py OUT_DIR [--lengths N ...] [--se
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+from _common import rel_err, result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
 from msa_lab.bench.timing import time_call  # noqa: E402
 from msa_lab.kernels.kv_outer import kv_outer_attention  # noqa: E402
 from msa_lab.kernels import kv_outer_bwd  # noqa: E402
@@ -39,19 +38,12 @@ parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
                     help="gradient checks; the backward's tile sweep (else its default tile); the sparse "
                          "steps; dense SDPA")
 args = parser.parse_args()
-out_dir = Path(args.out_dir)
-out_dir.mkdir(parents=True, exist_ok=True)
-rows = ResultRows(out_dir / "bench_training_step.json", gpu_environment())
+rows = result_rows(Path(args.out_dir) / "bench_training_step.json")
 gen = torch.Generator(device="cuda").manual_seed(0)
 
 
 def rnd(*shape, dtype=torch.bfloat16):
     return torch.randn(*shape, device="cuda", generator=gen, dtype=dtype)
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return float("inf") if not torch.isfinite(a).all() else float((a - b).norm() / b.norm())
 
 
 def grads(q, k, v, sel, dout, **kw):
@@ -79,7 +71,7 @@ if "checks" in args.sections:
             for deterministic in (False, True):
                 got = grads(q.to(dtype), k.to(dtype), v.to(dtype), sel, dout, backend="triton",
                             deterministic=deterministic)
-                errs = {f"d{n}": rel(g, r) for n, g, r in zip("qkv", got, ref)}
+                errs = {f"d{n}": rel_err(g, r) for n, g, r in zip("qkv", got, ref)}
                 rows.append(dict(what="backward check", B=B, N=N, Hq=Hq, Hkv=Hkv, D=D, block_size=bs, top_k=K, per=per,
                                  dtype=str(dtype).split(".")[-1], deterministic=deterministic, **errs,
                                  nan=any(torch.isnan(g).any().item() for g in got)))
@@ -94,7 +86,7 @@ if "checks" in args.sections:
             grads(q, k, v, sel, dout, backend="triton", deterministic=deterministic)
         rows.append(dict(what="run to run", N=8192, deterministic=deterministic,
                          bitwise_equal=all(torch.equal(x, y) for x, y in zip(a, b)),
-                         max_rel_diff=max(rel(x, y) if not torch.equal(x, y) else 0.0 for x, y in zip(a, b))))
+                         max_rel_diff=max(rel_err(x, y) if not torch.equal(x, y) else 0.0 for x, y in zip(a, b))))
     del q, k, v, dout
 
 # 2. Tile of the backward kernel: keys per program x warps, fast mode, 32K, MSA's config.

@@ -12,23 +12,15 @@ Usage: python experiments/check_references_gpu.py OUT_DIR   (needs only torch + 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+from _common import rel_err, result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
-
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return float((out - ref).norm() / ref.norm())
 
 
 def timed(fn):
@@ -129,11 +121,7 @@ def coverage_1m(rows, N=1 << 20, Hq=64, Hkv=4, D=128, bs=128, topk=16):
 
 
 def main(out_dir):
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    env = gpu_environment()
-    print(json.dumps(env), flush=True)
-    rows = ResultRows(out / "reference_check_gpu.json", env)
+    rows = result_rows(Path(out_dir) / "reference_check_gpu.json", announce=True)
     for step in (agreement, oracle_timings, coverage_1m):
         t = time.perf_counter()
         step(rows)

@@ -28,9 +28,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+# Run as a script this folder is on sys.path; loaded by its file path (tests/test_claims.py) it is
+# not, and _common and the claim groups below are its siblings.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT  # noqa: E402
 from msa_lab.bench import load_results  # noqa: E402
 from msa_lab.bench.analysis import with_speedups  # noqa: E402
 from msa_lab.bench.config import load_config  # noqa: E402
@@ -362,7 +363,7 @@ CLAIMS: list[Claim] = [
                    _index_kl("reference", "fp32", False) / _index_kl("triton", "fp32", False))),
     Claim("docs/coverage.md", "On needle and heavy-hitter heads MSA keeps {0:.2f} of the oracle's recall at top-8, MoBA "
           "{1:.2f} and {2:.2f}; on purely local heads they tie (MoBA {3:.2f}, MSA {4:.2f}", COVERAGE, lambda: (
-              _same(_coverage_row("msa", "needle", 8)["recall_vs_oracle_mean"],
+              same_value(_coverage_row("msa", "needle", 8)["recall_vs_oracle_mean"],
                     _coverage_row("msa", "heavy_hitter", 8)["recall_vs_oracle_mean"], places=2),
               _coverage_row("moba", "needle", 8)["recall_vs_oracle_mean"],
               _coverage_row("moba", "heavy_hitter", 8)["recall_vs_oracle_mean"],
@@ -373,7 +374,7 @@ CLAIMS: list[Claim] = [
           COVERAGE, lambda: tuple(
               [_coverage_row("msa", "mixed", 512 // bs, block_size=bs)["recall_mean"] for bs in (32, 64, 128, 256)]
               + [_coverage_row("moba", "mixed", 512 // bs, block_size=bs)["recall_mean"] for bs in (32, 64, 128, 256)]
-              + [_same(*(_coverage_row(m, "mixed", 1, block_size=512)["recall_mean"] for m in ("msa", "moba", "oracle")))])),
+              + [same_value(*(_coverage_row(m, "mixed", 1, block_size=512)["recall_mean"] for m in ("msa", "moba", "oracle")))])),
     Claim("docs/coverage.md", "at top-8, MSA {0:.3f} / {1:.3f} / {2:.3f} at 4K / 16K / 32K (oracle {3:.3f} / {4:.3f} / "
           "{5:.3f})", COVERAGE, lambda: tuple(
               [_coverage_row("msa", "mixed", 8, seq_len=n)["recall_mean"] for n in (4096, 16384, 32768)]
@@ -566,7 +567,7 @@ def _coverage_row(method: str, pattern: str, top_k: int, seq_len: int = 16384, b
     return row
 
 
-def _same(*values: float, places: int = 3) -> float:
+def same_value(*values: float, places: int = 3) -> float:
     """The one value a sentence quotes for several rows; refuses rows that differ at that precision."""
     if len({round(v, places) for v in values}) != 1:
         raise ValueError(f"the doc quotes one value for rows that differ: {values}")
@@ -602,7 +603,6 @@ TABLES: list[Table] = [
 
 # Claims of further docs live beside this file, one module per group of docs, each with its own
 # CLAIMS and TABLES lists built from the helpers above.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Run as a script this module is __main__; under its own name too, ``from claims import ...`` in
 # the group modules finds it instead of running this file a second time.
 sys.modules.setdefault("claims", sys.modules[__name__])

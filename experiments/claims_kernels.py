@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from claims import ROOT, SELECTION_CHECK, Claim, Table, _same, med, row, rows_of, sweep_rows
+from claims import ROOT, SELECTION_CHECK, Claim, Table, med, row, rows_of, same_value, sweep_rows
 
 RESULTS = "experiments/results"
 KV_OUTER_V1 = f"{RESULTS}/bench_kv_outer_v1_h200.json"
@@ -881,7 +881,7 @@ def _operator_1m_repeats() -> tuple:
     spread = {r["what"]: 100 * (r["max_ms"] - r["min_ms"]) / r["median_ms"] for r in rows}
     attention = spread.pop("stage: attention (lists + KV-outer + merge)")
     return (min(r["repeats"] for r in msa), max(r["repeats"] for r in msa), min(r["repeats"] for r in dense),
-            max(r["repeats"] for r in dense), _same(*(r["median_ms"] / 1000 for r in dense), places=0),
+            max(r["repeats"] for r in dense), same_value(*(r["median_ms"] / 1000 for r in dense), places=0),
             up(max(spread.values())), up(attention))
 
 

@@ -15,7 +15,8 @@ import torch
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+import _common  # noqa: E402, F401
 import msa_lab as ml  # noqa: E402
 from msa_lab.bench import event_timed  # noqa: E402
 from msa_lab.select import msa_triton as index_topk  # noqa: E402

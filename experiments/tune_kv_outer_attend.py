@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import triton
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# _common first: it puts this checkout's msa_lab on sys.path.
+import _common  # noqa: E402, F401
 import msa_lab as ml  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
 from msa_lab.kernels.query_lists import build_query_lists  # noqa: E402

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from .reference import block_mass, query_chunk_size
-from .selection import PER_CHOICES, BlockSelection, _block_one_hot
+from .selection import PER_CHOICES, BlockSelection
+from .selection import block_one_hot as _block_one_hot
 from .select import select_top_blocks
 from .validation import (
     check_bool,

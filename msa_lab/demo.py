@@ -17,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import block_sparse_attention, full_attention
-from .bench.results import gpu_environment
 from .coverage import coverage, output_error
 from .data import structured_qkv
+from .environment import gpu_environment
 from .select.registry import SELECTORS
 from .select.registry import selectors as registered
 from .viz import (

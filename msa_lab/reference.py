@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .selection import BlockSelection, _block_one_hot, num_blocks
+from .selection import BlockSelection, block_one_hot, num_blocks
 
 #: Elements of the largest intermediate (``batch * heads * chunk * keys``) per chunk.
 CHUNK_ELEMENTS = 1 << 26
@@ -96,7 +96,7 @@ def _nonfinite_value_terms(p: torch.Tensor, allowed: torch.Tensor, v_bad: torch.
 def _selection_token_mask(sel_rows: torch.Tensor, per: str, group_size: int,
                           block_size: int, nb: int, num_keys: int) -> torch.Tensor:
     """``bool [B, Hkv, G or 1, C, L]``: key token allowed by the selected blocks."""
-    onehot = _block_one_hot(sel_rows, nb)  # [B, Hs, C, nb]
+    onehot = block_one_hot(sel_rows, nb)  # [B, Hs, C, nb]
     key_block = torch.arange(num_keys, device=sel_rows.device) // block_size
     tokens = onehot.index_select(-1, key_block)  # [B, Hs, C, L]
     B, Hs, C, L = tokens.shape

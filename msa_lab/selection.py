@@ -242,7 +242,7 @@ class BlockSelection:
                 f"dense_mask would have {size:,} elements (> max_elements={max_elements:,}); "
                 "use block_map() for an aggregated view"
             )
-        return _block_one_hot(self.indices, nb)
+        return block_one_hot(self.indices, nb)
 
     def block_map(self, max_elements: int = 1 << 26) -> torch.Tensor:
         """``float32 [B, Hs, num_query_blocks, num_blocks]``: share of the queries of each
@@ -267,7 +267,7 @@ class BlockSelection:
         return BlockSelection._trusted(self.indices.to(device), self.block_size, self.per)
 
 
-def _block_one_hot(indices: torch.Tensor, nb: int) -> torch.Tensor:
+def block_one_hot(indices: torch.Tensor, nb: int) -> torch.Tensor:
     """``bool [..., nb]`` from ids ``[..., K]`` with ``-1`` padding."""
     slot = torch.where(indices >= 0, indices.long(), torch.full_like(indices, nb, dtype=torch.long))
     out = torch.zeros(*indices.shape[:-1], nb + 1, dtype=torch.bool, device=indices.device)

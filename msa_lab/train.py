@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .bench.config import _as_list, _choice, _did_you_mean, _int, _unknown
-from .bench.results import gpu_environment
+from .config_checks import (check_known_fields, did_you_mean, field_bool, field_choice, field_int, field_list,
+                            field_number)
+from .environment import gpu_environment
 from .files import FolderLock, append_json_lines, repair_last_line, write_bytes_atomic, write_text_atomic
 from .nn import TinyLM
 from .nn.attention import METHODS as ATTENTION_METHODS
@@ -75,49 +76,49 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     ``check_device=False`` accepts ``device: cuda`` on a machine without a GPU."""
     if not isinstance(raw, dict):
         raise ValueError("a training config must be a mapping")
-    _unknown(raw, TOP, "config")
+    check_known_fields(raw, TOP, "config")
     if "name" not in raw or not isinstance(raw["name"], str) or not raw["name"].replace("_", "").replace("-", "").isalnum():
         raise ValueError("name must be letters, digits, '-' or '_' (it names the output folder)")
     cfg = {"name": raw["name"], "description": raw.get("description", ""), "seed": raw.get("seed", 0),
-           "device": _choice(raw.get("device", "cpu"), "device", ("cpu", "cuda"))}
-    _int(cfg["seed"], "seed", 0)
+           "device": field_choice(raw.get("device", "cpu"), "device", ("cpu", "cuda"))}
+    field_int(cfg["seed"], "seed", 0)
     for section, defaults in DEFAULTS.items():
         given = raw.get(section, {}) or {}
         if not isinstance(given, dict):
             raise ValueError(f"{section} must be a mapping")
-        _unknown(given, tuple(defaults), section)
+        check_known_fields(given, tuple(defaults), section)
         cfg[section] = dict(copy.deepcopy(defaults), **given)
     if not isinstance(cfg["description"], str):
         raise ValueError(f"description must be a string, got {cfg['description']!r}")
     m, t, tr, ev = cfg["model"], cfg["task"], cfg["train"], cfg["eval"]
-    _choice(m["method"], "model.method", ATTENTION_METHODS)
-    _choice(m["backend"], "model.backend", ("auto", "reference", "triton"))
-    _choice(t["name"], "task.name", TASKS)
-    _choice(tr["dtype"], "train.dtype", tuple(DTYPES))
+    field_choice(m["method"], "model.method", ATTENTION_METHODS)
+    field_choice(m["backend"], "model.backend", ("auto", "reference", "triton"))
+    field_choice(t["name"], "task.name", TASKS)
+    field_choice(tr["dtype"], "train.dtype", tuple(DTYPES))
     for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "block_size", "top_k"):
-        _int(m[key], f"model.{key}")
+        field_int(m[key], f"model.{key}")
     for key in ("head_dim", "index_dim"):
         if m[key] is not None:
-            _int(m[key], f"model.{key} (or null)")
-    _bool(m["deterministic"], "model.deterministic")
+            field_int(m[key], f"model.{key} (or null)")
+    field_bool(m["deterministic"], "model.deterministic")
     if not isinstance(m["full_layers"], list):
         raise ValueError(f"model.full_layers must be a list of layer indices, got {m['full_layers']!r}")
     for layer in m["full_layers"]:
-        _int(layer, "model.full_layers[]", 0)
+        field_int(layer, "model.full_layers[]", 0)
         if layer >= m["num_layers"]:
             raise ValueError(f"model.full_layers[] must be layer indices in [0, {m['num_layers'] - 1}] "
                              f"(model.num_layers is {m['num_layers']}), got {layer}")
     for key in ("steps", "batch", "log_every", "checkpoint_every"):
-        _int(tr[key], f"train.{key}")
+        field_int(tr[key], f"train.{key}")
     for key in ("lr_warmup", "index_warmup", "eval_every"):
-        _int(tr[key], f"train.{key}", 0)
+        field_int(tr[key], f"train.{key}", 0)
     # NaN and inf pass every comparison a loop makes and poison the weights in one step.
-    _number(tr["lr"], "train.lr", 0, above=True)
-    _number(tr["weight_decay"], "train.weight_decay", 0)
-    _number(tr["index_loss_weight"], "train.index_loss_weight", 0)
+    field_number(tr["lr"], "train.lr", 0, above=True)
+    field_number(tr["weight_decay"], "train.weight_decay", 0)
+    field_number(tr["index_loss_weight"], "train.index_loss_weight", 0)
     if tr["grad_clip"] is not None:  # null or 0: no clipping; a negative norm would ascend
-        _number(tr["grad_clip"], "train.grad_clip (or null/0 for no clipping)", 0)
-    _int(t["seq_len"], "task.seq_len", 2)
+        field_number(tr["grad_clip"], "train.grad_clip (or null/0 for no clipping)", 0)
+    field_int(t["seq_len"], "task.seq_len", 2)
     if not isinstance(t["options"], dict):
         raise ValueError(f"task.options must be a mapping, got {t['options']!r}")
     if m["num_heads"] % m["num_kv_heads"]:
@@ -132,15 +133,16 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
         _check_backend(m["backend"], cfg["device"])
     _check_model_shape(m)
     ev["seq_lens"] = t["seq_len"] if ev["seq_lens"] is None else ev["seq_lens"]
-    ev["seq_lens"] = [_int(n, "eval.seq_lens[]", 2) for n in _as_list(ev["seq_lens"], "eval.seq_lens")]
-    ev["batch"] = tr["batch"] if ev["batch"] is None else _int(ev["batch"], "eval.batch (or null)")
-    _int(ev["batches"], "eval.batches")
-    _int(ev["seed"], "eval.seed", 0)
-    _bool(ev["coverage"], "eval.coverage")
+    ev["seq_lens"] = [field_int(n, "eval.seq_lens[]", 2) for n in field_list(ev["seq_lens"], "eval.seq_lens")]
+    ev["batch"] = tr["batch"] if ev["batch"] is None else field_int(ev["batch"], "eval.batch (or null)")
+    field_int(ev["batches"], "eval.batches")
+    field_int(ev["seed"], "eval.seed", 0)
+    field_bool(ev["coverage"], "eval.coverage")
     if ev["depths"] is not None and t["name"] != "passkey":
         raise ValueError("eval.depths is for task.name: passkey (the needle's depth)")
     if ev["depths"] is not None:  # each is checked against the task by the batches below
-        ev["depths"] = [_number(depth, "eval.depths[]", 0) for depth in _as_list(ev["depths"], "eval.depths")]
+        ev["depths"] = [field_number(depth, "eval.depths[]", 0)
+                        for depth in field_list(ev["depths"], "eval.depths")]
     if t["name"] == "text" and "split" in t["options"]:
         raise ValueError("task.options.split: text trains on its 'train' split and is scored on 'val'; "
                          "leave split out")
@@ -156,14 +158,6 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
     return cfg
 
 
-def _number(value, where: str, minimum: float, *, above: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where} must be a number {'>' if above else '>='} {minimum}, got {value!r}")
-    if not math.isfinite(value) or value < minimum or (above and value == minimum):
-        raise ValueError(f"{where} must be a finite number {'>' if above else '>='} {minimum}, got {value}")
-    return value
-
-
 def _check_model_shape(m: dict) -> None:
     """The head dims the layers will have: RoPE turns pairs of channels, so an odd one would
     fail only in the first forward pass."""
@@ -175,12 +169,6 @@ def _check_model_shape(m: dict) -> None:
     if _has_index_branch(m["method"]) and m["index_dim"] is not None and (m["index_dim"] < 2 or m["index_dim"] % 2):
         raise ValueError(f"model.index_dim must be an even int >= 2 (RoPE turns pairs of channels) or null, "
                          f"got {m['index_dim']}")
-
-
-def _bool(value, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{where} must be true or false, got {value!r}")
-    return value
 
 
 def _check_backend(backend: str, device: str) -> None:
@@ -208,7 +196,7 @@ def _try_batch(cfg: dict, seq_len: int, options: dict, where: str) -> None:
 
 
 def _check_seeds(seeds) -> list[int]:
-    seeds = [_int(seed, "seeds[]", 0) for seed in _as_list(seeds, "seeds")]
+    seeds = [field_int(seed, "seeds[]", 0) for seed in field_list(seeds, "seeds")]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     return seeds
@@ -467,7 +455,7 @@ def run_training(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     on it fails at once (``FolderLocked``), as does a folder that cannot be written."""
     cfg = parse_run_config(cfg) if isinstance(cfg, dict) else load_run_config(cfg)
     if max_steps is not None:
-        _int(max_steps, "max_steps")
+        field_int(max_steps, "max_steps")
     out = Path(out_dir or Path("results/train") / cfg["name"])
     with FolderLock(out, f"the training run {cfg['name']!r}"):
         return _train(cfg, out, progress=progress, max_steps=max_steps, progress_position=progress_position)
@@ -621,13 +609,13 @@ def run_ablation(cfg: dict | str | Path, out_dir=None, *, progress: bool = True,
     seeded = [r["name"] for r in runs if SEED_SUFFIX.search(str(r["name"]))]
     if seeded:
         raise ValueError(f"runs: a name must not end in _seed<k> (the folders of seeds do): {', '.join(seeded)}")
-    _int(jobs, "jobs")
+    field_int(jobs, "jobs")
     if only is not None:
-        wanted = _as_list(only, "only (--runs)")
+        wanted = field_list(only, "only (--runs)")
         names = [r["name"] for r in runs]
         for name in wanted:
             if name not in names:
-                raise ValueError(f"only (--runs): no run named {name!r}{_did_you_mean(name, names)} "
+                raise ValueError(f"only (--runs): no run named {name!r}{did_you_mean(name, names)} "
                                  f"(the runs: {', '.join(names)})")
         runs = [r for r in runs if r["name"] in wanted]
     seeds = cfg["seeds"] if seeds is None else _check_seeds(seeds)

@@ -25,16 +25,20 @@ def test_rows_record_the_process_the_package_hash_and_cudnn():
 
 
 def test_package_hash_changes_with_the_code(tmp_path, monkeypatch):
-    import msa_lab.bench.results as results
+    import msa_lab.environment as environment
 
     before = package_hash()
     fake = tmp_path / "msa_lab" / "bench"
     fake.mkdir(parents=True)
     (tmp_path / "msa_lab" / "a.py").write_text("x = 1\n")
-    monkeypatch.setattr(results, "__file__", str(fake / "results.py"))
+    (fake / "b.py").write_text("y = 1\n")
+    monkeypatch.setattr(environment, "__file__", str(tmp_path / "msa_lab" / "environment.py"))
     one = package_hash()
     (tmp_path / "msa_lab" / "a.py").write_text("x = 2\n")
-    assert package_hash() not in (one, before)
+    two = package_hash()
+    assert two not in (one, before)
+    (fake / "b.py").write_text("y = 2\n")  # a subpackage's files count too
+    assert package_hash() not in (one, two, before)
 
 
 def test_time_call_warms_up_three_times_before_timing():

@@ -3,7 +3,8 @@ model, result files written as rows arrive, and tables of speedups."""
 
 from .analysis import speedup_table, with_speedups
 from .config import load_config, parse_config
-from .results import ResultRows, gpu_environment
+from ..environment import gpu_environment
+from .results import ResultRows
 from .store import checkout_path, load_results
 from .sweep import run_sweep
 from .timing import bench_median, event_timed, time_call

@@ -8,7 +8,6 @@ impossible shape (heads not divisible by KV heads) or a device that is not there
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..backends import BLOCK_SPARSE, DECODE
+from ..config_checks import check_known_fields, field_bool, field_choice, field_int, field_list
 from ..select.registry import SELECTORS, selectors
 
 #: Backends per (mode, method). "sdpa_cudnn" / "sdpa_flash" pin PyTorch SDPA's backend;
@@ -129,54 +129,21 @@ class SweepConfig:
     source: dict = field(default_factory=dict, compare=False, repr=False)
 
 
-def _did_you_mean(value, choices) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _unknown(keys, allowed, where: str) -> None:
-    for key in keys:
-        if key not in allowed:
-            raise ValueError(f"{where}: unknown field {key!r}{_did_you_mean(key, allowed)} (known: {', '.join(allowed)})")
-
-
-def _as_list(value, where: str) -> list:
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise ValueError(f"{where} must not be an empty list")
-    return values
-
-
-def _int(value, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{where} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _choice(value, where: str, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{where} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
-
-
 def _check_grid(grid, where: str) -> dict:
     if not isinstance(grid, dict):
         raise ValueError(f"{where} must be a mapping of grid fields to values or lists")
-    _unknown(grid, GRID_FIELDS, where)
+    check_known_fields(grid, GRID_FIELDS, where)
     out = {}
     for key, value in grid.items():
-        values = _as_list(value, f"{where}.{key}")
+        values = field_list(value, f"{where}.{key}")
         if key == "dtype":
-            out[key] = [_choice(v, f"{where}.dtype", tuple(DTYPES)) for v in values]
+            out[key] = [field_choice(v, f"{where}.dtype", tuple(DTYPES)) for v in values]
         elif key == "pattern":
             from ..data import PATTERNS
 
-            out[key] = [_choice(v, f"{where}.pattern", ("mixed", *PATTERNS)) for v in values]
+            out[key] = [field_choice(v, f"{where}.pattern", ("mixed", *PATTERNS)) for v in values]
         else:
-            out[key] = [_int(v, f"{where}.{key}") for v in values]
+            out[key] = [field_int(v, f"{where}.{key}") for v in values]
     return out
 
 
@@ -213,7 +180,7 @@ def _check_options(given, selector, where: str) -> tuple:
     if given and selector is None:
         raise ValueError(f"{where}: full attention takes no options")
     known = {} if selector is None else selector.options
-    _unknown(given, tuple(known), where)
+    check_known_fields(given, tuple(known), where)
     for name, value in given.items():
         default = known[name]
         if type(value) is not type(default):
@@ -223,9 +190,7 @@ def _check_options(given, selector, where: str) -> tuple:
 
 
 def _check_cuda_graph(value, where: str, mode: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{where} must be true or false, got {value!r}")
-    if value and mode != "decode":
+    if field_bool(value, where) and mode != "decode":
         raise ValueError(f"{where}: true is for mode: decode (a prefill call is long enough "
                          "that launch overheads do not matter)")
     return value
@@ -256,20 +221,20 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
     on a laptop."""
     if not isinstance(raw, dict):
         raise ValueError("a sweep config must be a mapping with name, mode, device, grid and methods")
-    _unknown(raw, TOP_FIELDS, "config")
+    check_known_fields(raw, TOP_FIELDS, "config")
     for key in ("name", "mode", "device", "grid", "methods"):
         if key not in raw:
             raise ValueError(f"config: missing required field {key!r}")
     name = raw["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"name must be letters, digits, '_', '-' or '.', got {name!r}")
-    mode = _choice(raw["mode"], "mode", tuple(BACKENDS))
-    device = _choice(raw["device"], "device", ("cuda", "cpu"))
-    repeats = _int(raw.get("repeats", 20), "repeats")
+    mode = field_choice(raw["mode"], "mode", tuple(BACKENDS))
+    device = field_choice(raw["device"], "device", ("cuda", "cpu"))
+    repeats = field_int(raw.get("repeats", 20), "repeats")
     budget = raw.get("max_seconds_per_point", 120.0)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise ValueError(f"max_seconds_per_point must be a number > 0, got {budget!r}")
-    seed = _int(raw.get("seed", 0), "seed", minimum=0)
+    seed = field_int(raw.get("seed", 0), "seed", minimum=0)
     cuda_graph = _check_cuda_graph(raw.get("cuda_graph", False), "cuda_graph", mode)
     base = _check_grid(raw["grid"], "grid")
     if mode != "coverage":
@@ -291,14 +256,14 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         where = f"methods[{i}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be a mapping with method and backend, got {entry!r}")
-        _unknown(entry, METHOD_FIELDS, where)
+        check_known_fields(entry, METHOD_FIELDS, where)
         for key in ("method", "backend"):
             if key not in entry:
                 raise ValueError(f"{where}: missing required field {key!r}")
-        method = _choice(entry["method"], f"{where}.method", tuple(BACKENDS[mode]))
-        backend = _choice(entry["backend"], f"{where}.backend ({mode} {method})", BACKENDS[mode][method])
-        sel_backend = _choice(entry.get("selection_backend", "auto"), f"{where}.selection_backend",
-                              SELECTION_BACKENDS)
+        method = field_choice(entry["method"], f"{where}.method", tuple(BACKENDS[mode]))
+        backend = field_choice(entry["backend"], f"{where}.backend ({mode} {method})", BACKENDS[mode][method])
+        sel_backend = field_choice(entry.get("selection_backend", "auto"), f"{where}.selection_backend",
+                                   SELECTION_BACKENDS)
         selector = SELECTORS.get(method)
         triton_selection = selector is not None and selector.timed and "triton" in selector.backends
         if sel_backend == "auto":
@@ -314,17 +279,15 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         default_per = "none" if selector is None else selector.default_per()
         per = entry.get("per", default_per)
         if selector is not None and selector.per == "either":
-            _choice(per, f"{where}.per", ("group", "head"))
+            field_choice(per, f"{where}.per", ("group", "head"))
         elif per != default_per:
             raise ValueError(f"{where}.per: {method!r} selects per {default_per}; got {per!r}")
-        stages = entry.get("stages", method != "full" and mode != "coverage")
-        if not isinstance(stages, bool):
-            raise ValueError(f"{where}.stages must be true or false, got {stages!r}")
+        stages = field_bool(entry.get("stages", method != "full" and mode != "coverage"), f"{where}.stages")
         graph = _check_cuda_graph(entry.get("cuda_graph", cuda_graph), f"{where}.cuda_graph", mode)
         options = _check_options(entry.get("options", {}), selector, f"{where}.options")
         max_len = entry.get("max_seq_len")
         if max_len is not None:
-            max_len = _int(max_len, f"{where}.max_seq_len")
+            max_len = field_int(max_len, f"{where}.max_seq_len")
         grid = dict(base, **_check_grid(entry.get("grid", {}), f"{where}.grid"))
         unused = _unused_fields(method, mode)
         seen = set()

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from ..environment import gpu_environment
 from ..files import FolderLock, check_file_writable, write_text_atomic
 from .config import Point, SweepConfig, load_config
 from .costs import Ceilings, dense_equiv_flop, measure_ceilings, stage_costs
-from .results import gpu_environment
 from .store import ResultStore
 from .timing import time_call
 from .workloads import build_workload, measure_coverage

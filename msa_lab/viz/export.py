@@ -29,7 +29,7 @@ FORMATS = ("html", *STATIC_FORMATS)
 WIDTH, HEIGHT, PNG_SCALE = 900, 520, 2
 
 
-def _check_formats(formats) -> tuple[str, ...]:
+def check_formats(formats) -> tuple[str, ...]:
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
     for fmt in formats:
         if fmt not in FORMATS:
@@ -62,7 +62,7 @@ def static_export_available() -> bool:
 def static_export_session(formats=STATIC_FORMATS):
     """One browser for every static export inside the block (none when ``formats`` has no
     static format)."""
-    if not set(_check_formats(formats)) & set(STATIC_FORMATS):
+    if not set(check_formats(formats)) & set(STATIC_FORMATS):
         yield
         return
     kaleido = _kaleido()
@@ -99,7 +99,7 @@ def _comparable(content: bytes, fmt: str) -> bytes:
     return content
 
 
-def _write_if_changed(target: Path, content: bytes, fmt: str) -> None:
+def write_if_changed(target: Path, content: bytes, fmt: str) -> None:
     """Write ``content`` unless ``target`` holds the same figure already: a figure that did
     not change keeps its file, bytes and mtime (no spurious diffs in a checkout)."""
     if target.is_file() and _comparable(target.read_bytes(), fmt) == _comparable(content, fmt):
@@ -113,7 +113,7 @@ def save_figure(fig: go.Figure, path, formats=("html",), *, width: int = WIDTH, 
     holds the same figure already (differing only in dates or random ids) is left as it is.
     HTML files share one ``plotly.min.js`` in their folder, so a folder of figures opens
     offline. ``width``/``height`` in CSS pixels (96 per inch); PNGs at ``png_scale`` times that."""
-    formats = _check_formats(formats)
+    formats = check_formats(formats)
     stem = Path(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -126,7 +126,7 @@ def save_figure(fig: go.Figure, path, formats=("html",), *, width: int = WIDTH, 
                 bundle.write_text(get_plotlyjs(), encoding="utf-8")
         else:
             content = _static_image(fig, fmt, width, height, png_scale if fmt == "png" else 1)
-        _write_if_changed(target, content, fmt)
+        write_if_changed(target, content, fmt)
         written.append(target)
     return written
 

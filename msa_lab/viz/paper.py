@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..bench.store import checkout_path, load_results
 from ..runs import sparse_from_step_0
 from .coverage_sweeps import budget_figure, coverage_distance_figure, head_figure, position_figure, recall_figure
-from .export import STATIC_FORMATS, _check_formats, _write_if_changed, export_figure, save_figure, static_export_session
+from .export import STATIC_FORMATS, check_formats, export_figure, save_figure, static_export_session, write_if_changed
 from .figures import selection_map_figure
 from .sweeps import grid_figure, latency_figure, speedup_figure, stage_figure
 from .training import accuracy_figure, loss_by_position_figure, needle_grid_figure
@@ -182,7 +182,7 @@ def write_paper_figures(out_dir, formats=STATIC_FORMATS, *, results_dir=None, on
     """Draw every paper figure (or those named in ``only``) into ``out_dir``: PNG/SVG/PDF in
     the paper theme at the figure's column width (``html``: the interactive figure), and
     ``figures.md`` with captions and sources. Returns the files written."""
-    formats = _check_formats(formats)
+    formats = check_formats(formats)
     _chosen(only)  # a typo fails before any browser starts
     out = Path(out_dir)
     index = out / "figures.md"
@@ -201,5 +201,5 @@ def write_paper_figures(out_dir, formats=STATIC_FORMATS, *, results_dir=None, on
     lines = ["# Paper figures", "", "Rebuilt by `msa-lab figures` from committed results.", "",
              "| figure | width | source | caption |", "| --- | --- | --- | --- |",
              *(rows[f.name] for f in PAPER_FIGURES if f.name in rows)]
-    _write_if_changed(index, ("\n".join(lines) + "\n").encode("utf-8"), "md")
+    write_if_changed(index, ("\n".join(lines) + "\n").encode("utf-8"), "md")
     return [*written, index]
