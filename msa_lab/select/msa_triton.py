@@ -40,7 +40,7 @@ KEY_TILE = 128
 def _block_scores(
     iq_ptr, ik_ptr, score_ptr, N, q0, q1, scale,
     sqb, sqn, sqg, skb, skn, skg, ssb, ssg, ssn,
-    BM: tl.constexpr, JB: tl.constexpr, BS: tl.constexpr, SUB: tl.constexpr,
+    BM: tl.constexpr, JB: tl.constexpr, BS: tl.constexpr, SUB: tl.constexpr, NSUB: tl.constexpr,
     DI: tl.constexpr, DI_PAD: tl.constexpr, PRECISION: tl.constexpr,
     POOLING: tl.constexpr, SINKS: tl.constexpr,
 ):
@@ -56,40 +56,44 @@ def _block_scores(
     # Scores of JB consecutive blocks are gathered into a [BM, JB] tile and stored together,
     # so each row's store is contiguous instead of one scattered column per block.
     tile = tl.full([BM, JB], float("-inf"), tl.float32)
-    for j in range(0, last_blk + 1):
-        # A block is read in key sub-tiles of SUB <= 128 tokens (one for blocks up to 128), so
-        # shared memory and registers do not grow with the block size. The pool runs across
-        # them: max; sum (mean = sum / visible count); running max and sum of exponentials (lse).
-        if POOLING == "mean":
-            acc = tl.zeros([BM], tl.float32)
-        else:
-            acc = tl.full([BM], float("-inf"), tl.float32)
-        expsum = tl.zeros([BM], tl.float32)
-        for k0 in range(0, BS, SUB):
-            key = j * BS + k0 + offs_k
-            key_ok = (k0 + offs_k < BS) & (key < N)
-            ik = load_rows(ik_ptr, b, key, g, skb, skn, skg, key_ok, DI, DI_PAD)
-            sc = tl.dot(iq, tl.trans(ik), input_precision=PRECISION) * scale
-            visible = key_ok[None, :] & (key[None, :] <= t[:, None])
-            if POOLING == "max":  # tl.max skips NaN: a NaN logit counts as -inf
-                acc = tl.maximum(acc, tl.max(tl.where(visible, sc, float("-inf")), 1))
-            elif POOLING == "mean":
-                sc = tl.where(sc == sc, sc, float("-inf"))  # NaN counts as -inf
-                acc += tl.sum(tl.where(visible, sc, 0.0), 1)
-            else:
-                sc = tl.where(visible & (sc == sc), sc, float("-inf"))
-                top = tl.maximum(acc, tl.max(sc, 1))
-                # Nothing seen yet (top -inf): shift by 0 so that exp(-inf - 0) = 0, not NaN.
-                shift = tl.where(top == float("-inf"), 0.0, top)
-                expsum = expsum * tl.exp(acc - shift) + tl.sum(tl.exp(sc - shift[:, None]), 1)
-                acc = top
-        if POOLING == "mean":
+    # One loop over key sub-tiles of SUB <= 128 tokens, NSUB per block (1 up to block 128), so
+    # shared memory and registers do not grow with the block size (a loop nested in the block
+    # loop spilled registers at block 4096). The pool restarts at a block's first sub-tile and
+    # runs across its sub-tiles: max; sum (mean = sum / visible count); running max and sum of
+    # exponentials (lse). With NSUB = 1 every sub-tile test below is a constant.
+    acc = tl.full([BM], float("-inf"), tl.float32)
+    expsum = tl.zeros([BM], tl.float32)
+    for i in range(0, (last_blk + 1) * NSUB):
+        j = i // NSUB
+        k0 = (i % NSUB) * SUB
+        fresh = k0 == 0
+        key = j * BS + k0 + offs_k
+        key_ok = (k0 + offs_k < BS) & (key < N)
+        ik = load_rows(ik_ptr, b, key, g, skb, skn, skg, key_ok, DI, DI_PAD)
+        sc = tl.dot(iq, tl.trans(ik), input_precision=PRECISION) * scale
+        visible = key_ok[None, :] & (key[None, :] <= t[:, None])
+        if POOLING == "max":  # tl.max skips NaN: a NaN logit counts as -inf
+            part = tl.max(tl.where(visible, sc, float("-inf")), 1)
+            acc = tl.where(fresh, part, tl.maximum(acc, part))
+            score = acc
+        elif POOLING == "mean":
+            sc = tl.where(sc == sc, sc, float("-inf"))  # NaN counts as -inf
+            part = tl.sum(tl.where(visible, sc, 0.0), 1)
+            acc = tl.where(fresh, part, acc + part)
             # Stored rows see at least the block's first token (blk * BS <= t below).
-            acc = acc / tl.minimum(t - j * BS + 1, BS).to(tl.float32)
-        elif POOLING == "lse":
-            acc = tl.where(acc < float("inf"), acc + tl.log(expsum), acc)  # ln(0) = -inf: empty stays -inf
-        tile = tl.where(cols[None, :] == j % JB, acc[:, None], tile)
-        if (j % JB == JB - 1) | (j == last_blk):
+            score = acc / tl.minimum(t - j * BS + 1, BS).to(tl.float32)
+        else:
+            sc = tl.where(visible & (sc == sc), sc, float("-inf"))
+            seen = tl.where(fresh, float("-inf"), acc)
+            top = tl.maximum(seen, tl.max(sc, 1))
+            # Nothing seen yet (top -inf): shift by 0 so that exp(-inf - 0) = 0, not NaN.
+            shift = tl.where(top == float("-inf"), 0.0, top)
+            expsum = tl.where(fresh, 0.0, expsum) * tl.exp(seen - shift) + tl.sum(tl.exp(sc - shift[:, None]), 1)
+            acc = top
+            score = tl.where(acc < float("inf"), acc + tl.log(expsum), acc)  # ln(0) = -inf: empty stays -inf
+        done = k0 + SUB >= BS  # the block's last sub-tile: its score is final
+        tile = tl.where((cols[None, :] == j % JB) & done, score[:, None], tile)
+        if done & ((j % JB == JB - 1) | (j == last_blk)):
             blk = j - j % JB + cols
             if SINKS > 0:  # forced like the local block: +inf wins every tie by its lower id
                 tile = tl.where(blk[None, :] < SINKS, float("inf"), tile)
@@ -112,11 +116,12 @@ def launch_block_scores(iq: torch.Tensor, ik: torch.Tensor, scores: torch.Tensor
     B, N, H, Di = iq.shape
     skg = 0 if ik.shape[2] == 1 else ik.stride(2)  # one shared index key head: stride 0
     rows, stages = query_tile(iq.dtype)
+    sub = min(dot_pad(block_size), KEY_TILE)
     _block_scores[(triton.cdiv(q1 - q0, rows), H, B)](
         iq, ik, scores, N, q0, q1, Di ** -0.5,
         iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0), ik.stride(1), skg,
         scores.stride(0), scores.stride(1), scores.stride(2),
-        BM=rows, JB=BLOCKS_PER_STORE, BS=block_size, SUB=min(dot_pad(block_size), KEY_TILE),
+        BM=rows, JB=BLOCKS_PER_STORE, BS=block_size, SUB=sub, NSUB=triton.cdiv(block_size, sub),
         DI=Di, DI_PAD=dot_pad(Di), PRECISION=dot_precision(iq.dtype), POOLING=pooling, SINKS=sink_blocks,
         num_warps=NUM_WARPS, num_stages=stages,
     )
