@@ -162,23 +162,30 @@ def test_sinks_beat_every_score_and_count_toward_top_k():
 
 def test_nonfinite_logits_follow_the_pooling_rule_in_both_backends():
     # Block 2 holds a key whose logits overflow to +inf and one to -inf (index_q > 0), and a NaN
-    # key: max and lse see +inf (best), mean sees +inf + -inf = NaN (ranks last).
+    # key: max and lse see +inf (best), mean sees +inf + -inf = NaN (ranks last). Block 4 holds
+    # only a NaN key: max and lse pool its other keys, its mean is -inf.
     N, bs = 56, 8
     iq = torch.rand(1, N, 1, 4) + 0.5
     ik = torch.randn(1, N, 1, 4)
-    ik[0, 17], ik[0, 18], ik[0, 19] = 3e38, -3e38, float("nan")
+    ik[0, 17], ik[0, 18], ik[0, 19], ik[0, 35] = 3e38, -3e38, float("nan"), float("nan")
     own = torch.arange(N) // bs
+    pos = torch.arange(40, N)  # rows that see blocks 2 and 4 whole
     for pooling in POOLINGS:
         ref = ml.select_msa(iq, ik, block_size=bs, top_k=3, pooling=pooling)
         got = ml.select_msa(iq, ik, block_size=bs, top_k=3, pooling=pooling, backend="triton").validate()
         assert got.equals(ref), pooling
-        has_two = ((ref.dense_mask()[0, 0, :, 2]))[own >= 4]
-        assert bool(has_two.all()) if pooling != "mean" else not bool(has_two.any()), pooling
-    # The reference's scores: NaN only where the mean meets both infinities.
-    pos = torch.arange(24, N)
-    for pooling in POOLINGS:
-        s = ml.msa_block_scores(iq, ik, pos, bs, pooling=pooling)[0, 0, :, 2]
-        assert bool(s.isnan().all()) if pooling == "mean" else bool((s == INF).all()), pooling
+        picked = ref.dense_mask()[0, 0]
+        assert bool(picked[own >= 4, 2].all()) if pooling != "mean" else not bool(picked[own >= 4, 2].any())
+        want = ml.msa_block_scores(iq, ik, pos, bs, pooling=pooling)[0, 0]
+        scores = torch.full((1, 1, N, 7), float("nan"))
+        launch_block_scores(iq, ik, scores, 0, N, bs, pooling)
+        scores = scores[0, 0, pos, :5]  # blocks 0..4, all before these rows' own block
+        assert torch.equal(scores.isnan(), want[:, :5].isnan()), pooling  # NaN only where expected
+        assert torch.allclose(scores.nan_to_num(), want[:, :5].nan_to_num(), rtol=1e-5), pooling
+        assert bool(want[:, 2].isnan().all()) if pooling == "mean" else bool((want[:, 2] == INF).all())
+        assert bool((want[:, 4] == -INF).all()) if pooling == "mean" else bool(want[:, 4].isfinite().all())
+    expected = brute_scores(iq, ik, bs, "lse")[0, 0, pos]
+    assert torch.allclose(ml.msa_block_scores(iq, ik, pos, bs, pooling="lse")[0, 0, :, 3:5], expected[:, 3:5])
 
 
 # ---------------------------------------------------------------- per head
