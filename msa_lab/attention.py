@@ -15,8 +15,8 @@ import torch
 from .backends import BLOCK_SPARSE, FULL, FULL_WITH_LSE, selection_backend
 from .reference import attention_reference
 from .select import select_moba, select_msa, select_quest
-from .selection import BlockSelection
-from .validation import check_bool, check_index_inputs, check_qkv, check_scale
+from .selection import PER_CHOICES, BlockSelection
+from .validation import check_bool, check_choice, check_index_inputs, check_qkv, check_scale
 
 
 def _check_flags(**flags) -> None:
@@ -160,18 +160,24 @@ def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_
 def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: torch.Tensor,
                   index_k: torch.Tensor, *, block_size: int = 128, top_k: int = 16,
                   scale: float | None = None, backend: str = "reference",
-                  return_lse: bool = False, return_selection: bool = False, deterministic: bool = False):
+                  return_lse: bool = False, return_selection: bool = False, deterministic: bool = False,
+                  pooling: str = "max", per: str = "group", sink_blocks: int = 0):
     """MSA: the index branch picks blocks per KV group (max-pooled index logits, local
     block forced), then every query head of the group attends to them exactly.
-    ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1 or Hkv, Di]``. With a Triton
-    backend (or ``"auto"`` on CUDA) the selection runs on the Triton index kernels too."""
+    ``index_q [B, N, Hkv, Di]`` (``[B, N, Hq, Di]`` with ``per="head"``: one index head per
+    query head), ``index_k [B, N, 1 or index_q's heads, Di]``. ``pooling`` and ``sink_blocks``
+    are ``select_msa``'s ablations. With a Triton backend (or ``"auto"`` on CUDA) the
+    selection runs on the Triton index kernels too."""
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     _check_flags(return_lse=return_lse, return_selection=return_selection, deterministic=deterministic)
     Bi, Ni, G, _ = check_index_inputs(index_q, index_k)
-    if (Bi, Ni, G) != (B, N, Hkv):
+    per = check_choice(per, "per", PER_CHOICES)
+    heads, what = (Hkv, "groups") if per == "group" else (Hq, "query_heads")
+    if (Bi, Ni, G) != (B, N, heads):
         raise ValueError(
-            f"index_q must be [batch={B}, seq={N}, groups={Hkv}, index_dim] to match q/k "
-            f"(one index head per KV group), got {tuple(index_q.shape)}"
+            f"index_q must be [batch={B}, seq={N}, {what}={heads}, index_dim] to match q/k "
+            f"(one index head per {'KV group' if per == 'group' else 'query head'} for per={per!r}), "
+            f"got {tuple(index_q.shape)}"
         )
     if index_q.device != q.device:
         raise ValueError(f"index_q is on {index_q.device} but q is on {q.device}")
@@ -179,5 +185,6 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
     backend = BLOCK_SPARSE.resolve(backend, q)
     with torch.no_grad():  # top-k has no gradient; the index branch learns from its own loss
         selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k,
-                               backend=selection_backend(backend, q))
+                               backend=selection_backend(backend, q), pooling=pooling, per=per,
+                               sink_blocks=sink_blocks)
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)

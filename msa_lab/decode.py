@@ -15,7 +15,7 @@ from .attention import full_attention
 from .reference import attention_reference
 from .selection import BlockSelection
 from .backends import DECODE, DENSE_DECODE
-from .select.msa import max_pooled_scores
+from .select.msa import pooled_scores
 from .select.topk import top_blocks
 from .validation import check_blocks, check_bool, check_float_dtype, check_positive_int, check_scale, check_tensor
 
@@ -150,7 +150,7 @@ def msa_decode(q: torch.Tensor, index_q: torch.Tensor, cache: KVCache, *, block_
         out, _, ids = msa_decode_triton(q, index_q, k, v, ik, block_size, top_k, scale)
     else:
         position = torch.tensor([L - 1], device=q.device)
-        scores = max_pooled_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
+        scores = pooled_scores(index_q.expand(B, L, Hkv, Di), ik, position, block_size)
         ids = top_blocks(scores, position, block_size, top_k)  # [B, G, 1, K]
         selection = BlockSelection._trusted(ids, block_size, "group")
         out, _ = attention_reference(q, k, v, scale=scale, selection=selection)
