@@ -278,6 +278,8 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
             sel_backend = "none"
         default_per = "none" if selector is None else selector.default_per()
         per = entry.get("per", default_per)
+        if mode == "decode" and method != "full" and per != "group":
+            raise ValueError(f"{where}.per: MSA's decode selects per KV group; got {per!r}")
         if selector is not None and selector.per == "either":
             field_choice(per, f"{where}.per", ("group", "head"))
         elif per != default_per:
@@ -285,6 +287,8 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
         stages = field_bool(entry.get("stages", method != "full" and mode != "coverage"), f"{where}.stages")
         graph = _check_cuda_graph(entry.get("cuda_graph", cuda_graph), f"{where}.cuda_graph", mode)
         options = _check_options(entry.get("options", {}), selector, f"{where}.options")
+        if mode == "decode" and options:
+            raise ValueError(f"{where}.options: MSA's decode has no ablation options; got {dict(options)}")
         max_len = entry.get("max_seq_len")
         if max_len is not None:
             max_len = field_int(max_len, f"{where}.max_seq_len")

@@ -102,7 +102,7 @@ def stage_costs(p: Point) -> dict[str, Cost]:
     costs: dict[str, Cost] = {}
     selector = SELECTORS[p.method]
     if selector.timed:  # a given selection is an input, not a stage of the operator
-        flop, read = selector.scoring(Shape(B, N, Hq, Hkv, D, Di, bs, K, e))
+        flop, read = selector.scoring(Shape(B, N, Hq, Hkv, D, Di, bs, K, e, p.per))
         costs["selection"] = Cost(flop, read + ids)
     if p.backend == "triton":
         partial = entries * rows_per_entry * (D * e + LSE_BYTES)

@@ -63,7 +63,8 @@ def build_workload(p: Point, device: str, seed: int) -> Workload:
         return Workload(_dense(p.backend, lambda backend: full_attention(q, k, v, backend=backend)))
 
     selector = SELECTORS[p.method]
-    index = (randn(B, N, Hkv, p.index_dim), randn(B, N, 1, p.index_dim)) if selector.inputs == "index" else None
+    index_heads = Hq if p.per == "head" else Hkv  # MSA: one index head per KV group, or per query head
+    index = (randn(B, N, index_heads, p.index_dim), randn(B, N, 1, p.index_dim)) if selector.inputs == "index" else None
     select = _selector(p, q, k, index, seed)
     selection = select()
 

@@ -116,8 +116,11 @@ def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int 
     return BlockSelection._trusted(torch.cat(parts, 2), block_size, per)
 
 
-def index_from_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """An untrained stand-in for MSA's index branch: the group's mean query as the
-    index query and the group's key as the index key (``[B, N, G, D]`` each)."""
+def index_from_qk(q: torch.Tensor, k: torch.Tensor, per: str = "group") -> tuple[torch.Tensor, torch.Tensor]:
+    """An untrained stand-in for MSA's index branch: the group's mean query as the index query
+    and the group's key as the index key (``[B, N, G, D]`` each); with ``per="head"`` (one index
+    head per query head) each query head's own query and its group's key (``[B, N, Hq, D]``)."""
     B, N, Hq, Hkv, D = check_qkv(q, k)
+    if check_choice(per, "per", PER_CHOICES) == "head":
+        return q, k.repeat_interleave(Hq // Hkv, dim=2)
     return q.view(B, N, Hkv, Hq // Hkv, D).mean(3), k

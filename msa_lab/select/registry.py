@@ -35,6 +35,7 @@ class Shape:
     block_size: int
     top_k: int
     element_size: int
+    per: str = "group"
 
 
 def past_blocks(seq_len: int, block_size: int) -> int:
@@ -44,8 +45,9 @@ def past_blocks(seq_len: int, block_size: int) -> int:
 
 
 def _msa_scoring(s: Shape) -> tuple[float, float]:
-    """Index logits of every visible (query, key) pair per group; reads index q and k once."""
-    G, Di = s.num_kv_heads, s.index_dim
+    """Index logits of every visible (query, key) pair per index head (one per KV group, or per
+    query head for ``per="head"``); reads index q and k once."""
+    G, Di = (s.num_heads if s.per == "head" else s.num_kv_heads), s.index_dim
     return 2.0 * s.batch * G * Di * s.seq_len * s.seq_len / 2, float(s.batch * s.seq_len * (G + 1) * Di
                                                                       * s.element_size)
 
@@ -114,16 +116,17 @@ class Selector:
             raise ValueError(f"selector {self.name!r} has backends {', '.join(map(repr, self.backends))} "
                              f"(or 'auto'); got backend={backend!r}")
         if self.inputs == "index" and index is None:
-            index = index_from_qk(q, k)
+            index = index_from_qk(q, k, per or self.default_per())
         return self.run(q, k, index=index, block_size=block_size, top_k=top_k, backend=backend,
                         per=per or self.default_per(), seed=seed, **{**self.options, **options})
 
 
 SELECTORS: dict[str, Selector] = {s.name: s for s in (
-    Selector("msa", "MSA", "#0072B2", "group", "index", learned=True, timed=True, backends=("reference", "triton"),
-             run=lambda q, k, *, index, block_size, top_k, backend, per, seed: select_msa(
-                 *index, block_size=block_size, top_k=top_k, backend=backend),
-             scoring=_msa_scoring,
+    Selector("msa", "MSA", "#0072B2", "either", "index", learned=True, timed=True, backends=("reference", "triton"),
+             run=lambda q, k, *, index, block_size, top_k, backend, per, seed, pooling, sink_blocks: select_msa(
+                 *index, block_size=block_size, top_k=top_k, backend=backend, pooling=pooling, per=per,
+                 sink_blocks=sink_blocks),
+             scoring=_msa_scoring, options={"pooling": "max", "sink_blocks": 0},
              row_scores=lambda q, k, index, positions, block_size: msa_block_scores(
                  *(index or index_from_qk(q, k)), positions, block_size),
              description="max-pooled index-branch logits per KV group, local block forced"),
