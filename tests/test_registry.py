@@ -62,6 +62,18 @@ def test_registry_calls_match_the_public_functions():
     assert SELECTORS["oracle"].select(q, k, **kw, force_local=False).equals(ml.select_oracle(q, k, **kw))
     assert SELECTORS["random"].select(q, k, **kw, per="head", seed=5).equals(
         ml.select_random(q, k, **kw, per="head", seed=5))
+    assert SELECTORS["quest"].select(q, k, **kw).equals(ml.select_quest(q, k, **kw))
+    assert SELECTORS["window"].select(q, k, **kw, sink_blocks=1).equals(ml.select_window(q, k, **kw, sink_blocks=1))
+
+
+@pytest.mark.parametrize("per", ["group", "head"])
+def test_msa_ablations_through_the_registry(per):
+    q, k, _ = _qkv(seed=4)
+    kw = dict(block_size=16, top_k=3)
+    got = SELECTORS["msa"].select(q, k, **kw, per=per, pooling="lse", sink_blocks=1)
+    want = ml.select_msa(*ml.index_from_qk(q, k, per), **kw, pooling="lse", per=per, sink_blocks=1)
+    assert got.equals(want) and got.per == per
+    assert not got.equals(SELECTORS["msa"].select(q, k, **kw, per=per))  # the options reached select_msa
 
 
 GRID = dict(seq_len=128, batch=1, num_heads=4, num_kv_heads=2, head_dim=16, block_size=32, top_k=2, dtype="fp32")

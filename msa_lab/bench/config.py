@@ -110,6 +110,8 @@ class Point:
 
     def describe(self) -> str:
         options = f" {self.options_text}" if self.options else ""
+        if self.method in SELECTORS and SELECTORS[self.method].per == "either":
+            options += f" per={self.per}"
         return (f"{self.mode} {self.method}{options}/{self.backend} N={self.seq_len} B={self.batch} "
                 f"H={self.num_heads}/{self.num_kv_heads} D={self.head_dim} bs={self.block_size} "
                 f"k={self.top_k} {self.dtype}")
