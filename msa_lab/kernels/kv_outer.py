@@ -23,7 +23,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
 from ..triton_runtime import dot_pad, dot_precision, next_pow2
-from ..triton_tiles import finite_values, load_rows, slot_row, work_item
+from ..triton_tiles import finite_values, key_tile, load_rows, slot_row, work_item
 
 #: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
 #: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
@@ -40,25 +40,14 @@ NUM_STAGES = 1
 
 
 @triton.jit
-def _kv_outer_fwd(
-    q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
-    query_ptr, slot_ptr, work_list_ptr, work_start_ptr, work_count_ptr,
-    N, q0, HS, NB, scale,
-    sqb, sqn, sqh, skb, skn, skh,
-    sob, son, sok, soh, slb, sln, slk,
-    G: tl.constexpr, HPR: tl.constexpr, QT: tl.constexpr, M: tl.constexpr,
-    BS: tl.constexpr, BS_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    w = tl.program_id(0)
-    start, count, blk, hs, b = work_item(work_list_ptr, work_start_ptr, work_count_ptr, w, NB, HS)
-    kvh = hs * HPR // G
-
-    offs_k = tl.arange(0, BS_PAD)
+def _key_tile(k_ptr, v_ptr, b, blk, j, kvh, N, skb, skn, skh,
+              BS: tl.constexpr, KT: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr):
+    """``(key_pos, key_ok, k, v, first_bad)`` of key sub-tile ``j`` (keys ``j * KT ..``) of block
+    ``blk``: the values cleaned of non-finite entries (``finite_values``) and ``first_bad`` the
+    position of the sub-tile's first key with a non-finite value (``N``: none)."""
+    offs_k = j * KT + tl.arange(0, KT)
     key_pos = blk * BS + offs_k
     key_ok = (offs_k < BS) & (key_pos < N)
-    offs_d = tl.arange(0, D_PAD)
-    d_ok = offs_d < D
     k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
     v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
     # A non-finite value reaches only the queries that see its key (not the whole tile via 0 * NaN):
@@ -66,6 +55,28 @@ def _kv_outer_fwd(
     # key are set to NaN. One compare per row in the loop (N: no bad key), not a pass over the tile.
     v, v_bad = finite_values(v)
     first_bad = tl.min(tl.where(key_ok & (v_bad > 0), key_pos, N), 0)
+    return key_pos, key_ok, k, v, first_bad
+
+
+@triton.jit
+def _kv_outer_fwd(
+    q_ptr, k_ptr, v_ptr, o_part_ptr, lse_part_ptr,
+    query_ptr, slot_ptr, work_list_ptr, work_start_ptr, work_count_ptr,
+    N, q0, HS, NB, scale,
+    sqb, sqn, sqh, skb, skn, skh,
+    sob, son, sok, soh, slb, sln, slk,
+    G: tl.constexpr, HPR: tl.constexpr, QT: tl.constexpr, M: tl.constexpr,
+    BS: tl.constexpr, KT: tl.constexpr, KEY_TILES: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    w = tl.program_id(0)
+    start, count, blk, hs, b = work_item(work_list_ptr, work_start_ptr, work_count_ptr, w, NB, HS)
+    kvh = hs * HPR // G
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    if KEY_TILES == 1:  # the whole block in one sub-tile, loaded once for all the program's queries
+        key_pos, key_ok, k, v, first_bad = _key_tile(k_ptr, v_ptr, b, blk, 0, kvh, N, skb, skn, skh,
+                                                     BS, KT, D, D_PAD)
 
     offs_m = tl.arange(0, M)
     tok = offs_m // HPR
@@ -78,6 +89,11 @@ def _kv_outer_fwd(
         t = tl.load(query_ptr + start + e, mask=row_ok, other=0)
         slot = tl.load(slot_ptr + start + e, mask=row_ok, other=0)
         q = tl.load(q_ptr + q_row + t[:, None].to(tl.int64) * sqn, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if KEY_TILES > 1:  # a larger block: its sub-tiles are re-read (from L2) for each query tile
+            key_pos, key_ok, k, v, first_bad = _key_tile(k_ptr, v_ptr, b, blk, 0, kvh, N, skb, skn, skh,
+                                                         BS, KT, D, D_PAD)
+        # Sub-tile 0 holds the block's first key, which every query that chose the block sees:
+        # m is finite after it for every real row, so later sub-tiles rescale without a guard.
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         visible = key_ok[None, :] & (key_pos[None, :] <= t[:, None])
         s = tl.where(visible, s, float("-inf"))
@@ -86,8 +102,26 @@ def _kv_outer_fwd(
         p = tl.exp2(s - m[:, None])
         l = tl.sum(p, 1)
         l = tl.where(row_ok, l, 1.0)
-        o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / l[:, None]
-        o = tl.where((t >= first_bad)[:, None], float("nan"), o)
+        acc = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        bad_from = first_bad
+        if KEY_TILES > 1:
+            # Online softmax over the later sub-tiles up to the tile's last query (queries ascend).
+            last = tl.max(tl.where(row_ok, t, 0), 0)
+            for j in range(1, tl.minimum(KEY_TILES, (last - blk * BS) // KT + 1)):
+                key_pos, key_ok, k, v, first_bad = _key_tile(k_ptr, v_ptr, b, blk, j, kvh, N, skb, skn, skh,
+                                                             BS, KT, D, D_PAD)
+                bad_from = tl.minimum(bad_from, first_bad)
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                visible = key_ok[None, :] & (key_pos[None, :] <= t[:, None])
+                s = tl.where(visible, s, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, 1))
+                alpha = tl.exp2(m - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l = l * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+                m = m_new
+        o = acc / l[:, None]
+        o = tl.where((t >= bad_from)[:, None], float("nan"), o)
         i = (t - q0).to(tl.int64)
         o_off = b.to(tl.int64) * sob + i[:, None] * son + slot[:, None] * sok + head[:, None] * soh + offs_d[None, :]
         tl.store(o_part_ptr + o_off, o.to(o_part_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -162,6 +196,7 @@ def attend(q, k, v, lists, o_part, lse_part, q0: int, scale: float, block_size: 
     if num_stages is None:  # float32 tiles need twice the shared memory: no pipelining
         num_stages = 1 if q.dtype == torch.float32 else NUM_STAGES
     D = q.shape[3]
+    keys = key_tile(block_size, D, q.dtype)
     _kv_outer_fwd[(lists.num_items,)](
         q, k, v, o_part, lse_part,
         lists.query, lists.slot, lists.work_list, lists.work_start, lists.work_count,
@@ -169,7 +204,7 @@ def attend(q, k, v, lists, o_part, lse_part, q0: int, scale: float, block_size: 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         *o_part.stride()[:4], *lse_part.stride()[:3],
         G=q.shape[2] // k.shape[2], HPR=launch.HPR, QT=launch.QT, M=launch.M,
-        BS=block_size, BS_PAD=dot_pad(block_size),
+        BS=block_size, KT=keys, KEY_TILES=triton.cdiv(block_size, keys),
         D=D, D_PAD=dot_pad(D), PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )

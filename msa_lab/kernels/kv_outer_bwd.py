@@ -15,16 +15,18 @@ query's valid slots in slot order: no atomics on dQ, and in bfloat16 for bfloat1
 (half the bytes of float32 atomics, which read and write every element; fp16 and fp32
 inputs keep float32 partials, since fp16's range could flush small contributions). As in
 the forward, queries are processed in chunks whose partials fit ``kv_outer.PARTIAL_BYTES``.
-Only a block split over programs by keys (block size above ``KEYS_PER_PROGRAM``) adds its
-dQ by float32 ``atomic_add`` into one buffer instead: its programs share the (query, slot).
+Only a block split over programs by keys (block size above ``KEYS_PER_PROGRAM``) in the fast
+mode adds its dQ by float32 ``atomic_add`` into one buffer instead: its programs share the
+(query, slot).
 dK/dV two ways:
 
 - fast (default): float32 ``atomic_add`` (heavily chosen blocks are split over programs,
   and MoBA's per-head selections share a KV head); the order of the additions varies from
   run to run, so the last bits of dK/dV (and of dQ, for split blocks) do too;
-- ``deterministic=True``: lists are not split and blocks never split by keys, so each
-  (block, selection head) has one owner per query chunk that writes its dK/dV rows, summed
-  over a KV head's selection heads and over the chunks in a fixed order. Bitwise
+- ``deterministic=True``: lists are not split, so each (block key part, selection head) has
+  one owner per query chunk that writes its dK/dV rows, summed over a KV head's selection
+  heads and over the chunks in a fixed order; a block above ``KEYS_PER_PROGRAM`` keys gives
+  each key part its own dQ partial row per (query, slot), summed in part order. Bitwise
   reproducible for a given chunking, so its chunks are sized from the device's total memory,
   never from what is free (``kv_outer.partial_budget``): the same inputs on the same GPU
   model give the same bits; it loses the split work items' load balance.
@@ -52,7 +54,8 @@ def _kv_outer_bwd(
     sdqb, sdqn, sdqk, sdqh, sdkb, sdkn, sdkh,
     G: tl.constexpr, HPR: tl.constexpr, QT: tl.constexpr, M: tl.constexpr,
     BS: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    KEYS: tl.constexpr, PRECISION: tl.constexpr, DQ_PER_SLOT: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    KEYS: tl.constexpr, PARTS: tl.constexpr, PRECISION: tl.constexpr, DQ_PER_SLOT: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
 ):
     w = tl.program_id(0)
     part = tl.program_id(1)  # which KEYS keys of the block this program owns
@@ -105,8 +108,10 @@ def _kv_outer_bwd(
             q_dot = tl.where(row_bad[:, None], tl.zeros_like(q), q)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q_dot, input_precision=PRECISION)
         dq = tl.dot(ds.to(k.dtype), k_dot, input_precision=PRECISION) * scale
-        if DQ_PER_SLOT:  # the (query, slot) row of this chunk's partial buffer
+        if DQ_PER_SLOT:  # the (query, slot, key part) row of this chunk's partial buffer
             slot = tl.load(slot_ptr + start + e, mask=row_ok, other=0)
+            if PARTS > 1:  # deterministic, block split by keys: a row per part, none shared
+                slot = slot * PARTS + part
             dq_off = (b.to(tl.int64) * sdqb + (tt - q0)[:, None] * sdqn + slot[:, None].to(tl.int64) * sdqk
                       + head[:, None] * sdqh + offs_d[None, :])
             tl.store(dq_ptr + dq_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_qd)
@@ -131,10 +136,12 @@ def _sum_slots(
     part_ptr, sel_ptr, dq_ptr,
     C, q0, HQ,
     spb, spn, spk, sph, ssb, ssh, ssn, sxb, sxn, sxh,
-    K: tl.constexpr, HB: tl.constexpr, HPR: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    K: tl.constexpr, PARTS: tl.constexpr, HB: tl.constexpr, HPR: tl.constexpr, D: tl.constexpr,
+    D_PAD: tl.constexpr,
 ):
-    """``dq[b, q0 + i, h] = sum of part[b, i, s, h]`` over the slots ``s`` that hold a block,
-    in slot order (float32), for the ``HB`` heads of this program; unused slots are never read."""
+    """``dq[b, q0 + i, h] = sum of part[b, i, s * PARTS + p, h]`` over the slots ``s`` that hold
+    a block and their key parts ``p``, in that order (float32), for the ``HB`` heads of this
+    program; unused slots are never read."""
     b, i, heads, h_ok, sel_row = slot_row(C, q0, HQ, ssb, ssh, ssn, HB, HPR)
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < D
@@ -142,7 +149,9 @@ def _sum_slots(
     acc = tl.zeros([HB, D_PAD], tl.float32)
     for s in range(K):
         ok = h_ok & (tl.load(sel_ptr + sel_row + s, mask=h_ok, other=-1) >= 0)
-        acc += tl.load(part_ptr + p_row + s * spk, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        for p in range(PARTS):
+            acc += tl.load(part_ptr + p_row + (s * PARTS + p) * spk, mask=ok[:, None] & d_ok[None, :],
+                           other=0.0).to(tl.float32)
     x_off = b.to(tl.int64) * sxb + (q0 + i).to(tl.int64) * sxn + heads[:, None] * sxh + offs_d[None, :]
     tl.store(dq_ptr + x_off, acc.to(dq_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
 
@@ -172,16 +181,22 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
     lse = lse.contiguous()
     sel = selection.indices.contiguous()
     delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # [B, Hq, N]
-    # Deterministic: one program per (block, selection head) and chunk, never split.
-    keys = dot_pad(bs) if deterministic else max(16, min(next_pow2(bs), keys_per_program or KEYS_PER_PROGRAM))
+    # Deterministic: lists never split, and a block above KEYS_PER_PROGRAM keys is split into
+    # key parts whose dQ goes to a partial row each (slot * parts + part), summed in order.
+    if deterministic:
+        keys = min(dot_pad(bs), KEYS_PER_PROGRAM)
+    else:
+        keys = max(16, min(next_pow2(bs), keys_per_program or KEYS_PER_PROGRAM))
     parts = triton.cdiv(bs, keys)
-    per_slot = parts == 1
+    per_slot = deterministic or parts == 1
+    part_rows = parts if deterministic else 1  # dQ partial rows per (query, slot)
     entries = N * K if deterministic else launch.entries
     if per_slot:
         part_dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
-        C = min(N, query_chunk or chunk_rows(B, N, K, Hq, D, part_dtype, q.device, reproducible=deterministic))
+        C = min(N, query_chunk or chunk_rows(B, N, K * part_rows, Hq, D, part_dtype, q.device,
+                                             reproducible=deterministic))
         dq = torch.empty_like(q)
-        dq_part = empty_partials(B, C, K, Hq, D, dtype=part_dtype, device=q.device)
+        dq_part = empty_partials(B, C, K * part_rows, Hq, D, dtype=part_dtype, device=q.device)
     else:  # a block's key parts add into the same (query, slot): one float32 dQ, by atomics
         C = N
         dq_part = torch.zeros(B, N, 1, Hq, D, device=q.device, dtype=torch.float32)
@@ -208,7 +223,7 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
                 dout.stride(0), dout.stride(1), dout.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
                 *dq_part.stride()[:4], dk.stride(0), dk.stride(1), dk.stride(2),
                 G=Hq // Hkv, HPR=launch.HPR, QT=launch.QT, M=launch.M,
-                BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PRECISION=dot_precision(q.dtype),
+                BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PARTS=part_rows, PRECISION=dot_precision(q.dtype),
                 DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
             )
         if per_chunk:
@@ -219,7 +234,7 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
                 dq_part, sel, dq, q1 - q0, q0, Hq,
                 *dq_part.stride()[:4], sel.stride(0), sel.stride(1), sel.stride(2),
                 dq.stride(0), dq.stride(1), dq.stride(2),
-                K=K, HB=HB, HPR=launch.HPR, D=D, D_PAD=dot_pad(D),
+                K=K, PARTS=part_rows, HB=HB, HPR=launch.HPR, D=D, D_PAD=dot_pad(D),
             )
     if not per_slot:
         dq = dq_part[:, :, 0].to(q.dtype)

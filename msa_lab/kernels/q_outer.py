@@ -3,7 +3,8 @@ ablation partner of the KV-outer kernel.
 
 A program owns one query token and one selection row: the ``G`` query heads of a KV group
 (per-group selections) or one query head (per-head selections), padded to 16 MMA rows. It
-walks the <= top_k blocks of its row with an online softmax and writes the output and LSE
+walks the <= top_k blocks of its row (a block above 128 keys in key sub-tiles, as
+``triton_tiles.key_tile`` sizes them) with an online softmax and writes the output and LSE
 directly (no partials, no merge). Every program re-reads its K/V blocks, and small groups
 leave most MMA rows empty: that is the cost this design pays.
 """
@@ -16,9 +17,30 @@ import triton.language as tl
 
 from ..selection import BlockSelection
 from ..triton_runtime import dot_pad, dot_precision
-from ..triton_tiles import load_rows
+from ..triton_tiles import key_tile, load_rows
 
 NUM_WARPS = 4
+
+
+@triton.jit
+def _attend_keys(q, k_ptr, v_ptr, b, first_key, t, kvh, skb, skn, skh, m_i, l_i, acc, scale, KEY_LIMIT,
+                 KT: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """``(m_i, l_i, acc)`` after the online-softmax step over the ``KT`` keys from
+    ``first_key`` that are at most ``t`` and fewer than ``KEY_LIMIT`` past ``first_key``."""
+    offs_k = tl.arange(0, KT)
+    key_pos = first_key + offs_k
+    key_ok = (offs_k < KEY_LIMIT) & (key_pos <= t)
+    k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
+    v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
+    sc = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    sc = tl.where(key_ok[None, :], sc, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(sc, 1))
+    alpha = tl.exp(m_i - m_new)  # m_new is finite: the block's first sub-tile has a visible key
+    p = tl.exp(sc - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -27,7 +49,7 @@ def _q_outer_fwd(
     N, HS, scale,
     sqb, sqn, sqh, skb, skn, skh, ssb, ssh, ssn, sxb, sxn, sxh, sLb, sLh,
     G: tl.constexpr, HPR: tl.constexpr, M: tl.constexpr, K: tl.constexpr,
-    BS: tl.constexpr, BS_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    BS: tl.constexpr, KT: tl.constexpr, KEY_TILES: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     t = tl.program_id(0)
@@ -41,7 +63,6 @@ def _q_outer_fwd(
     d_ok = offs_d < D
     q_off = b.to(tl.int64) * sqb + t.to(tl.int64) * sqn + head[:, None] * sqh + offs_d[None, :]
     q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    offs_k = tl.arange(0, BS_PAD)
     m_i = tl.full([M], float("-inf"), tl.float32)
     l_i = tl.zeros([M], tl.float32)
     acc = tl.zeros([M, D_PAD], tl.float32)
@@ -49,18 +70,13 @@ def _q_outer_fwd(
     for s in range(K):
         blk = tl.load(sel_row + s)
         if blk >= 0:
-            key_pos = blk * BS + offs_k
-            key_ok = (offs_k < BS) & (key_pos <= t)
-            k = load_rows(k_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
-            v = load_rows(v_ptr, b, key_pos, kvh, skb, skn, skh, key_ok, D, D_PAD)
-            sc = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-            sc = tl.where(key_ok[None, :], sc, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, 1))
-            alpha = tl.exp(m_i - m_new)  # m_new is finite: the block has a visible key
-            p = tl.exp(sc - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+            if KEY_TILES == 1:  # the whole block in one tile
+                m_i, l_i, acc = _attend_keys(q, k_ptr, v_ptr, b, blk * BS, t, kvh, skb, skn, skh, m_i, l_i, acc,
+                                             scale, BS, KT, D, D_PAD, PRECISION)
+            else:  # a larger block: its sub-tiles up to the query's own position
+                for j in range(0, tl.minimum(KEY_TILES, (t - blk * BS) // KT + 1)):
+                    m_i, l_i, acc = _attend_keys(q, k_ptr, v_ptr, b, blk * BS + j * KT, t, kvh, skb, skn, skh,
+                                                 m_i, l_i, acc, scale, BS - j * KT, KT, D, D_PAD, PRECISION)
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     x_off = b.to(tl.int64) * sxb + t.to(tl.int64) * sxn + head[:, None] * sxh + offs_d[None, :]
@@ -80,6 +96,7 @@ def q_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
     bs = selection.block_size
+    keys = key_tile(bs, D, q.dtype)
     _q_outer_fwd[(N, sel.shape[1], B)](
         q, k, v, sel, out, lse,
         N, sel.shape[1], scale,
@@ -87,7 +104,7 @@ def q_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         sel.stride(0), sel.stride(1), sel.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
         G=G, HPR=HPR, M=dot_pad(HPR), K=selection.top_k,
-        BS=bs, BS_PAD=dot_pad(bs), D=D, D_PAD=dot_pad(D),
+        BS=bs, KT=keys, KEY_TILES=triton.cdiv(bs, keys), D=D, D_PAD=dot_pad(D),
         PRECISION=dot_precision(q.dtype), num_warps=num_warps,
     )
     return out, lse

@@ -1,10 +1,30 @@
 """The shared top-k rule (``topk.top_blocks``) in Triton: a program per (query row, selection
 head) puts the own block in slot 0, then picks the ``top_k - 1`` best earlier blocks by repeated
 max, ties to the lower id; NaN scores count as -inf; unused slots are -1. MSA's and MoBA's
-selection kernels and MSA's decode run it on their scores."""
+selection kernels and MSA's decode run it on their scores.
+
+A row of up to ``ROW_TILE`` blocks is held in registers; a longer one (e.g. block 16 at 256K
+tokens and more) is scanned in ``ROW_TILE`` chunks once per pick, each pick the best key below
+the previous one (keys are unique), so registers stay bounded at any length."""
 
 import triton
 import triton.language as tl
+
+#: Most blocks of a row held at once (MSA's block 128 at 1M tokens: 8192, the measured path).
+ROW_TILE = tl.constexpr(8192)
+
+
+@triton.jit
+def _rank_keys(x, j, avail, NB_PAD: tl.constexpr):
+    """One int64 key per block ``j`` ordering by score ``x``, then by lower id: the float's
+    bits made order-preserving as a signed int, above the reversed block id (one max per
+    pick). NaN ranks last; blocks not ``avail`` get int64 min (never a candidate)."""
+    x = tl.where(x == x, x, float("-inf"))  # NaN ranks last
+    bits = x.to(tl.int32, bitcast=True)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key = (bits.to(tl.int64) << 32) | (NB_PAD - 1 - j).to(tl.int64)
+    taken = -9223372036854775807 - 1  # int64 min: no longer a candidate
+    return tl.where(avail, key, taken)
 
 
 @triton.jit
@@ -18,22 +38,31 @@ def top_blocks_kernel(
     b = tl.program_id(2)
     t = q0 + r
     own = t // BS
-    j = tl.arange(0, NB_PAD)
-    avail = j < own
-    x = tl.load(score_ptr + b.to(tl.int64) * ssb + g.to(tl.int64) * ssg + r.to(tl.int64) * ssn + j, mask=avail,
-                other=float("-inf"))
-    x = tl.where(x == x, x, float("-inf"))  # NaN ranks last
-    # One int64 key per block orders by score, then by lower id: the float's bits made
-    # order-preserving as a signed int, above the reversed block id. One max per pick.
-    bits = x.to(tl.int32, bitcast=True)
-    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    key = (bits.to(tl.int64) << 32) | (NB_PAD - 1 - j).to(tl.int64)
-    taken = -9223372036854775807 - 1  # int64 min: no longer a candidate
-    key = tl.where(avail, key, taken)
-    out = sel_ptr + b.to(tl.int64) * sib + g.to(tl.int64) * sig + t.to(tl.int64) * sin
-    tl.store(out, own)
-    for s in range(1, K):
-        best = tl.max(key, 0)
-        pick = NB_PAD - 1 - (best & 0xFFFFFFFF).to(tl.int32)
-        tl.store(out + s, tl.where(s <= own, pick, -1))
-        key = tl.where(key == best, taken, key)
+    row = score_ptr + b.to(tl.int64) * ssb + g.to(tl.int64) * ssg + r.to(tl.int64) * ssn
+    taken = -9223372036854775807 - 1
+    if NB_PAD <= ROW_TILE:
+        j = tl.arange(0, NB_PAD)
+        avail = j < own
+        key = _rank_keys(tl.load(row + j, mask=avail, other=float("-inf")), j, avail, NB_PAD)
+        out = sel_ptr + b.to(tl.int64) * sib + g.to(tl.int64) * sig + t.to(tl.int64) * sin
+        tl.store(out, own)
+        for s in range(1, K):
+            best = tl.max(key, 0)
+            pick = NB_PAD - 1 - (best & 0xFFFFFFFF).to(tl.int32)
+            tl.store(out + s, tl.where(s <= own, pick, -1))
+            key = tl.where(key == best, taken, key)
+    else:
+        out = sel_ptr + b.to(tl.int64) * sib + g.to(tl.int64) * sig + t.to(tl.int64) * sin
+        tl.store(out, own)
+        below = 9223372036854775807  # every key is below int64 max
+        for s in range(1, K):
+            best = taken
+            if s <= own:  # at least s earlier blocks: one more pick
+                for c0 in range(0, own, ROW_TILE):
+                    j = c0 + tl.arange(0, ROW_TILE)
+                    avail = j < own
+                    key = _rank_keys(tl.load(row + j, mask=avail, other=float("-inf")), j, avail, NB_PAD)
+                    best = tl.maximum(best, tl.max(tl.where(key < below, key, taken), 0))
+            pick = NB_PAD - 1 - (best & 0xFFFFFFFF).to(tl.int32)
+            tl.store(out + s, tl.where(s <= own, pick, -1))
+            below = best
