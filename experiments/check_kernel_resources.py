@@ -1,7 +1,7 @@
 """Shared memory of the block-sparse kernels at block sizes 16-4096, without a GPU.
 
 Compiles each kernel offline for an H200 (sm_90, CUDA target of the installed Triton) with the
-tile constants the library launches (``Launch.for_rows``, ``triton_tiles.key_tile``, the
+tile constants the library launches (``Launch.for_rows``, ``triton_runtime.key_tile``, the
 backward's key parts, the top-k row length at 1M tokens) and prints its shared memory against
 the H200's 232448-byte limit. Triton on the GPU may allocate differently (3.6 there, this
 script was run with 3.9): ``check_block_sizes_gpu.py`` is the check on the device.
@@ -25,7 +25,7 @@ from msa_lab.kernels import kv_outer, kv_outer_bwd  # noqa: E402
 from msa_lab.kernels.q_outer import NUM_WARPS as Q_OUTER_WARPS, _q_outer_fwd  # noqa: E402
 from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402
 from msa_lab.triton_runtime import dot_pad, dot_precision, next_pow2  # noqa: E402
-from msa_lab.triton_tiles import key_tile  # noqa: E402
+from msa_lab.triton_runtime import key_tile  # noqa: E402
 
 H200_SHARED = 232448
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}

@@ -50,3 +50,22 @@ def dot_pad(n: int) -> int:
 def dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs: full-precision products (tf32 would cost ~3e-4 relative error).
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+#: Most keys of a block the attention kernels hold at once, and the most bytes of one such
+#: [keys, head dim] K or V sub-tile: a larger block is walked in sub-tiles with an online
+#: softmax (block 128, MSA's, stays one tile: the measured path).
+MAX_TILE_KEYS = 128
+MAX_TILE_BYTES = 32 << 10
+
+
+def key_tile(block_size: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Keys per sub-tile of a block: the whole (padded) block up to ``MAX_TILE_KEYS`` keys,
+    else the largest power of two (at least 16) whose K tile fits ``MAX_TILE_BYTES``, so the
+    tiles' shared memory does not grow with the block size (float32 at head dim 128: 64)."""
+    if dot_pad(block_size) <= MAX_TILE_KEYS:
+        return dot_pad(block_size)
+    keys = MAX_TILE_KEYS
+    while keys > 16 and keys * dot_pad(head_dim) * dtype.itemsize > MAX_TILE_BYTES:
+        keys //= 2
+    return keys

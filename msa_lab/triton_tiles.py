@@ -1,28 +1,7 @@
 """Device helpers shared by the kernels."""
 
-import torch
 import triton
 import triton.language as tl
-
-from .triton_runtime import dot_pad
-
-#: Most keys of a block the attention kernels hold at once, and the most bytes of one such
-#: [keys, head dim] K or V sub-tile: a larger block is walked in sub-tiles with an online
-#: softmax (block 128, MSA's, stays one tile: the measured path).
-MAX_TILE_KEYS = 128
-MAX_TILE_BYTES = 32 << 10
-
-
-def key_tile(block_size: int, head_dim: int, dtype: torch.dtype) -> int:
-    """Keys per sub-tile of a block: the whole (padded) block up to ``MAX_TILE_KEYS`` keys,
-    else the largest power of two (at least 16) whose K tile fits ``MAX_TILE_BYTES``, so the
-    tiles' shared memory does not grow with the block size (float32 at head dim 128: 64)."""
-    if dot_pad(block_size) <= MAX_TILE_KEYS:
-        return dot_pad(block_size)
-    keys = MAX_TILE_KEYS
-    while keys > 16 and keys * dot_pad(head_dim) * dtype.itemsize > MAX_TILE_BYTES:
-        keys //= 2
-    return keys
 
 
 @triton.jit

@@ -1,5 +1,5 @@
 """Blocks larger than a kernel tile (interpreted on the CPU in CI): the attention kernels walk a
-block above ``triton_tiles.MAX_TILE_KEYS`` keys in sub-tiles, the backward splits it into key
+block above ``triton_runtime.MAX_TILE_KEYS`` keys in sub-tiles, the backward splits it into key
 parts, and the top-k kernel scans a row above ``topk_triton.ROW_TILE`` blocks in chunks; all
 against the reference, N not a multiple of the block."""
 
@@ -34,10 +34,10 @@ def test_kv_outer_forward_walks_large_blocks_in_sub_tiles(monkeypatch, N, Hq, Hk
 
 
 def test_q_outer_walks_large_blocks_in_sub_tiles(monkeypatch):
-    from msa_lab import triton_tiles
+    from msa_lab import triton_runtime
 
     # Sub-tiles of 16 keys make a 64-key block four of them at a size the interpreter runs fast.
-    monkeypatch.setattr(triton_tiles, "MAX_TILE_KEYS", 16)
+    monkeypatch.setattr(triton_runtime, "MAX_TILE_KEYS", 16)
     q, k, v = make_qkv(1, 150, 2, 1, 16)
     sel = random_selection(1, 1, 150, 64, 2, "group")
     ref, ref_lse = ml.block_sparse_attention(q, k, v, sel, return_lse=True)
@@ -97,7 +97,7 @@ def test_top_k_scans_rows_longer_than_its_tile_in_chunks(monkeypatch):
 
 
 def test_key_sub_tiles_do_not_grow_with_the_block():
-    from msa_lab.triton_tiles import MAX_TILE_BYTES, key_tile
+    from msa_lab.triton_runtime import MAX_TILE_BYTES, key_tile
 
     assert [key_tile(bs, 128, torch.bfloat16) for bs in (16, 24, 128)] == [16, 32, 128]  # one tile, as before
     for bs in (129, 512, 4096):

@@ -22,8 +22,8 @@ import triton.language as tl
 
 from ..selection import BlockSelection
 from .query_lists import build_query_lists
-from ..triton_runtime import dot_pad, dot_precision, next_pow2
-from ..triton_tiles import finite_values, key_tile, load_rows, slot_row, work_item
+from ..triton_runtime import dot_pad, dot_precision, key_tile, next_pow2
+from ..triton_tiles import finite_values, load_rows, slot_row, work_item
 
 #: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
 #: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).

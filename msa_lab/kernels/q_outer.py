@@ -4,7 +4,7 @@ ablation partner of the KV-outer kernel.
 A program owns one query token and one selection row: the ``G`` query heads of a KV group
 (per-group selections) or one query head (per-head selections), padded to 16 MMA rows. It
 walks the <= top_k blocks of its row (a block above 128 keys in key sub-tiles, as
-``triton_tiles.key_tile`` sizes them) with an online softmax and writes the output and LSE
+``triton_runtime.key_tile`` sizes them) with an online softmax and writes the output and LSE
 directly (no partials, no merge). Every program re-reads its K/V blocks, and small groups
 leave most MMA rows empty: that is the cost this design pays.
 """
@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from ..triton_runtime import dot_pad, dot_precision
-from ..triton_tiles import key_tile, load_rows
+from ..triton_runtime import dot_pad, dot_precision, key_tile
+from ..triton_tiles import load_rows
 
 NUM_WARPS = 4
 
