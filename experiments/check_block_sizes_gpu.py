@@ -27,21 +27,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import rel_err  # noqa: E402  (this checkout first on sys.path)
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import gpu_environment  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 
 BLOCKS = (16, 64, 128, 256, 512, 1024, 2048, 4096)
 DIMS = (64, 128)
 N, HQ, HKV = 8192 + 77, 16, 2
 WORKERS = 8
-
-
-def rel_err(out, ref):
-    out, ref = out.detach().double(), ref.detach().double()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
 
 
 def grads(q, k, v, sel, dout, **kw):

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import sys
-from pathlib import Path
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common  # noqa: E402,F401  (this checkout first on sys.path)
 from msa_lab.kernels import kv_outer, kv_outer_bwd  # noqa: E402
 from msa_lab.kernels.q_outer import NUM_WARPS as Q_OUTER_WARPS, _q_outer_fwd  # noqa: E402
 from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common  # noqa: E402,F401  (this checkout first on sys.path)
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 
 BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 POOLINGS = ("max", "mean", "lse")

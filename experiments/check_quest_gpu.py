@@ -29,9 +29,10 @@ args = parser.parse_args()
 if args.smoke and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before msa_lab's kernels are defined
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common  # noqa: E402,F401  (this checkout first on sys.path)
 import msa_lab as ml  # noqa: E402
-from msa_lab.bench import ResultRows, gpu_environment  # noqa: E402
+from msa_lab.bench import ResultRows  # noqa: E402
+from msa_lab.environment import gpu_environment  # noqa: E402
 from msa_lab.bench.timing import time_call  # noqa: E402
 from msa_lab.select import block_key_bounds, block_mean_keys  # noqa: E402
 from msa_lab.select.quest import quest_bound_scores  # noqa: E402

@@ -449,6 +449,50 @@ def _prefill_128k_table() -> str:
     return "\n".join(lines)
 
 
+SELECTORS_128K = f"{SWEEPS}/selectors_prefill_h200"
+MOBA_BLOCKS = f"{SWEEPS}/moba_block_sizes_h200"
+
+
+def _selectors_table() -> str:
+    """Every timed selector, MSA's ablations and the window with a sink at 128K, one process:
+    the whole operator, its selection stage and the speedup over dense cuDNN of that run."""
+    f = SELECTORS_128K
+    entries = [
+        ("MSA (max pooling, per KV group)", "msa", dict(per="group", options=None)),
+        ("MSA, mean pooling", "msa", dict(options="pooling=mean")),
+        ("MSA, LSE pooling", "msa", dict(options="pooling=lse")),
+        ("MSA, forced sink block", "msa", dict(options="sink_blocks=1")),
+        ("MSA, one index head per query head", "msa", dict(per="head", options=None)),
+        ("MoBA (per query head)", "moba", {}),
+        ("Quest (per query head)", "quest", {}),
+        ("sliding window + sink block (given selection)", "window", {}),
+    ]
+    dense = total(f, "full", "sdpa_cudnn")
+    lines = ["| method | whole operator | spread | its selection | x dense cuDNN (same run) |", "|---|---|---|---|---|",
+             f"| dense, SDPA cuDNN | {ms(dense['median_ms'])} | {dense['spread_pct']:.1f} % | – | 1.0x |"]
+    for label, method, match in entries:
+        r = total(f, method, "triton", 1 << 17, **match)
+        sel = [s for s in sweep_rows(f) if s["point_id"] == r["point_id"] and s.get("stage") == "selection"]
+        lines.append(f"| {label} | {ms(r['median_ms'])} | {r['spread_pct']:.1f} % | "
+                     f"{ms(sel[0]['median_ms']) if sel else '– (not timed)'} | {times(r['speedup'])} |")
+    return "\n".join(lines)
+
+
+def _moba_blocks_table() -> str:
+    """MoBA at its published block sizes against dense cuDNN at 128K, one process."""
+    f = MOBA_BLOCKS
+    dense = total(f, "full", "sdpa_cudnn")
+    lines = ["| MoBA config | attended tokens per query (full blocks) | whole operator | spread | gate + top-k | "
+             "x dense cuDNN (same run) |", "|---|---|---|---|---|---|",
+             f"| dense, SDPA cuDNN | – | {ms(dense['median_ms'])} | {dense['spread_pct']:.1f} % | – | 1.0x |"]
+    for r in sorted((r for r in with_speedups(sweep_rows(f)) if r["method"] == "moba" and r["stage"] == "total"
+                     and r["status"] == "ok"), key=lambda r: r["block_size"]):
+        sel = stage(f, "moba", "triton", "selection", block_size=r["block_size"])
+        lines.append(f"| block {r['block_size']}, top-{r['top_k']} | {r['block_size'] * r['top_k']:,} | "
+                     f"{ms(r['median_ms'])} | {r['spread_pct']:.1f} % | {ms(sel['median_ms'])} | {times(r['speedup'])} |")
+    return "\n".join(lines)
+
+
 def _stages_table(folder: str) -> str:
     lines = ["| stage | median | share of the whole operator |", "|---|---|---|"]
     whole = total(folder, "msa", "triton")["median_ms"]
@@ -590,6 +634,8 @@ def _coverage_table() -> str:
 TABLES: list[Table] = [
     Table("docs/coverage.md", "recall_16k", COVERAGE, _coverage_table),
     Table("docs/results.md", "published", "msa_lab/bench/analysis.py", _published_table),
+    Table("docs/results.md", "selectors_128k", SELECTORS_128K, _selectors_table),
+    Table("docs/results.md", "moba_block_sizes", MOBA_BLOCKS, _moba_blocks_table),
     Table("docs/training.md", "passkey_gpu", ABLATION, _passkey_table),
     Table("docs/training.md", "moba_grid_gpu", f"{GRID}, {ABLATION}", _moba_grid_table),
     Table("docs/training.md", "msa_grid_gpu", f"{GRID}, {ABLATION}", _msa_grid_table),

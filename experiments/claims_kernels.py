@@ -38,6 +38,8 @@ KL_TILES = f"{RESULTS}/bench_index_kl_tiles_32k_h200.json"
 KL_TILES_V2 = f"{RESULTS}/bench_index_kl_tiles_32k_v2.json"
 KL_TILED = f"{RESULTS}/bench_index_kl_tiled_h200.json"
 CORRECTNESS_V3 = f"{RESULTS}/kernel_correctness_64k_v3_h200.json"
+BLOCK_SIZES_GPU = f"{RESULTS}/check_block_sizes_gpu_h200.json"
+MSA_ABLATIONS_GPU = f"{RESULTS}/check_msa_ablations_gpu_h200.json"
 CORRECTNESS_V2 = f"{RESULTS}/kernel_correctness_64k_v2_h200.json"
 CORRECTNESS_FINAL = f"{RESULTS}/kernel_correctness_64k_h200.json"
 LOGS = f"{RESULTS}/logs"
@@ -725,6 +727,23 @@ def _backward_v2() -> tuple:
 BACKWARD_TILES = ((128, 8), (128, 4), (64, 4), (64, 8), (32, 4), (32, 8))
 
 
+def _block_sizes_gpu() -> tuple:
+    rows = rows_of(BLOCK_SIZES_GPU)
+    if not all(r["ok"] for r in rows):
+        raise ValueError(f"{BLOCK_SIZES_GPU}: a point failed")
+    errors = [v for r in rows for key, v in r.items() if key.startswith(("moba_kv_outer_", "group_"))]
+    return (len(rows), min(r["block_size"] for r in rows), max(r["block_size"] for r in rows), rows[0]["seq_len"],
+            sci(max(errors)), min(r["moba_selection_rows_equal"] for r in rows))
+
+
+def _msa_ablations_gpu() -> tuple:
+    rows = rows_of(MSA_ABLATIONS_GPU)
+    if not all(r["local_block_first"] and r["same_per"] for r in rows):
+        raise ValueError(f"{MSA_ABLATIONS_GPU}: a selection without its local block first, or of another per")
+    return (len(rows), min(r["block_size"] for r in rows), max(r["block_size"] for r in rows),
+            sci(max(r["share_rows_differ"] for r in rows)), sci(max(r["max_swap_gap"] for r in rows)))
+
+
 def _first_v1_table_drift() -> tuple:
     """The largest difference, in whole percent rounded up, between a timed row of the first v1
     table and the same row (what, N, tile) of v1's re-run; rows only one of them has are skipped."""
@@ -760,6 +779,13 @@ CLAIMS += [
                    _decode_sweep("full", "sdpa_cudnn")["median_ms"], _decode_sweep("full", "triton", 1 << 17)["median_ms"])
           + _dense_decode_log()),
     Claim(K, "Measured {0:.0f} and {1:.0f} ms: better than predicted", STEP_V2, lambda: _backward_v2()[:2]),
+    Claim(K, "all {0} points of block sizes {1}-{2} x D 64 and 128 ran in bf16 at N = {3} (no resource\nerror), with "
+          "relative errors against the float32 reference of at most {4}", BLOCK_SIZES_GPU, _block_sizes_gpu),
+    Claim(K, "MoBA's Triton selection equal to the\nreference on {5:.1f} of rows", BLOCK_SIZES_GPU, _block_sizes_gpu),
+    Claim(K, "{0} selections (pooling max / mean / lse, per group and\nper head, sink blocks 0 and 2, blocks {1}-{2})",
+          MSA_ABLATIONS_GPU, _msa_ablations_gpu),
+    Claim(K, "whose sets differ at most {3}, and every differing row a near-tie (score gap at most {4})",
+          MSA_ABLATIONS_GPU, _msa_ablations_gpu),
     Claim(K, "2026-11-23, is `bench_training_step_h200.json` and agrees within {0} %", f"{STEP_FIRST}, {STEP_V1}",
           _first_v1_table_drift),
     Claim(K, "({0:.0f} ms of v2's {1:.0f} ms at 128K", STEP_V2, lambda: (
