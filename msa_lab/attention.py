@@ -132,13 +132,8 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
     then exact attention over the selected blocks. Returns ``out`` then, as asked,
     ``lse`` and the ``BlockSelection``. With a Triton backend (or ``"auto"`` on CUDA) the
     selection runs on the Triton kernels too."""
-    B, N, Hq, Hkv, D = check_qkv(q, k, v)
-    _check_flags(return_lse=return_lse, return_selection=return_selection, deterministic=deterministic)
-    scale = check_scale(scale, D)
-    backend = BLOCK_SPARSE.resolve(backend, q)
-    with torch.no_grad():  # the gate has no parameters and top-k no gradient
-        selection = select_moba(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend, q))
-    return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
+    return _select_and_attend(select_moba, q, k, v, block_size, top_k, scale, backend, return_lse,
+                              return_selection, deterministic)
 
 
 def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int,
@@ -148,12 +143,20 @@ def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_
     then exact attention over the selected blocks. Returns ``out`` then, as asked, ``lse``
     and the ``BlockSelection``. With a Triton backend (or ``"auto"`` on CUDA) the selection
     runs on the Triton kernels too."""
+    return _select_and_attend(select_quest, q, k, v, block_size, top_k, scale, backend, return_lse,
+                              return_selection, deterministic)
+
+
+def _select_and_attend(select, q, k, v, block_size, top_k, scale, backend, return_lse, return_selection,
+                       deterministic):
+    """A parameter-free selector of q and k (``select(q, k, *, block_size, top_k, backend)``), then
+    attention over its selection; the selection follows the attention's backend."""
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     _check_flags(return_lse=return_lse, return_selection=return_selection, deterministic=deterministic)
     scale = check_scale(scale, D)
     backend = BLOCK_SPARSE.resolve(backend, q)
-    with torch.no_grad():  # the bound has no parameters and top-k no gradient
-        selection = select_quest(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend, q))
+    with torch.no_grad():  # the scorer has no parameters and top-k no gradient
+        selection = select(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend, q))
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
 
 

@@ -12,10 +12,10 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..triton_runtime import dot_pad, dot_precision
 from ..triton_tiles import load_rows
 from .pooling import block_mean_keys
-from .topk_triton import top_blocks_kernel
+from .topk_triton import select_in_chunks
 
 SCORE_BYTES = 4 << 30
 QUERY_TILE = 128
@@ -51,11 +51,8 @@ def moba_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k:
     kmean = block_mean_keys(k, block_size).contiguous()
     nb = kmean.shape[1]
     q = q.contiguous()
-    sel = torch.empty(B, Hq, N, top_k, device=q.device, dtype=torch.int32)
-    C = max(QUERY_TILE, min(N, SCORE_BYTES // (B * Hq * nb * 4)) // QUERY_TILE * QUERY_TILE)
-    scores = torch.empty(B, Hq, min(C, N), nb, device=q.device, dtype=torch.float32)
-    for q0 in range(0, N, C):
-        q1 = min(N, q0 + C)
+
+    def fill_scores(scores, q0, q1):
         _gate_scores[(triton.cdiv(q1 - q0, QUERY_TILE), Hq, B)](
             q, kmean, scores, q0, q1, nb,
             q.stride(0), q.stride(1), q.stride(2), kmean.stride(0), kmean.stride(1), kmean.stride(2),
@@ -63,10 +60,6 @@ def moba_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k:
             G=G, BS=block_size, BM=QUERY_TILE, BJ=BLOCK_TILE, D=D, D_PAD=dot_pad(D),
             PRECISION=dot_precision(q.dtype),
         )
-        top_blocks_kernel[(q1 - q0, Hq, B)](
-            scores, sel, q0,
-            scores.stride(0), scores.stride(1), scores.stride(2),
-            sel.stride(0), sel.stride(1), sel.stride(2),
-            K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
-        )
+
+    sel = select_in_chunks(B, Hq, N, nb, QUERY_TILE, block_size, top_k, q.device, SCORE_BYTES, fill_scores)
     return BlockSelection._trusted(sel, block_size, "head")

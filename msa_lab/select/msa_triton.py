@@ -20,9 +20,9 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection, num_blocks
-from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..triton_runtime import dot_pad, dot_precision
 from ..triton_tiles import load_rows
-from .topk_triton import top_blocks_kernel
+from .topk_triton import select_in_chunks
 
 SCORE_BYTES = 4 << 30
 # Measured on an H200 at 1M tokens (docs/kernels.md): 256 query rows per program (half the
@@ -133,17 +133,8 @@ def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: 
     B, N, G, Di = index_q.shape
     nb = num_blocks(N, block_size)
     iq, ik = index_q.contiguous(), index_k.contiguous()
-    sel = torch.empty(B, G, N, top_k, device=iq.device, dtype=torch.int32)
     rows, _ = query_tile(iq.dtype)
-    C = max(rows, min(N, SCORE_BYTES // (B * G * nb * 4)) // rows * rows)
-    scores = torch.empty(B, G, min(C, N), nb, device=iq.device, dtype=torch.float32)
-    for q0 in range(0, N, C):
-        q1 = min(N, q0 + C)
-        launch_block_scores(iq, ik, scores, q0, q1, block_size, pooling, sink_blocks)
-        top_blocks_kernel[(q1 - q0, G, B)](
-            scores, sel, q0,
-            scores.stride(0), scores.stride(1), scores.stride(2),
-            sel.stride(0), sel.stride(1), sel.stride(2),
-            K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
-        )
+    sel = select_in_chunks(B, G, N, nb, rows, block_size, top_k, iq.device, SCORE_BYTES,
+                           lambda scores, q0, q1: launch_block_scores(iq, ik, scores, q0, q1, block_size, pooling,
+                                                                      sink_blocks))
     return BlockSelection._trusted(sel, block_size, per)

@@ -19,10 +19,10 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..triton_runtime import dot_pad, dot_precision
 from ..triton_tiles import load_rows
 from .pooling import block_key_bounds
-from .topk_triton import top_blocks_kernel
+from .topk_triton import select_in_chunks
 
 SCORE_BYTES = 4 << 30
 # Shared-memory budgets of the operand tiles (bytes): the query's two halves, and one
@@ -82,11 +82,8 @@ def quest_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k
     row_bytes = D_PAD * q.element_size()
     rows = _tile(QUERY_TILE_BYTES, row_bytes, MAX_QUERY_TILE)
     blocks = _tile(BOUND_TILE_BYTES, row_bytes, MAX_BLOCK_TILE)
-    sel = torch.empty(B, Hq, N, top_k, device=q.device, dtype=torch.int32)
-    C = max(rows, min(N, SCORE_BYTES // (B * Hq * nb * 4)) // rows * rows)
-    scores = torch.empty(B, Hq, min(C, N), nb, device=q.device, dtype=torch.float32)
-    for q0 in range(0, N, C):
-        q1 = min(N, q0 + C)
+
+    def fill_scores(scores, q0, q1):
         _bound_scores[(triton.cdiv(q1 - q0, rows), Hq, B)](
             q, key_min, key_max, scores, q0, q1, nb,
             q.stride(0), q.stride(1), q.stride(2), key_min.stride(0), key_min.stride(1), key_min.stride(2),
@@ -94,10 +91,6 @@ def quest_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k
             G=G, BS=block_size, BM=rows, BJ=blocks, D=D, D_PAD=D_PAD,
             PRECISION=dot_precision(q.dtype),
         )
-        top_blocks_kernel[(q1 - q0, Hq, B)](
-            scores, sel, q0,
-            scores.stride(0), scores.stride(1), scores.stride(2),
-            sel.stride(0), sel.stride(1), sel.stride(2),
-            K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
-        )
+
+    sel = select_in_chunks(B, Hq, N, nb, rows, block_size, top_k, q.device, SCORE_BYTES, fill_scores)
     return BlockSelection._trusted(sel, block_size, "head")
