@@ -24,12 +24,17 @@ class Operation:
     auto_cpu: str
     triton: tuple[str, ...]
 
-    def resolve(self, backend: str, x: torch.Tensor) -> str:
-        """``backend`` checked against the table, ``"auto"`` resolved by ``x``'s device; a
-        Triton backend on a device that cannot run it raises."""
+    def check(self, backend: str) -> str:
+        """``backend`` if the table has it (or ``"auto"``); else a ValueError listing them."""
         choices = (*self.backends, "auto")
         if not isinstance(backend, str) or backend not in choices:
             raise ValueError(f"backend must be one of {', '.join(map(repr, choices))}; got {backend!r}")
+        return backend
+
+    def resolve(self, backend: str, x: torch.Tensor) -> str:
+        """``backend`` checked against the table, ``"auto"`` resolved by ``x``'s device; a
+        Triton backend on a device that cannot run it raises."""
+        backend = self.check(backend)
         if backend == "auto":
             backend = self.auto_cuda if x.is_cuda else self.auto_cpu
         if backend in self.triton:
@@ -50,6 +55,9 @@ BLOCK_SPARSE = Operation("block-sparse attention", ("reference", "flex", "triton
                          "triton", "reference", ("triton", "triton_q_outer"))
 #: A selector's scoring and top-k.
 SELECT = Operation("block selection", ("reference", "triton"), "triton", "reference", ("triton",))
+#: MSA's index KL loss: the fused kernels over a selection's tokens, or the reference (which alone
+#: computes the dense warm-up's loss over every visible token; ``index_kl_loss`` picks it there).
+INDEX_KL = Operation("index KL loss", ("reference", "triton"), "triton", "reference", ("triton",))
 #: One decode step against a KV cache (MSA's fused Triton decode, or the reference).
 DECODE = Operation("decode", ("reference", "triton"), "triton", "reference", ("triton",))
 #: Dense decode: SDPA's fused kernels, Triton flash-decoding, or the reference.

@@ -30,12 +30,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..backends import INDEX_KL
 from ..reference import compute_dtype, grouped_scores, query_chunk_size
 from ..selection import BlockSelection
-from ..validation import check_choice, check_hidden, check_positive_int, check_scale, check_tensor
+from ..validation import check_hidden, check_positive_int, check_scale, check_tensor
 from .rope import check_rope_base, check_rotary_dims, rotary
-
-KL_BACKENDS = ("reference", "triton", "auto")
 
 
 class MSAIndexer(nn.Module):
@@ -113,7 +112,7 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
         selection.check_matches(B, N, Hq, Hkv, q.device)
     if query_chunk is not None:
         query_chunk = check_positive_int(query_chunk, "query_chunk")
-    backend = check_choice(backend, "backend", KL_BACKENDS)
+    backend = INDEX_KL.check(backend)
     if lse is not None:
         if selection is None:
             raise ValueError("lse is the main sparse attention's LSE over a selection; without a selection "
@@ -124,8 +123,8 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
         lse = lse.detach()
     scale = check_scale(scale, D)
     q, k = q.detach(), k.detach()
-    if backend == "auto":
-        backend = "triton" if index_q.is_cuda and selection is not None else "reference"
+    if backend == "auto":  # the dense warm-up (no selection) has no kernel
+        backend = INDEX_KL.resolve(backend, index_q) if selection is not None else "reference"
     if backend == "triton":
         return _triton_kl(index_q, index_k, q, k, selection, scale, lse)
     if selection is None:
