@@ -156,7 +156,7 @@ def _select_and_attend(select, q, k, v, block_size, top_k, scale, backend, retur
     scale = check_scale(scale, D)
     backend = BLOCK_SPARSE.resolve(backend, q)
     with torch.no_grad():  # the scorer has no parameters and top-k no gradient
-        selection = select(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend, q))
+        selection = select(q, k, block_size=block_size, top_k=top_k, backend=selection_backend(backend))
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
 
 
@@ -188,6 +188,6 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
     backend = BLOCK_SPARSE.resolve(backend, q)
     with torch.no_grad():  # top-k has no gradient; the index branch learns from its own loss
         selection = select_msa(index_q, index_k, block_size=block_size, top_k=top_k,
-                               backend=selection_backend(backend, q), pooling=pooling, per=per,
+                               backend=selection_backend(backend), pooling=pooling, per=per,
                                sink_blocks=sink_blocks)
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)

@@ -66,8 +66,7 @@ DENSE_DECODE = Operation("dense decode", ("reference", "sdpa", "triton"), "sdpa"
 INDEX_KL = Operation("index KL loss", ("reference", "triton"), "triton", "reference", ("triton",))
 
 
-def selection_backend(attention_backend: str, x: torch.Tensor) -> str:
-    """The selector backend that goes with an attention backend: the Triton selection kernels
-    with a Triton attention backend (or ``auto`` on CUDA), else the reference."""
-    resolved = BLOCK_SPARSE.resolve(attention_backend, x) if attention_backend == "auto" else attention_backend
-    return "triton" if resolved in BLOCK_SPARSE.triton else "reference"
+def selection_backend(attention_backend: str) -> str:
+    """The selector backend that goes with a resolved attention backend (``BLOCK_SPARSE.resolve``):
+    the Triton selection kernels with a Triton attention backend, else the reference."""
+    return "triton" if attention_backend in BLOCK_SPARSE.triton else "reference"
