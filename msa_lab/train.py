@@ -125,7 +125,7 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
         raise ValueError(f"model.num_heads ({m['num_heads']}) must be a multiple of model.num_kv_heads "
                          f"({m['num_kv_heads']})")
     if tr["index_warmup"] and not _has_index_branch(m["method"]):
-        learned = " or ".join(s.name for s in selectors() if s.learned)
+        learned = " or ".join(s.name for s in selectors() if s.has_index_branch)
         raise ValueError(f"train.index_warmup is for model.method: {learned} (the warm-up trains its index branch)")
     if check_device and cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: cuda, but no CUDA GPU is visible here; use device: cpu")
@@ -281,7 +281,7 @@ def _eval_options(task: dict) -> dict:
 
 def _has_index_branch(method: str) -> bool:
     """A selector whose index branch is trained with the model (MSA's)."""
-    return method in SELECTORS and SELECTORS[method].learned
+    return method in SELECTORS and SELECTORS[method].has_index_branch
 
 
 @torch.no_grad()

@@ -73,7 +73,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
         self.selector = SELECTORS.get(method)
         self.indexer = None
-        if self.selector is not None and self.selector.learned and self.selector.inputs == "index":
+        if self.selector is not None and self.selector.has_index_branch:
             idx_dim = self.head_dim if index_dim is None else index_dim
             idx_rot = None if rotary_dims is None else round(rotary_dims * idx_dim / self.head_dim / 2) * 2
             self.indexer = MSAIndexer(d_model, num_kv_heads, idx_dim, rotary_dims=idx_rot, rope_base=rope_base)

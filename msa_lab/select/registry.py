@@ -97,6 +97,11 @@ class Selector:
     options: dict = field(default_factory=dict)
     description: str = ""
 
+    @property
+    def has_index_branch(self) -> bool:
+        """A learned selector of index inputs: a model builds and trains its index branch (MSA's)."""
+        return self.learned and self.inputs == "index"
+
     def default_per(self) -> str:
         return "group" if self.per == "either" else self.per
 
