@@ -47,11 +47,11 @@ def run_demo(*, out_dir="results/demo", seq_len: int = 8192, num_heads: int = 8,
     # Every registered selector of real inputs (MSA's index branch: the main Q/K, untrained); the
     # oracle without the local-block rule, the most mass any selection of this size keeps; and the
     # sliding window once more with StreamingLLM's sink (the first block).
-    runs = [(s.name, s, {}) for s in registered()] + [("window+sinks", SELECTORS["window"], dict(sink_blocks=1))]
-    options = {"oracle": dict(force_local=False)}
-    selectors = {name: lambda s=s, extra=extra: s.select(q, k, block_size=block_size, top_k=top_k, seed=seed,
-                                                         **options.get(s.name, {}), **extra)
-                 for name, s, extra in runs}
+    runs = [(s.name, s, dict(force_local=False) if s.name == "oracle" else {}) for s in registered()]
+    runs.append(("window+sinks", SELECTORS["window"], dict(sink_blocks=1)))
+    selectors = {name: lambda s=s, options=options: s.select(q, k, block_size=block_size, top_k=top_k, seed=seed,
+                                                             **options)
+                 for name, s, options in runs}
     steps = tqdm(total=2 + 2 * len(selectors), desc="demo", disable=not progress)
 
     def step(label, work):
