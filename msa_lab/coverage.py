@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .reference import block_mass, query_chunk_size
-from .selection import PER_CHOICES, BlockSelection
-from .selection import block_one_hot as _block_one_hot
+from .selection import PER_CHOICES, BlockSelection, block_one_hot
 from .select import select_top_blocks
 from .validation import (
     check_bool,
@@ -205,6 +204,8 @@ class CoverageReport:
         if oracle_ids is None:
             oracle_ids = oracle_blocks(mass, positions, block_size=block_size, top_k=top_k, per=per,
                                        group_size=group_size)
+            if per == "head" and head_oracle_ids is None:  # the per-head oracle is the paper's I* itself
+                head_oracle_ids = oracle_ids
         if head_oracle_ids is None:
             head_oracle_ids = oracle_blocks(mass, positions, block_size=block_size, top_k=top_k, per="head",
                                             group_size=group_size)
@@ -308,7 +309,7 @@ def mass_by_distance(mass: torch.Tensor, ids: torch.Tensor | None, positions: to
     distance = positions.view(-1, 1) // block_size - torch.arange(nb, device=mass.device)
     octave = distance_octave(distance)  # [C, nb]; future blocks hold no mass
     if ids is not None:
-        chosen = _block_one_hot(ids, nb)
+        chosen = block_one_hot(ids, nb)
         if per == "group":
             chosen = chosen.repeat_interleave(group_size, dim=1)
         mass = mass * chosen
@@ -329,7 +330,7 @@ def oracle_blocks(mass: torch.Tensor, positions: torch.Tensor, *, block_size: in
 
 def block_overlap(ids: torch.Tensor, oracle_ids: torch.Tensor, num_blocks: int, top_k: int) -> torch.Tensor:
     """|selected ∩ oracle| / top_k per row."""
-    return (_block_one_hot(ids, num_blocks) & _block_one_hot(oracle_ids, num_blocks)).sum(-1) / top_k
+    return (block_one_hot(ids, num_blocks) & block_one_hot(oracle_ids, num_blocks)).sum(-1) / top_k
 
 
 def paper_recall(mass: torch.Tensor, ids: torch.Tensor, head_oracle_ids: torch.Tensor, group_size: int,
@@ -343,8 +344,8 @@ def paper_recall(mass: torch.Tensor, ids: torch.Tensor, head_oracle_ids: torch.T
     nb = mass.shape[-1]
     if per == "group":
         ids = ids.repeat_interleave(group_size, dim=1)
-    best = _block_one_hot(head_oracle_ids, nb)
-    hit = best & _block_one_hot(ids, nb)
+    best = block_one_hot(head_oracle_ids, nb)
+    hit = best & block_one_hot(ids, nb)
     zero = torch.zeros((), dtype=mass.dtype, device=mass.device)
     # The same masked sum over the same blocks: a selection holding all of I* scores exactly 1.
     block = hit.sum(-1).to(mass.dtype) / best.sum(-1).to(mass.dtype)  # |I*| >= 1: the own block is visible
