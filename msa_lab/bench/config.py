@@ -24,7 +24,7 @@ from ..select.registry import SELECTORS, selectors
 
 #: Backends per (mode, method). "sdpa_cudnn" / "sdpa_flash" pin PyTorch SDPA's backend;
 #: "sdpa" lets PyTorch choose. Sparse attention backends are those of block_sparse_attention.
-SPARSE_BACKENDS = tuple(sorted(BLOCK_SPARSE.backends, key=("triton", "triton_q_outer", "flex", "reference").index))
+SPARSE_BACKENDS = BLOCK_SPARSE.backends
 DENSE_BACKENDS = ("sdpa_cudnn", "sdpa_flash", "sdpa", "triton", "reference")
 #: Every registered selector in prefill (the timed ones time their selection; the others,
 #: controls and benchmark workloads such as "structured" and "coherent", are given selections);
