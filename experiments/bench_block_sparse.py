@@ -16,6 +16,7 @@ Usage: python experiments/bench_block_sparse.py OUT_DIR [--sizes N ...] [--gqa-n
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -101,16 +102,16 @@ def timing(rows, N, B=1, Hq=64, Hkv=4, D=128, bs=128, topk=16, stages=True, quic
             bench(lambda: ml.block_sparse_attention(q, k, v, sel, backend="flex")), useful)
     except (RuntimeError, ValueError) as err:
         rows.append(dict(base, method="flex", status=f"error: {str(err)[:120]}"))
-    launch = kv_outer.Launch.for_rows(sel.per, Hq // Hkv)
+    launch = kv_outer.Launch.for_forward(sel.per, Hq // Hkv, sel.block_size, D, q.dtype)
     lists = build_query_lists(sel, 0, N, launch.entries)
     row("stage: query lists", bench(lambda: build_query_lists(sel, 0, N, launch.entries)), 0)
     o_part, lse_part = kv_outer.partial_buffers(B, N, topk, Hq, D, q.dtype, q.device)
-    for warps, st in ((kv_outer.NUM_WARPS, kv_outer.NUM_STAGES), (8, 1), (4, 2)):
+    for warps, st in ((launch.num_warps, launch.num_stages), (8, 1), (4, 2)):
         name = f"stage: attend (warps={warps}, stages={st}, rows={launch.M})"
         try:
             row(name, bench(lambda: kv_outer.attend(q, k, v, lists, o_part, lse_part, 0, scale, sel.block_size,
-                                                    sel.indices.shape[1], launch,
-                                                    num_warps=warps, num_stages=st)), useful)
+                                                    sel.indices.shape[1],
+                                                    replace(launch, num_warps=warps, num_stages=st))), useful)
         except Exception as err:  # an impossible config (shared memory) is a result
             rows.append(dict(base, method=name, status=f"error: {str(err)[:120]}"))
     out = torch.empty_like(q)

@@ -1,7 +1,7 @@
 """Shared memory of the block-sparse kernels at block sizes 16-4096, without a GPU.
 
 Compiles each kernel offline for an H200 (sm_90, CUDA target of the installed Triton) with the
-tile constants the library launches (``Launch.for_rows``, ``triton_runtime.key_tile``, the
+tile constants the library launches (``Launch.for_forward`` / ``for_rows``, ``triton_runtime.key_tile``, the
 backward's key parts, the top-k row length at 1M tokens) and prints its shared memory against
 the H200's 232448-byte limit. Triton on the GPU may allocate differently (3.6 there, this
 script was run with 3.9): ``check_block_sizes_gpu.py`` is the check on the device.
@@ -40,8 +40,7 @@ def shared_bytes(kernel, constexprs: dict, pointers: dict, num_warps: int, num_s
     return triton.compile(src, target=target, options=dict(num_warps=num_warps, num_stages=num_stages)).metadata.shared
 
 
-def rows(per: str) -> dict:
-    launch = kv_outer.Launch.for_rows(per, GROUP)
+def rows(launch: kv_outer.Launch) -> dict:
     return dict(G=GROUP, HPR=launch.HPR, QT=launch.QT, M=launch.M)
 
 
@@ -50,10 +49,10 @@ def forward(bs, D, dtype, per):
     keys = key_tile(bs, D, dtype)
     io = dict(q_ptr=t, k_ptr=t, v_ptr=t, o_part_ptr=t, lse_part_ptr="fp32", query_ptr="i32", slot_ptr="i32",
               work_list_ptr="i32", work_start_ptr="i32", work_count_ptr="i32")
-    const = dict(rows(per), BS=bs, KT=keys, KEY_TILES=triton.cdiv(bs, keys), D=D, D_PAD=dot_pad(D),
+    launch = kv_outer.Launch.for_forward(per, GROUP, bs, D, dtype)
+    const = dict(rows(launch), BS=bs, KT=keys, KEY_TILES=triton.cdiv(bs, keys), D=D, D_PAD=dot_pad(D),
                  PRECISION=dot_precision(dtype))
-    stages = 1 if dtype == torch.float32 else kv_outer.NUM_STAGES
-    return shared_bytes(kv_outer._kv_outer_fwd, const, io, kv_outer.NUM_WARPS, stages)
+    return shared_bytes(kv_outer._kv_outer_fwd, const, io, launch.num_warps, launch.num_stages)
 
 
 def backward(bs, D, dtype, per, deterministic):
@@ -68,7 +67,7 @@ def backward(bs, D, dtype, per, deterministic):
     io = dict(q_ptr=t, k_ptr=t, v_ptr=t, do_ptr=t, lse_ptr="fp32", delta_ptr="fp32", dq_ptr=dq, dk_ptr="fp32",
               dv_ptr="fp32", query_ptr="i32", slot_ptr="i32", work_list_ptr="i32", work_start_ptr="i32",
               work_count_ptr="i32")
-    const = dict(rows(per), BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PARTS=parts if deterministic else 1,
+    const = dict(rows(kv_outer.Launch.for_rows(per, GROUP)), BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PARTS=parts if deterministic else 1,
                  PRECISION=dot_precision(dtype), DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic)
     return shared_bytes(kv_outer_bwd._kv_outer_bwd, const, io, kv_outer_bwd.NUM_WARPS, 1)
 

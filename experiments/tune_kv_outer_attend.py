@@ -8,6 +8,7 @@ Usage: python experiments/tune_kv_outer_attend.py OUT_DIR [N]
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ for tile_rows in (32, 64, 128):
     lists = build_query_lists(sel, 0, N, launch.entries)
     for warps in (2, 4, 8):
         fn = lambda: kv_outer.attend(q, k, v, lists, o_part, lse_part, 0, D ** -0.5, bs, Hkv,  # noqa: E731
-                                     launch, num_warps=warps, num_stages=1)
+                                     replace(launch, num_warps=warps, num_stages=1))
         ms = triton.testing.do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
         kv_outer.merge(o_part, lse_part, sel.indices, out, lse, 0, launch)
         err = float((out.float() - ref.float()).norm() / ref.float().norm())

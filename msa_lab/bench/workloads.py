@@ -113,7 +113,7 @@ def _kv_outer_stages(q, k, v, selection: BlockSelection, scale: float) -> dict:
     B, N, Hq, D = q.shape
     K = selection.top_k
     sel = selection.indices.contiguous()
-    launch = kv_outer.Launch.for_rows(selection.per, Hq // k.shape[2])
+    launch = kv_outer.Launch.for_forward(selection.per, Hq // k.shape[2], selection.block_size, D, q.dtype)
     C = kv_outer.chunk_rows(B, N, K, Hq, D, q.dtype, q.device)
     chunks = [(q0, min(N, q0 + C)) for q0 in range(0, N, C)]
     lists = [build_query_lists(selection, q0, q1, launch.entries) for q0, q1 in chunks]

@@ -37,6 +37,12 @@ ROWS_PER_TILE = 64
 ROWS_PER_ITEM = 4096
 NUM_WARPS = 4
 NUM_STAGES = 1
+# A block walked in key sub-tiles is a flash-attention loop per query tile, where 128-row tiles,
+# 8 warps and 3 stages of pipelining win (MoBA's blocks 512-4096, 16-bit tiles, H200:
+# tune_kv_outer_large_blocks_h200.json, 1.9-2.1x over the block-128 settings).
+WALK_ROWS_PER_TILE = 128
+WALK_NUM_WARPS = 8
+WALK_NUM_STAGES = 3
 
 
 @triton.jit
@@ -167,34 +173,46 @@ def _merge_partials(
 
 @dataclass(frozen=True)
 class Launch:
-    """Tile shape of the KV-outer kernel for a selection: ``QT`` tokens x ``HPR`` heads
-    per MMA tile (``M`` rows, padded to a power of two), ``entries`` queries per program."""
+    """How the KV-outer kernel runs for a selection: ``QT`` tokens x ``HPR`` heads per MMA
+    tile (``M`` rows, padded to a power of two), ``entries`` queries per program, and the
+    compiler's ``num_warps`` and ``num_stages``."""
 
     HPR: int
     QT: int
     M: int
     entries: int
+    num_warps: int = NUM_WARPS
+    num_stages: int = NUM_STAGES
 
     @classmethod
-    def for_rows(cls, per: str, group_size: int) -> "Launch":
+    def for_rows(cls, per: str, group_size: int, *, rows_per_tile: int = ROWS_PER_TILE, **compiler) -> "Launch":
         """``per``: ``"group"`` (a selection row serves the group's ``group_size`` query
         heads, packed into the tile) or ``"head"`` (one query head per row)."""
         HPR = group_size if per == "group" else 1
-        QT = max(1, ROWS_PER_TILE // HPR)
-        return cls(HPR, QT, dot_pad(QT * HPR), max(QT, ROWS_PER_ITEM // HPR // QT * QT))
+        QT = max(1, rows_per_tile // HPR)
+        return cls(HPR, QT, dot_pad(QT * HPR), max(QT, ROWS_PER_ITEM // HPR // QT * QT), **compiler)
+
+    @classmethod
+    def for_forward(cls, per: str, group_size: int, block_size: int, head_dim: int,
+                    dtype: torch.dtype) -> "Launch":
+        """The measured settings of the forward for this block size and dtype: float32 tiles
+        take twice the shared memory, so they get no pipelining."""
+        if dtype == torch.float32:
+            return cls.for_rows(per, group_size, num_stages=1)
+        if key_tile(block_size, head_dim, dtype) < block_size:  # the block is walked in sub-tiles
+            return cls.for_rows(per, group_size, rows_per_tile=WALK_ROWS_PER_TILE,
+                                num_warps=WALK_NUM_WARPS, num_stages=WALK_NUM_STAGES)
+        return cls.for_rows(per, group_size)
 
 
 def attend(q, k, v, lists, o_part, lse_part, q0: int, scale: float, block_size: int,
-           selection_heads: int, launch: Launch, num_warps: int = NUM_WARPS,
-           num_stages: int | None = None) -> None:
+           selection_heads: int, launch: Launch) -> None:
     """Write the partial outputs and LSEs of the query rows that ``lists`` cover.
 
     ``selection_heads``: the selection's head count (its ``Hs``, which numbers the lists);
     the keys visible are ``k[:, :q.shape[1]]`` (decoding passes a stride-0 view of its query)."""
     if not lists.num_items:
         return
-    if num_stages is None:  # float32 tiles need twice the shared memory: no pipelining
-        num_stages = 1 if q.dtype == torch.float32 else NUM_STAGES
     D = q.shape[3]
     keys = key_tile(block_size, D, q.dtype)
     _kv_outer_fwd[(lists.num_items,)](
@@ -206,7 +224,7 @@ def attend(q, k, v, lists, o_part, lse_part, q0: int, scale: float, block_size: 
         G=q.shape[2] // k.shape[2], HPR=launch.HPR, QT=launch.QT, M=launch.M,
         BS=block_size, KT=keys, KEY_TILES=triton.cdiv(block_size, keys),
         D=D, D_PAD=dot_pad(D), PRECISION=dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
 
 
@@ -264,7 +282,7 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """``(out [B, N, Hq, D] in q.dtype, lse [B, Hq, N] float32)`` for valid inputs."""
     B, N, Hq, D = q.shape
     K = selection.top_k
-    launch = Launch.for_rows(selection.per, Hq // k.shape[2])
+    launch = Launch.for_forward(selection.per, Hq // k.shape[2], selection.block_size, D, q.dtype)
     q, k, v = (x.contiguous() for x in (q, k, v))
     if not selection.indices.is_contiguous():
         selection = BlockSelection._trusted(selection.indices.contiguous(), selection.block_size,
