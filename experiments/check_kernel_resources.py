@@ -6,19 +6,23 @@ backward's key parts, the top-k row length at 1M tokens) and prints its shared m
 the H200's 232448-byte limit. Triton on the GPU may allocate differently (3.6 there, this
 script was run with 3.9): ``check_block_sizes_gpu.py`` is the check on the device.
 
-Usage: python experiments/check_kernel_resources.py [--blocks 16,128,4096] [--dims 64,128]
+Usage: python experiments/check_kernel_resources.py [--blocks 16,128,4096] [--dims 64,128] [--out FILE.json]
+(the committed ``results/kernel_resources_sm90.json`` is the default grid; docs/kernels.md renders it)
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
+from pathlib import Path
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
 import _common  # noqa: E402,F401  (this checkout first on sys.path)
+from msa_lab.environment import gpu_environment  # noqa: E402
 from msa_lab.kernels import kv_outer, kv_outer_bwd  # noqa: E402
 from msa_lab.kernels.q_outer import NUM_WARPS as Q_OUTER_WARPS, _q_outer_fwd  # noqa: E402
 from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402
@@ -102,6 +106,7 @@ def main() -> None:
     ap.add_argument("--blocks", default="16,64,128,256,512,1024,4096")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--dtypes", default="bf16,fp32", help="fp16 tiles are laid out as bf16's")
+    ap.add_argument("--out", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args()
     blocks = [int(x) for x in args.blocks.split(",")]
     dims = [int(x) for x in args.dims.split(",")]
@@ -109,15 +114,23 @@ def main() -> None:
     print(f"triton {triton.__version__}, target sm_90; H200 limit {H200_SHARED} B; shared memory in bytes")
     print("| kernel | dtype | D | " + " | ".join(f"block {bs}" for bs in blocks) + " |")
     print("|---|---|---|" + "---|" * len(blocks))
-    worst = 0
+    rows = []
     for name, fn in KERNELS.items():
         for dt in dtypes:
             for D in dims:
                 cells = [fn(bs, D, dt) for bs in blocks]
-                worst = max(worst, *cells)
+                rows += [dict(kernel=name, dtype=TYPES[dt], head_dim=D, block_size=bs, shared_bytes=c)
+                         for bs, c in zip(blocks, cells)]
                 print(f"| {name} | {TYPES[dt]} | {D} | " + " | ".join(map(str, cells)) + " |", flush=True)
-    print("| top-k, row at 1M tokens | fp32 scores | - | " + " | ".join(str(top_k(bs)) for bs in blocks) + " |")
+    cells = [top_k(bs) for bs in blocks]
+    rows += [dict(kernel="top-k, row at 1M tokens", dtype="fp32 scores", head_dim=None, block_size=bs, shared_bytes=c)
+             for bs, c in zip(blocks, cells)]
+    print("| top-k, row at 1M tokens | fp32 scores | - | " + " | ".join(map(str, cells)) + " |")
+    worst = max(r["shared_bytes"] for r in rows)
     print(f"largest: {worst} B ({'fits' if worst <= H200_SHARED else 'OVER'} the H200's {H200_SHARED} B)")
+    if args.out:
+        env = gpu_environment(target="cuda sm_90 (offline compile)", shared_limit_bytes=H200_SHARED)
+        args.out.write_text(json.dumps(dict(environment=env, rows=rows), indent=1) + "\n")
 
 
 if __name__ == "__main__":

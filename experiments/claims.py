@@ -479,17 +479,21 @@ def _selectors_table() -> str:
 
 
 def _moba_blocks_table() -> str:
-    """MoBA at its published block sizes against dense cuDNN at 128K, one process."""
+    """MoBA at its published block sizes against dense cuDNN at each length: the whole
+    operator, its spread and its speedup over the dense row of the same process."""
     f = MOBA_BLOCKS
-    dense = total(f, "full", "sdpa_cudnn")
-    lines = ["| MoBA config | attended tokens per query (full blocks) | whole operator | spread | gate + top-k | "
-             "x dense cuDNN (same run) |", "|---|---|---|---|---|---|",
-             f"| dense, SDPA cuDNN | – | {ms(dense['median_ms'])} | {dense['spread_pct']:.1f} % | – | 1.0x |"]
-    for r in sorted((r for r in with_speedups(sweep_rows(f)) if r["method"] == "moba" and r["stage"] == "total"
-                     and r["status"] == "ok"), key=lambda r: r["block_size"]):
-        sel = stage(f, "moba", "triton", "selection", block_size=r["block_size"])
-        lines.append(f"| block {r['block_size']}, top-{r['top_k']} | {r['block_size'] * r['top_k']:,} | "
-                     f"{ms(r['median_ms'])} | {r['spread_pct']:.1f} % | {ms(sel['median_ms'])} | {times(r['speedup'])} |")
+    lengths = sorted({r["seq_len"] for r in sweep_rows(f)})
+    dense = {n: total(f, "full", "sdpa_cudnn", n) for n in lengths}
+    lines = ["| MoBA config | attended tokens per query (full blocks) | "
+             + " | ".join(f"{context(n)}: whole operator, spread, x dense cuDNN" for n in lengths) + " |",
+             "|---|---|" + "---|" * len(lengths),
+             "| dense, SDPA cuDNN | – | " + " | ".join(
+                 f"{ms(dense[n]['median_ms'])}, {dense[n]['spread_pct']:.1f} %, 1.0x" for n in lengths) + " |"]
+    configs = sorted({(r["block_size"], r["top_k"]) for r in sweep_rows(f) if r["method"] == "moba"})
+    for block_size, top_k in configs:
+        cells = [total(f, "moba", "triton", n, block_size=block_size, top_k=top_k) for n in lengths]
+        lines.append(f"| block {block_size}, top-{top_k} | {block_size * top_k:,} | " + " | ".join(
+            f"{ms(r['median_ms'])}, {r['spread_pct']:.1f} %, {times(r['speedup'])}" for r in cells) + " |")
     return "\n".join(lines)
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import math
 
-from claims import ROOT, SELECTION_CHECK, Claim, Table, med, row, rows_of, same_value, sweep_rows
+from claims import (MOBA_BLOCKS, ROOT, SELECTION_CHECK, Claim, Table, med, row, rows_of, same_value, stage,
+                    sweep_rows, total)
 
 RESULTS = "experiments/results"
 KV_OUTER_V1 = f"{RESULTS}/bench_kv_outer_v1_h200.json"
 BLOCK_SPARSE_V2 = f"{RESULTS}/bench_block_sparse_v2_h200.json"
 BLOCK_SPARSE_V3 = f"{RESULTS}/bench_block_sparse_v3_h200.json"
 TUNE_ATTEND = f"{RESULTS}/tune_kv_outer_attend_h200.json"
+TUNE_LARGE_BLOCKS = f"{RESULTS}/tune_kv_outer_large_blocks_h200.json"
+MOBA_BLOCKS_V1 = "experiments/results/superseded/moba_block_sizes_v1_h200"
 TUNE_INDEX = f"{RESULTS}/tune_index_topk_h200.json"
 MSA_OPERATOR_V1 = f"{RESULTS}/bench_msa_operator_v1_h200.json"
 MOBA_SELECTION = f"{RESULTS}/bench_moba_selection_h200.json"
@@ -249,7 +252,27 @@ def _decode_bench_table() -> str:
     return "\n".join(lines)
 
 
+def _large_blocks_tune_table() -> str:
+    """The attend stage at MoBA's block sizes for each launch setting: median and useful TFLOP/s."""
+    rows = rows_of(TUNE_LARGE_BLOCKS)
+    if any(r["status"] != "ok" or r["rel_err_vs_first"] != r["rel_err_vs_first"] or r["rel_err_vs_first"] > 1e-2
+           for r in rows):
+        raise ValueError(f"{TUNE_LARGE_BLOCKS}: a setting failed or disagrees with the first")
+    blocks = sorted({(r["block_size"], r["top_k"]) for r in rows})
+    settings = sorted({(r["rows"], r["warps"], r["stages"]) for r in rows})
+    lines = ["| rows per tile, warps, stages | " + " | ".join(f"block {b}, top-{k}" for b, k in blocks) + " |",
+             "|---|" + "---|" * len(blocks)]
+    for setting in settings:
+        cells = []
+        for b, k in blocks:
+            r = row(TUNE_LARGE_BLOCKS, block_size=b, rows=setting[0], warps=setting[1], stages=setting[2])
+            cells.append(f"{r['median_ms']:.1f} ms ({r['useful_tflops']:.0f} TFLOP/s)")
+        lines.append(f"| {', '.join(map(str, setting))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 TABLES: list[Table] = [
+    Table("docs/kernels.md", "tune_large_blocks", TUNE_LARGE_BLOCKS, _large_blocks_tune_table),
     Table("docs/results.md", "gqa_128k", GQA_GRID, _gqa_sweep_table),
     Table("docs/kernels.md", "kv_outer_v1", KV_OUTER_V1, _kv_outer_v1_table),
     Table("docs/kernels.md", "gqa_32k_v2", BLOCK_SPARSE_V2, lambda: _gqa_bench_table(BLOCK_SPARSE_V2, 32768, "")),
@@ -733,7 +756,8 @@ def _block_sizes_gpu() -> tuple:
         raise ValueError(f"{BLOCK_SIZES_GPU}: a point failed")
     errors = [v for r in rows for key, v in r.items() if key.startswith(("moba_kv_outer_", "group_"))]
     return (len(rows), min(r["block_size"] for r in rows), max(r["block_size"] for r in rows), rows[0]["seq_len"],
-            sci(max(errors)), min(r["moba_selection_rows_equal"] for r in rows))
+            sci(max(errors)), min(r["moba_selection_rows_equal"] for r in rows),
+            json.loads((ROOT / BLOCK_SIZES_GPU).read_text())["environment"]["package_hash"])
 
 
 def _msa_ablations_gpu() -> tuple:
@@ -782,6 +806,23 @@ CLAIMS += [
     Claim(K, "all {0} points of block sizes {1}-{2} x D 64 and 128 ran in bf16 at N = {3} (no resource\nerror), with "
           "relative errors against the float32 reference of at most {4}", BLOCK_SIZES_GPU, _block_sizes_gpu),
     Claim(K, "MoBA's Triton selection equal to the\nreference on {5:.1f} of rows", BLOCK_SIZES_GPU, _block_sizes_gpu),
+    Claim(K, "(`check_block_sizes_gpu_h200.json`, triton 3.6, package hash `{6}`)", BLOCK_SIZES_GPU, _block_sizes_gpu),
+    Claim(K, "{0} FLOP, {1:.0f} ms at the H200's bf16 peak; the minimal bytes (the cost model's: Q, K, V read\nonce, "
+          "the bf16 partials written once) are {2:.0f} GB, {3:.0f} ms at copy bandwidth", MOBA_BLOCKS, lambda: (
+              lambda r: (sci(r["useful_flop"]), r["bound_ms"], r["min_bytes"] / 1e9,
+                         r["min_bytes"] / (r["copy_tb_per_s"] * 1e12) * 1e3))(
+                  stage(MOBA_BLOCKS, "moba", "triton", "attention", 1 << 17, block_size=4096))),
+    Claim(K, "{0:.1f}-{1:.1f}x over the\nblock-128 settings (64, 4, 1) at MoBA's blocks", TUNE_LARGE_BLOCKS, lambda: (
+        lambda gains: (min(gains), max(gains)))([
+            row(TUNE_LARGE_BLOCKS, block_size=b, rows=64, warps=4, stages=1)["median_ms"]
+            / row(TUNE_LARGE_BLOCKS, block_size=b, rows=128, warps=8, stages=3)["median_ms"] for b in (512, 1024, 4096)])),
+    Claim(K, "whole operator: {0:.0f}\nms before, {1:.0f} ms after, two processes). The best setting reaches {2:.0f} useful "
+          "TFLOP/s against\ncuDNN's dense {3:.0f} in the first sweep's process", f"{MOBA_BLOCKS_V1}, {MOBA_BLOCKS}, "
+          f"{TUNE_LARGE_BLOCKS}", lambda: (
+              total(MOBA_BLOCKS_V1, "moba", "triton", 1 << 17, block_size=4096)["median_ms"],
+              total(MOBA_BLOCKS, "moba", "triton", 1 << 17, block_size=4096)["median_ms"],
+              max(r["useful_tflops"] for r in rows_of(TUNE_LARGE_BLOCKS)),
+              total(MOBA_BLOCKS_V1, "full", "sdpa_cudnn", 1 << 17)["tflops_useful"])),
     Claim(K, "{0} selections (pooling max / mean / lse, per group and\nper head, sink blocks 0 and 2, blocks {1}-{2})",
           MSA_ABLATIONS_GPU, _msa_ablations_gpu),
     Claim(K, "whose sets differ at most {3}, and every differing row a near-tie (score gap at most {4})",

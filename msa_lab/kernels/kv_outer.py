@@ -39,7 +39,7 @@ NUM_WARPS = 4
 NUM_STAGES = 1
 # A block walked in key sub-tiles is a flash-attention loop per query tile, where 128-row tiles,
 # 8 warps and 3 stages of pipelining win (MoBA's blocks 512-4096, 16-bit tiles, H200:
-# tune_kv_outer_large_blocks_h200.json, 1.9-2.1x over the block-128 settings).
+# tune_kv_outer_large_blocks_h200.json, 1.8-2.1x over the block-128 settings).
 WALK_ROWS_PER_TILE = 128
 WALK_NUM_WARPS = 8
 WALK_NUM_STAGES = 3
