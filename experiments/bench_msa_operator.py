@@ -28,8 +28,8 @@ from _common import result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
 from msa_lab.bench import event_timed  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
-from msa_lab.select import msa_triton as index_topk  # noqa: E402
 from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402
+from msa_lab.triton_runtime import kernel_settings  # noqa: E402
 
 REPEATS = 5
 
@@ -65,7 +65,8 @@ def selection_timing(rows, N=131072):
     scores = torch.randn(1, 4, N, nb, device="cuda")
     sel = torch.empty(1, 4, N, 16, device="cuda", dtype=torch.int32)
     rows.append(dict(N=N, what="top-k kernel alone", **timed(lambda: top_blocks_kernel[(N, 4, 1)](
-        scores, sel, 0, *scores.stride()[:3], *sel.stride()[:3], K=16, BS=128, NB_PAD=nb))))
+        scores, sel, 0, *scores.stride()[:3], *sel.stride()[:3], K=16, BS=128, NB_PAD=nb,
+        ROW_TILE=kernel_settings().top_k_row_tile))))
     rows.append(dict(N=N, what="torch.topk on the same scores (no causal mask, no ties rule)",
                      **timed(lambda: torch.topk(scores, 16, dim=-1))))
 
@@ -114,7 +115,8 @@ def moba(rows, N=131072):
 
 def main(out_dir, sections):
     rows = result_rows(Path(out_dir) / "bench_msa_operator.json", announce=True,
-                       partial_bytes=kv_outer.partial_budget(torch.device('cuda')), score_bytes=index_topk.SCORE_BYTES)
+                       partial_bytes=kv_outer.partial_budget(torch.device('cuda')),
+                       score_bytes=kernel_settings().score_bytes)
     if "selection" in sections:
         selection_checks(rows)
         selection_timing(rows)

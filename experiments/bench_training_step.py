@@ -16,6 +16,7 @@ Usage: python experiments/bench_training_step.py OUT_DIR [--lengths N ...] [--se
 """
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from msa_lab.kernels.kv_outer import kv_outer_attention  # noqa: E402
 from msa_lab.kernels import kv_outer_bwd  # noqa: E402
 from msa_lab.kernels.kv_outer_bwd import KVOuterAttention  # noqa: E402
 from msa_lab.nn import index_kl_loss  # noqa: E402
+from msa_lab.triton_runtime import using_kernel_settings  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("out_dir", nargs="?", default="results/training_step")
@@ -54,6 +56,7 @@ def grads(q, k, v, sel, dout, **kw):
 
 
 # 1. Correctness: gradients of every dtype against autograd through the float64 reference.
+script_settings = contextlib.ExitStack()  # kernel settings this run chooses, for the rest of it
 if "checks" in args.sections:
     CHECKS = [  # B, N, Hq, Hkv, D, block, top_k, per (the full grid ran in v1: bench_training_step_v1_h200.json)
         (1, 2048, 64, 4, 128, 128, 16, "group"),   # MSA's config, small N
@@ -103,7 +106,8 @@ if "tiles" in args.sections:
         rows.append(dict(what="backward tile", N=N, keys_per_program=keys, num_warps=warps, **t))
         if best is None or t["median_ms"] < best[0]:
             best = (t["median_ms"], keys, warps)
-    kv_outer_bwd.KEYS_PER_PROGRAM, kv_outer_bwd.NUM_WARPS = best[1], best[2]
+    # The rest of the script trains with the chosen tile.
+    script_settings.enter_context(using_kernel_settings(backward_keys_per_program=best[1], backward_num_warps=best[2]))
     rows.append(dict(what="backward tile chosen", keys_per_program=best[1], num_warps=best[2]))
     del q, k, v, dout, out, lse, sel
 
@@ -134,7 +138,7 @@ for N in args.lengths if {"steps", "dense"} & set(args.sections) else ():
 
         def sparse_step(deterministic):
             def step():
-                out, _ = KVOuterAttention.apply(qg, kg, vg, sel, scale, deterministic)
+                out, _ = KVOuterAttention.apply(qg, kg, vg, sel, scale, deterministic, None)
                 torch.autograd.grad(out, (qg, kg, vg), dout)
             return step
 

@@ -27,7 +27,7 @@ from msa_lab.kernels import kv_outer, kv_outer_bwd  # noqa: E402
 from msa_lab.kernels.q_outer import NUM_WARPS as Q_OUTER_WARPS, _q_outer_fwd  # noqa: E402
 from msa_lab.select.topk_triton import top_blocks_kernel  # noqa: E402
 from msa_lab.triton_runtime import dot_pad, dot_precision, next_pow2  # noqa: E402
-from msa_lab.triton_runtime import key_tile  # noqa: E402
+from msa_lab.triton_runtime import KernelSettings, key_tile  # noqa: E402
 
 H200_SHARED = 232448
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -62,9 +62,9 @@ def forward(bs, D, dtype, per):
 def backward(bs, D, dtype, per, deterministic):
     t = TYPES[dtype]
     if deterministic:
-        keys = min(dot_pad(bs), kv_outer_bwd.KEYS_PER_PROGRAM)
+        keys = min(dot_pad(bs), KernelSettings().backward_keys_per_program)
     else:
-        keys = max(16, min(next_pow2(bs), kv_outer_bwd.KEYS_PER_PROGRAM))
+        keys = max(16, min(next_pow2(bs), KernelSettings().backward_keys_per_program))
     parts = triton.cdiv(bs, keys)
     per_slot = deterministic or parts == 1
     dq = ("bf16" if dtype == torch.bfloat16 else "fp32") if per_slot else "fp32"
@@ -73,7 +73,7 @@ def backward(bs, D, dtype, per, deterministic):
               work_count_ptr="i32")
     const = dict(rows(kv_outer.Launch.for_rows(per, GROUP)), BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PARTS=parts if deterministic else 1,
                  PRECISION=dot_precision(dtype), DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic)
-    return shared_bytes(kv_outer_bwd._kv_outer_bwd, const, io, kv_outer_bwd.NUM_WARPS, 1)
+    return shared_bytes(kv_outer_bwd._kv_outer_bwd, const, io, KernelSettings().backward_num_warps, 1)
 
 
 def q_outer(bs, D, dtype, per):
@@ -88,7 +88,8 @@ def q_outer(bs, D, dtype, per):
 
 def top_k(bs):
     nb = triton.cdiv(1 << 20, bs)  # a row's blocks at 1M tokens
-    return shared_bytes(top_blocks_kernel, dict(K=8, BS=bs, NB_PAD=next_pow2(nb)),
+    return shared_bytes(top_blocks_kernel, dict(K=8, BS=bs, NB_PAD=next_pow2(nb),
+                                                ROW_TILE=KernelSettings().top_k_row_tile),
                         dict(score_ptr="fp32", sel_ptr="i32"), 4, 3)
 
 

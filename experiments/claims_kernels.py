@@ -20,6 +20,7 @@ BLOCK_SPARSE_V2 = f"{RESULTS}/bench_block_sparse_v2_h200.json"
 BLOCK_SPARSE_V3 = f"{RESULTS}/bench_block_sparse_v3_h200.json"
 TUNE_ATTEND = f"{RESULTS}/tune_kv_outer_attend_h200.json"
 TUNE_LARGE_BLOCKS = f"{RESULTS}/tune_kv_outer_large_blocks_h200.json"
+KERNEL_RESOURCES = f"{RESULTS}/kernel_resources_sm90.json"
 MOBA_BLOCKS_V1 = "experiments/results/superseded/moba_block_sizes_v1_h200"
 TUNE_INDEX = f"{RESULTS}/tune_index_topk_h200.json"
 MSA_OPERATOR_V1 = f"{RESULTS}/bench_msa_operator_v1_h200.json"
@@ -218,8 +219,6 @@ def _operator_table() -> str:
 
 
 def _dense_table() -> str:
-    cell = lambda n, m, first: (lambda r: f"{r['median_ms']:.1f} ms, {r['tflops']:.0f}" if first  # noqa: E731
-                                else f"{r['median_ms']:.1f} ms, {r['tflops']:.0f}")(row(DENSE, N=n, method=m))
     lines = ["| N (Hq=64, Hkv=4, D=128, bf16, causal) | Triton flash | SDPA cuDNN | SDPA FlashAttention |",
              "|---|---|---|---|"]
     for n, label in ((32768, "32K"), (131072, "128K")):
@@ -271,7 +270,25 @@ def _large_blocks_tune_table() -> str:
     return "\n".join(lines)
 
 
+def _kernel_resources_table() -> str:
+    """Shared memory of each kernel by block size, from the offline compile for sm_90."""
+    data = json.loads((ROOT / KERNEL_RESOURCES).read_text())
+    env, rows = data["environment"], data["rows"]
+    blocks = sorted({r["block_size"] for r in rows})
+    lines = [f"triton {env['triton']}, target sm_90; H200 limit {env['shared_limit_bytes']} B; shared memory in bytes",
+             "| kernel | dtype | D | " + " | ".join(f"block {b}" for b in blocks) + " |", "|---|---|---|" + "---|" * len(blocks)]
+    keys = list(dict.fromkeys((r["kernel"], r["dtype"], r["head_dim"]) for r in rows))
+    for kernel, dtype, D in keys:
+        cells = {r["block_size"]: r["shared_bytes"] for r in rows if (r["kernel"], r["dtype"], r["head_dim"]) == (kernel, dtype, D)}
+        lines.append(f"| {kernel} | {dtype} | {'-' if D is None else D} | " + " | ".join(str(cells[b]) for b in blocks) + " |")
+    worst = max(r["shared_bytes"] for r in rows)
+    lines.append(f"largest: {worst} B ({'fits' if worst <= env['shared_limit_bytes'] else 'OVER'} the H200's "
+                 f"{env['shared_limit_bytes']} B)")
+    return "\n".join(lines)
+
+
 TABLES: list[Table] = [
+    Table("docs/kernels.md", "kernel_resources", KERNEL_RESOURCES, _kernel_resources_table),
     Table("docs/kernels.md", "tune_large_blocks", TUNE_LARGE_BLOCKS, _large_blocks_tune_table),
     Table("docs/results.md", "gqa_128k", GQA_GRID, _gqa_sweep_table),
     Table("docs/kernels.md", "kv_outer_v1", KV_OUTER_V1, _kv_outer_v1_table),

@@ -18,7 +18,7 @@ import triton
 import _common  # noqa: E402, F401
 import msa_lab as ml  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
-from msa_lab.kernels.query_lists import build_query_lists  # noqa: E402
+from msa_lab.kv_outer_plan import build_query_lists  # noqa: E402
 
 out_dir, N = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 131072
 out_dir.mkdir(parents=True, exist_ok=True)

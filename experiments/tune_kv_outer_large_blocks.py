@@ -18,7 +18,7 @@ import triton
 from _common import rel_err, result_rows  # noqa: E402
 import msa_lab as ml  # noqa: E402
 from msa_lab.kernels import kv_outer  # noqa: E402
-from msa_lab.kernels.query_lists import build_query_lists  # noqa: E402
+from msa_lab.kv_outer_plan import build_query_lists  # noqa: E402
 
 out_path, N = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 131072
 Hq, Hkv, D = 64, 4, 128

@@ -7,6 +7,7 @@ method means.
 from .attention import block_sparse_attention, full_attention, moba_attention, msa_attention, quest_attention
 from .coverage import CoverageReport, coverage, output_error
 from .decode import KVCache, dense_decode, msa_decode
+from .kv_outer_plan import KVOuterPlan, prepare_kv_outer
 from .selection import BlockSelection
 from .select import (
     index_from_qk,
@@ -26,6 +27,7 @@ __all__ = [
     "BlockSelection",
     "CoverageReport",
     "KVCache",
+    "KVOuterPlan",
     "block_sparse_attention",
     "coverage",
     "dense_decode",
@@ -36,6 +38,7 @@ __all__ = [
     "msa_block_scores",
     "msa_decode",
     "output_error",
+    "prepare_kv_outer",
     "quest_attention",
     "select_moba",
     "select_msa",

@@ -15,6 +15,7 @@ import torch
 from .backends import BLOCK_SPARSE, FULL, FULL_WITH_LSE, selection_backend
 from .reference import attention_reference
 from .select import select_moba, select_msa, select_quest
+from .kv_outer_plan import KVOuterPlan
 from .selection import PER_CHOICES, BlockSelection
 from .validation import check_bool, check_choice, check_index_inputs, check_qkv, check_scale
 
@@ -78,7 +79,7 @@ def _full_sdpa(q, k, v, causal, scale):
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            selection: BlockSelection, *, scale: float | None = None,
                            backend: str = "reference", return_lse: bool = False,
-                           deterministic: bool = False):
+                           deterministic: bool = False, plan: KVOuterPlan | None = None):
     """Exact causal softmax attention over the tokens of each query's selected blocks.
 
     ``selection`` rows are per KV group (shared by the group's query heads) or per
@@ -86,6 +87,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Differentiable in q, k, v with the ``reference`` (autograd), ``flex`` and ``triton``
     (KV-outer backward kernel) backends; ``deterministic=True`` makes the Triton backward
     bitwise reproducible on a given GPU model (no atomics; see ``kernels/kv_outer_bwd.py``).
+    ``plan``: ``prepare_kv_outer(selection)``, to share the Triton backend's query lists with
+    ``index_kl_loss`` (its backward reuses the forward's either way).
     """
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     _check_flags(return_lse=return_lse, deterministic=deterministic)
@@ -94,10 +97,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     selection.check_matches(B, N, Hq, Hkv, q.device)
     scale = check_scale(scale, D)
     backend = BLOCK_SPARSE.resolve(backend, q)
-    return _block_sparse(q, k, v, selection, scale, backend, return_lse, False, deterministic)
+    KVOuterPlan.check_argument(plan, selection, backend)
+    return _block_sparse(q, k, v, selection, scale, backend, return_lse, False, deterministic, plan)
 
 
-def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic=False):
+def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic=False,
+                  plan=None):
     """Attention over ``selection`` with a resolved ``backend`` (``BLOCK_SPARSE.resolve``)."""
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if backend == "flex":
@@ -108,11 +113,11 @@ def _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selecti
         if backend == "triton" and needs_grad:
             from .kernels.kv_outer_bwd import KVOuterAttention
 
-            out, lse = KVOuterAttention.apply(q, k, v, selection, scale, deterministic)
+            out, lse = KVOuterAttention.apply(q, k, v, selection, scale, deterministic, plan)
         elif backend == "triton":
             from .kernels.kv_outer import kv_outer_attention
 
-            out, lse = kv_outer_attention(q, k, v, selection, scale)
+            out, lse = kv_outer_attention(q, k, v, selection, scale, plan=plan)
         else:
             if needs_grad:
                 raise ValueError("backend='triton_q_outer' has no backward pass; use backend='triton' "

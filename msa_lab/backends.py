@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass(frozen=True)
 class Operation:
     """The backends of one operation; ``triton``: those that launch Triton kernels."""
@@ -62,8 +61,6 @@ INDEX_KL = Operation("index KL loss", ("reference", "triton"), "triton", "refere
 DECODE = Operation("decode", ("reference", "triton"), "triton", "reference", ("triton",))
 #: Dense decode: SDPA's fused kernels, Triton flash-decoding, or the reference.
 DENSE_DECODE = Operation("dense decode", ("reference", "sdpa", "triton"), "sdpa", "sdpa", ("triton",))
-#: MSA's index KL loss.
-INDEX_KL = Operation("index KL loss", ("reference", "triton"), "triton", "reference", ("triton",))
 
 
 def selection_backend(attention_backend: str) -> str:

@@ -89,12 +89,15 @@ def _config_difference(a: dict, b: dict) -> str | None:
 
 def config_differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
     """Every field where two run configs differ, as ``(dotted field, value in a, value in b)``
-    in sorted field order; a field one config lacks has the value None there."""
+    in sorted field order; a field one config lacks has the value None there, and a mapping it
+    lacks is an empty one (a run stored before a mapping field such as ``model.options``
+    existed has that field's empty default)."""
     out = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += config_differences(x, y, f"{prefix}{key}.")
+        if isinstance(x, dict) and y is None or isinstance(y, dict) and x is None or \
+                isinstance(x, dict) and isinstance(y, dict):
+            out += config_differences(x or {}, y or {}, f"{prefix}{key}.")
         elif x != y:
             out.append((f"{prefix}{key}", x, y))
     return out

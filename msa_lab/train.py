@@ -57,7 +57,7 @@ from .tasks import TASKS, make_batch
 DEFAULTS = {
     "model": dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=None,
                   method="full", full_layers=[], block_size=32, top_k=4, index_dim=None, backend="auto",
-                  deterministic=False),
+                  deterministic=False, options={}),
     "task": dict(name="mqar", seq_len=512, options={}),
     "train": dict(steps=200, batch=16, lr=3e-3, weight_decay=0.0, lr_warmup=20, index_warmup=0,
                   index_loss_weight=1.0, grad_clip=1.0, log_every=10, eval_every=0, checkpoint_every=100,
@@ -101,6 +101,12 @@ def parse_run_config(raw: dict, *, check_device: bool = True) -> dict:
         if m[key] is not None:
             field_int(m[key], f"model.{key} (or null)")
     field_bool(m["deterministic"], "model.deterministic")
+    if m["method"] == "full" and m["options"]:
+        raise ValueError(f"model.options are the ablation parameters of a sparse model.method; full takes none, "
+                         f"got {m['options']!r}")
+    # Stored without the defaults, so a config that spells one out resumes a run that did not.
+    m["options"] = {} if m["method"] == "full" else dict(SELECTORS[m["method"]].check_options(
+        m["options"], "model.options", block_size=m["block_size"], top_k=m["top_k"]))
     if not isinstance(m["full_layers"], list):
         raise ValueError(f"model.full_layers must be a list of layer indices, got {m['full_layers']!r}")
     for layer in m["full_layers"]:

@@ -42,6 +42,18 @@ def pytest_report_header(config):
     return f"msa_lab test seed: MSA_LAB_TEST_SEED={BASE_SEED}, device: MSA_LAB_TEST_DEVICE={TEST_DEVICE}"
 
 
+@pytest.fixture
+def kernel_settings():
+    """``kernel_settings(poison_partials=True, ...)`` changes the kernels' settings for the rest of
+    the test (``triton_runtime.using_kernel_settings``), restored after it."""
+    import contextlib
+
+    from msa_lab.triton_runtime import using_kernel_settings
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(using_kernel_settings(**changes))
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     torch.manual_seed(BASE_SEED ^ zlib.crc32(request.node.nodeid.encode()))

@@ -74,3 +74,32 @@ def test_the_explorer_names_its_histograms_and_greys_future_blocks(explorer):
     assert len(future) == len(share) == 16
     assert all((future[q][k] is None) == (k <= q) for q in range(16) for k in range(16))
     assert explorer.map.data[3].name == "future blocks (causally masked)"
+
+
+@pytest.mark.parametrize("method,text,options", [("msa", "pooling=lse, sink_blocks=1", dict(pooling="lse", sink_blocks=1)),
+                                                 ("window", "sink_blocks=2", dict(sink_blocks=2))])
+def test_explorer_options_are_the_selectors_ablations(explorer, method, text, options):
+    explorer.seq_len.value, explorer.pattern.value, explorer.block_size.value = 1000, "mixed", 64
+    explorer.top_k.value, explorer.method.value = 4, method
+    explorer.options.value = text
+    try:
+        got = explorer.report()
+        assert f"({text})" in explorer.summary.value and f"({text})" in explorer.hist.data[0].name
+    finally:
+        explorer.options.value = ""
+    data = structured_qkv(seq_len=1000, num_heads=4, num_kv_heads=2, head_dim=32, patterns="mixed", seed=0)
+    sel = ml.select_msa(*ml.index_from_qk(data.q, data.k), block_size=64, top_k=4, **options) if method == "msa" \
+        else ml.select_window(data.q, data.k, block_size=64, top_k=4, **options)
+    ref = ml.coverage(data.q, data.k, sel, rows=got.positions)
+    assert torch.allclose(got.recall, ref.recall, atol=1e-5)
+    assert not torch.allclose(got.recall, explorer.report().recall)  # the defaults select otherwise
+
+
+def test_bad_explorer_options_are_said_in_the_summary_not_raised(explorer):
+    explorer.method.value = "msa"
+    for text, said in (("pooling=softmax", "pooling must be"), ("poolng=lse", "did you mean 'pooling'"),
+                       ("sink_blocks=one", "options.sink_blocks must be an int"), ("pooling", "name=value")):
+        explorer.options.value = text
+        assert said in explorer.summary.value, text
+    explorer.options.value = ""
+    assert "recall mean" in explorer.summary.value

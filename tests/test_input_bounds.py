@@ -15,27 +15,41 @@ def qkv():
     return make_qkv(1, 64, 4, 2, 16)
 
 
-@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the interpreter runs on the CPU")
-def test_every_triton_entry_refuses_bfloat16_under_the_interpreter():
-    q, k, v = make_qkv(1, 32, 4, 2, 16, torch.bfloat16)
-    iq, ik = torch.randn(1, 32, 2, 16).bfloat16(), torch.randn(1, 32, 1, 16).bfloat16()
+def triton_entries(head_dim: int, dtype=torch.float32) -> dict:
+    """Every public call that launches Triton kernels, on inputs of ``head_dim`` and ``dtype``."""
+    q, k, v = make_qkv(1, 32, 4, 2, head_dim, dtype)
+    iq, ik = torch.randn(1, 32, 2, head_dim).to(dtype), torch.randn(1, 32, 1, head_dim).to(dtype)
     sel = ml.select_window(q, k, block_size=16, top_k=2)
     cache = ml.KVCache.from_prefill(k, v, ik)
-    calls = {
+    return {
         "flash": lambda: ml.full_attention(q, k, v, backend="triton"),
         "kv_outer": lambda: ml.block_sparse_attention(q, k, v, sel, backend="triton"),
         "q_outer": lambda: ml.block_sparse_attention(q, k, v, sel, backend="triton_q_outer"),
         "backward": lambda: ml.block_sparse_attention(q.requires_grad_(), k, v, sel, backend="triton"),
         "moba": lambda: ml.moba_attention(q, k, v, block_size=16, top_k=2, backend="triton"),
+        "quest": lambda: ml.select_quest(q, k, block_size=16, top_k=2, backend="triton"),
         "msa_selection": lambda: ml.select_msa(iq, ik, block_size=16, top_k=2, backend="triton"),
         "msa_decode": lambda: ml.msa_decode(q[:, -1:], iq[:, -1:], cache, block_size=16, top_k=2,
                                             backend="triton"),
         "dense_decode": lambda: ml.dense_decode(q[:, -1:], cache, backend="triton"),
         "index_kl": lambda: index_kl_loss(iq, ik, q, k, sel, backend="triton"),
     }
-    for name, call in calls.items():
+
+
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the interpreter runs on the CPU")
+def test_every_triton_entry_refuses_bfloat16_under_the_interpreter():
+    for name, call in triton_entries(16, torch.bfloat16).items():
         with pytest.raises(TypeError, match="bfloat16 inputs under TRITON_INTERPRET=1.*float16 or float32"):
             call()
+
+
+def test_every_triton_entry_refuses_head_dims_above_128_before_a_launch():
+    for name, call in triton_entries(136).items():
+        with pytest.raises(ValueError, match="takes head dims up to 128.*got 136"):
+            call()
+    q, k, v = make_qkv(1, 32, 4, 2, 136)
+    sel = ml.select_window(q, k, block_size=16, top_k=2)
+    assert ml.block_sparse_attention(q, k, v, sel).shape == q.shape  # the reference takes any head dim
 
 
 @pytest.mark.parametrize("scale", [1e38, 1e300, 1e-300, 2.0 ** 16 * 1.01])
@@ -119,7 +133,7 @@ def test_the_backward_refuses_a_selection_edited_after_its_forward(qkv):
 
 @pytest.mark.skipif(TEST_DEVICE != "cpu", reason="edits through .numpy() need CPU tensors")
 def test_query_lists_never_point_past_the_last_block(qkv):
-    from msa_lab.kernels.query_lists import build_query_lists
+    from msa_lab.kv_outer_plan import build_query_lists
 
     q, k, _ = qkv
     sel = ml.select_window(q, k, block_size=16, top_k=2)

@@ -97,15 +97,14 @@ def test_blocks_split_over_programs_give_the_same_gradients(bs, keys):
     (2, 77, 8, 1, 32, 16, 4, "head", 9),      # 9 chunks of 9 queries and one of 5, per head
     (1, 64, 16, 1, 32, 16, 3, "group", 16),   # chunks on block boundaries, GQA 16
 ])
-def test_query_chunks_of_dq_partials_give_the_same_gradients(monkeypatch, B, N, Hq, Hkv, D, bs, topk, per, chunk,
+def test_query_chunks_of_dq_partials_give_the_same_gradients(kernel_settings, B, N, Hq, Hkv, D, bs, topk, per, chunk,
                                                              deterministic):
     """dQ partials are per (query, slot) and summed per chunk of queries; with the buffer
     poisoned, a slot the kernel fails to write would show as NaN."""
-    from msa_lab.kernels import kv_outer
     from msa_lab.kernels.kv_outer import kv_outer_attention
     from msa_lab.kernels.kv_outer_bwd import kv_outer_backward
 
-    monkeypatch.setattr(kv_outer, "POISON_PARTIALS", True)
+    kernel_settings(poison_partials=True)
     q, k, v = make_qkv(B, N, Hq, Hkv, D)
     sel = random_selection(B, Hkv if per == "group" else Hq, N, bs, topk, per)
     dout = torch.randn_like(q)

@@ -37,10 +37,10 @@ def test_matches_reference(B, N, Hq, Hkv, D, bs, topk, per, dtype, tol, backend)
     assert rel_err(out, ref) < tol and rel_err(lse, ref_lse) < tol
 
 
-def test_every_partial_is_written_and_chunks_agree(monkeypatch):
+def test_every_partial_is_written_and_chunks_agree(kernel_settings):
     from msa_lab.kernels import kv_outer
 
-    monkeypatch.setattr(kv_outer, "POISON_PARTIALS", True)
+    kernel_settings(poison_partials=True)
     q, k, v = make_qkv(2, 90, 8, 2, 32)
     sel = ml.select_msa(*ml.index_from_qk(q, k), block_size=16, top_k=4)
     ref, ref_lse = ml.block_sparse_attention(q, k, v, sel, return_lse=True)
@@ -71,7 +71,7 @@ def test_moba_and_msa_entry_points_use_it():
 
 
 def test_query_lists_cover_every_selected_slot_once():
-    from msa_lab.kernels.query_lists import build_query_lists
+    from msa_lab.kv_outer_plan import build_query_lists
 
     q, k, _ = make_qkv(2, 200, 4, 2, 8)
     sel = random_selection(2, 2, 200, 16, 5, "group")
@@ -92,7 +92,7 @@ def test_query_lists_cover_every_selected_slot_once():
 
 
 def test_heavily_chosen_blocks_are_split():
-    from msa_lab.kernels.query_lists import build_query_lists
+    from msa_lab.kv_outer_plan import build_query_lists
 
     q, k, _ = make_qkv(1, 256, 2, 1, 8)
     sel = ml.select_window(q, k, block_size=16, top_k=16)  # block 0 chosen by every query

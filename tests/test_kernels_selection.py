@@ -39,12 +39,10 @@ def test_ties_go_to_the_lower_id_and_nan_ranks_last():
     assert torch.equal(got.indices[0, 0, :, 0], (torch.arange(N) // bs).int())
 
 
-def test_query_chunks_agree(monkeypatch):
-    from msa_lab.select import msa_triton as index_topk
-
+def test_query_chunks_agree(kernel_settings):
     iq, ik = torch.randn(1, 500, 2, 16), torch.randn(1, 500, 1, 16)
     whole = ml.select_msa(iq, ik, block_size=32, top_k=4, backend="triton")
-    monkeypatch.setattr(index_topk, "SCORE_BYTES", 128 * 2 * 16 * 4)  # one 128-query tile per chunk
+    kernel_settings(score_bytes=128 * 2 * 16 * 4)  # one 128-query tile per chunk
     assert ml.select_msa(iq, ik, block_size=32, top_k=4, backend="triton").equals(whole)
 
 

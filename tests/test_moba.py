@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import msa_lab as ml
-from conftest import dense_masked_attention, draw_without_near_ties, make_qkv, moba_scores64, rel_err
+from conftest import draw_without_near_ties, make_qkv, moba_scores64, rel_err
 
 
 def moba_naive(q, k, v, block_size, top_k):

@@ -11,7 +11,8 @@ import torch
 
 import msa_lab as ml
 from conftest import dense_masked_attention, make_qkv, no_near_ties, rel_err, token_mask_from_blocks
-from msa_lab.select.msa_triton import KEY_TILE, launch_block_scores
+from msa_lab.select.msa_triton import launch_block_scores
+from msa_lab.triton_runtime import KernelSettings
 
 # inf - inf and log(0) in the interpreter's numpy are the rules under test, not accidents.
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
@@ -241,7 +242,7 @@ TRITON_CASES = [
     # B, N, H, Di, block, top_k, sink_blocks, per
     (1, 97, 2, 16, 10, 4, 1, "group"),
     (1, 53, 4, 8, 16, 3, 0, "head"),
-    (1, 261, 1, 16, 200, 2, 0, "group"),   # block > KEY_TILE: two sub-tiles, the second partial
+    (1, 261, 1, 16, 200, 2, 0, "group"),   # block > max_tile_keys: two sub-tiles, the second partial
 ]
 
 
@@ -278,7 +279,7 @@ def test_triton_float16_differs_only_at_near_ties(pooling):
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("N,bs,Di,sinks", [(613, 256, 16, 0), (1031, 512, 32, 1)])
 def test_score_kernel_at_blocks_above_the_key_tile(dtype, rtol, pooling, N, bs, Di, sinks):
-    assert bs > KEY_TILE
+    assert bs > KernelSettings().max_tile_keys
     iq, ik = torch.randn(1, N, 1, Di).to(dtype), torch.randn(1, N, 1, Di).to(dtype)
     nb = math.ceil(N / bs)
     scores = torch.full((1, 1, N, nb), float("nan"))

@@ -20,10 +20,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "msa_lab"
 #: An entry names a module, or a package with all its modules; the most specific entry wins.
 LAYERS = (
     # Base: checks, the selection type, the plain-PyTorch references, generated data and tasks,
-    # the backend tables, the Triton runtime and tiles, files and the environment of results.
+    # the backend tables, the Triton runtime and tiles, the KV-outer plan, files and the environment
+    # of results.
     ("base", ("msa_lab.validation", "msa_lab.config_checks", "msa_lab.files", "msa_lab.environment",
               "msa_lab.selection", "msa_lab.reference", "msa_lab.data", "msa_lab.tasks", "msa_lab.backends",
-              "msa_lab.triton_runtime", "msa_lab.triton_tiles")),
+              "msa_lab.triton_runtime", "msa_lab.triton_tiles", "msa_lab.kv_outer_plan")),
     # select: scores -> a selection; each selector's Triton twin sits beside its reference.
     ("select", ("msa_lab.select",)),
     # attend: the Triton kernels (MSA's fused decode reuses the top-k kernel of select) and the

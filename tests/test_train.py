@@ -630,3 +630,44 @@ def test_accuracy_figure_bars_span_the_seeds_and_stay_inside_0_1():
         if trace.error_y.visible:
             for y, up, down in zip(trace.y, trace.error_y.array, trace.error_y.arrayminus):
                 assert 0.0 <= y - down and y + up <= 1.0
+
+
+def test_model_options_are_checked_stored_without_defaults_and_resume_runs_stored_before_them(tmp_path):
+    assert parse_run_config(tiny(model__options={"pooling": "lse", "sink_blocks": 1}))["model"]["options"] == \
+        {"pooling": "lse", "sink_blocks": 1}
+    assert parse_run_config(tiny(model__options={"pooling": "max"}))["model"]["options"] == {}  # the default
+    for options, named in (({"poolng": "lse"}, r"model.options: unknown field 'poolng'.*did you mean 'pooling'"),
+                           ({"pooling": "softmax"}, r"model.options: .*pooling"),
+                           ({"sink_blocks": 1.5}, r"model.options.sink_blocks must be a int like its default 0"),
+                           ({"sink_blocks": -1}, r"model.options: .*sink_blocks")):
+        with pytest.raises(ValueError, match=named):
+            parse_run_config(tiny(model__options=options))
+    with pytest.raises(ValueError, match="full takes none"):
+        parse_run_config(tiny(model__method="full", model__options={"pooling": "lse"}))
+    # A run checkpointed by a version without model.options resumes under a config without them
+    # (and with a default spelled out), and not under another pooling.
+    run = tmp_path / "run"
+    raw = _checkpointed_run(run)
+    for path in (run / "config.json",):
+        stored = json.loads(path.read_text())
+        del stored["model"]["options"]
+        path.write_text(json.dumps(stored))
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["config"]["model"]["options"]
+    save_checkpoint(run / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match=r"model.options.pooling \(None -> 'lse'\)"):
+        run_training(tiny(**dict(_changes(raw), model__options={"pooling": "lse"})), run, progress=False)
+    summary = run_training(tiny(**dict(_changes(raw), model__options={"pooling": "max"})), run, progress=False)
+    assert json.loads((summary / "summary.json").read_text())["steps"] == 2
+
+
+def test_a_model_with_options_selects_with_them():
+    from msa_lab.train import build_model
+
+    model = build_model(parse_run_config(tiny(model__options={"pooling": "mean", "sink_blocks": 1})))
+    sparse = [layer for layer in model.attention_layers if layer.method == "msa"]
+    assert sparse and all(layer.options == {"pooling": "mean", "sink_blocks": 1} for layer in sparse)
+    assert all(layer.options == {} for layer in model.attention_layers if layer.method == "full")
+    model.set_sparse(True)
+    model(torch.randint(0, 64, (1, 64)))
+    assert bool((sparse[0].last_selection.indices[..., 1][:, :, 16:] == 0).all())  # the sink block, slot 1

@@ -174,23 +174,6 @@ def _unused_fields(method: str, mode: str) -> tuple[str, ...]:
     return () if SELECTORS[method].inputs == "index" and mode != "coverage" else ("index_dim",)
 
 
-def _check_options(given, selector, where: str) -> tuple:
-    """A method entry's ``options``: the selector's ablation parameters, each a scalar; those
-    equal to the default are dropped, so a point's id does not depend on spelling a default."""
-    if not isinstance(given, dict):
-        raise ValueError(f"{where} must be a mapping of the selector's options, got {given!r}")
-    if given and selector is None:
-        raise ValueError(f"{where}: full attention takes no options")
-    known = {} if selector is None else selector.options
-    check_known_fields(given, tuple(known), where)
-    for name, value in given.items():
-        default = known[name]
-        if type(value) is not type(default):
-            raise ValueError(f"{where}.{name} must be a {type(default).__name__} like its default "
-                             f"{default!r}, got {value!r}")
-    return tuple(sorted((k, v) for k, v in given.items() if v != known[k]))
-
-
 def _check_cuda_graph(value, where: str, mode: str) -> bool:
     if field_bool(value, where) and mode != "decode":
         raise ValueError(f"{where}: true is for mode: decode (a prefill call is long enough "
@@ -288,7 +271,10 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
             raise ValueError(f"{where}.per: {method!r} selects per {default_per}; got {per!r}")
         stages = field_bool(entry.get("stages", method != "full" and mode != "coverage"), f"{where}.stages")
         graph = _check_cuda_graph(entry.get("cuda_graph", cuda_graph), f"{where}.cuda_graph", mode)
-        options = _check_options(entry.get("options", {}), selector, f"{where}.options")
+        given = entry.get("options", {})
+        if given and selector is None:
+            raise ValueError(f"{where}.options: full attention takes no options")
+        options = () if selector is None else selector.check_options(given, f"{where}.options")
         if mode == "decode" and options:
             raise ValueError(f"{where}.options: MSA's decode has no ablation options; got {dict(options)}")
         max_len = entry.get("max_seq_len")

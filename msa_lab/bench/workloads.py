@@ -108,7 +108,7 @@ def _attention_stages(p: Point, q, k, v, selection: BlockSelection) -> dict:
 def _kv_outer_stages(q, k, v, selection: BlockSelection, scale: float) -> dict:
     """The KV-outer call split at its stage boundaries, over the same query chunks."""
     from ..kernels import kv_outer
-    from ..kernels.query_lists import build_query_lists
+    from ..kv_outer_plan import build_query_lists
 
     B, N, Hq, D = q.shape
     K = selection.top_k

@@ -18,8 +18,8 @@ import triton.language as tl
 
 from ..selection import num_blocks
 from .kv_outer import Launch, attend, merge, partial_buffers
-from .query_lists import QueryLists
-from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..kv_outer_plan import QueryLists
+from ..triton_runtime import dot_pad, dot_precision, kernel_settings, next_pow2
 from ..select.topk_triton import top_blocks_kernel
 from ..triton_tiles import load_rows
 
@@ -68,6 +68,7 @@ def decode_selection(index_q, index_k, block_size: int, top_k: int):
     top_blocks_kernel[(1, G, B)](
         scores, ids, L - 1, scores.stride(0), scores.stride(1), scores.stride(2),
         ids.stride(0), ids.stride(1), 0, K=top_k, BS=block_size, NB_PAD=next_pow2(nb),
+        ROW_TILE=kernel_settings().top_k_row_tile,
     )
     return ids[:, :, 0]
 

@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 
 from ..selection import BlockSelection
 from .kv_outer import ROWS_PER_ITEM
-from .query_lists import build_query_lists
+from ..kv_outer_plan import KVOuterPlan, query_lists
 from ..triton_runtime import dot_pad, dot_precision
 from ..triton_tiles import load_rows, work_item
 
@@ -161,10 +161,11 @@ def _kl_and_grads(
 
 def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
              selection: BlockSelection, scale: float, lse: torch.Tensor | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             plan: KVOuterPlan | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, d_index_q, d_index_k)`` for valid inputs (checked by ``index_kl_loss``):
     the loss a float32 scalar, the gradients float32 in the index tensors' shapes. ``lse
-    [B, Hq, N]``: the main sparse attention's LSE (recomputed when None)."""
+    [B, Hq, N]``: the main sparse attention's LSE (recomputed when None); ``plan``: the
+    attention's, whose query lists it re-cuts."""
     B, N, Hq, D = q.shape
     Hkv, Di = k.shape[2], index_q.shape[-1]
     G, K, bs = Hq // Hkv, selection.top_k, selection.block_size
@@ -174,7 +175,7 @@ def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: t
     tiles = TILES[index_q.element_size()]
     (lse_tokens, lse_warps), (kl_tokens, kl_warps) = tiles["lse"], tiles["kl"]
     entries = max(kl_tokens, ROWS_PER_ITEM // G // kl_tokens * kl_tokens)
-    lists = build_query_lists(selection, 0, N, entries)
+    lists = query_lists(selection, plan, 0, N, entries)
     index_scale = Di ** -0.5
     shapes = dict(G=G, BS=bs, BS_PAD=dot_pad(bs), D=D, D_PAD=dot_pad(D),
                   DI=Di, DI_PAD=dot_pad(Di), PRECISION=dot_precision(q.dtype),
@@ -211,12 +212,12 @@ def index_kl(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: t
 
 
 class IndexKL(torch.autograd.Function):
-    """``apply(index_q, index_k, q, k, selection, scale, lse) -> loss``, differentiable in
+    """``apply(index_q, index_k, q, k, selection, scale, lse, plan) -> loss``, differentiable in
     index_q and index_k (q, k and lse are the detached teacher)."""
 
     @staticmethod
-    def forward(ctx, index_q, index_k, q, k, selection, scale, lse):
-        loss, diq, dik = index_kl(index_q, index_k, q, k, selection, scale, lse)
+    def forward(ctx, index_q, index_k, q, k, selection, scale, lse, plan):
+        loss, diq, dik = index_kl(index_q, index_k, q, k, selection, scale, lse, plan)
         ctx.save_for_backward(diq, dik)
         ctx.dtypes = index_q.dtype, index_k.dtype
         return loss
@@ -225,4 +226,4 @@ class IndexKL(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         diq, dik = ctx.saved_tensors
-        return (diq * grad).to(ctx.dtypes[0]), (dik * grad).to(ctx.dtypes[1]), None, None, None, None, None
+        return (diq * grad).to(ctx.dtypes[0]), (dik * grad).to(ctx.dtypes[1]), None, None, None, None, None, None

@@ -9,7 +9,7 @@ query's selection row. The merge kernel then combines the <= top_k partials of e
 (query, head) by the LSE rule. No atomics.
 
 The partial buffer is ``top_k`` times the output, so queries are processed in chunks whose
-partials fit ``PARTIAL_BYTES``.
+partials fit the ``partial_bytes`` kernel setting (``triton_runtime.KernelSettings``).
 """
 
 from __future__ import annotations
@@ -21,16 +21,10 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection
-from .query_lists import build_query_lists
-from ..triton_runtime import dot_pad, dot_precision, key_tile, next_pow2
+from ..kv_outer_plan import KVOuterPlan, query_lists
+from ..triton_runtime import dot_pad, dot_precision, kernel_settings, key_tile, next_pow2
 from ..triton_tiles import finite_values, load_rows, slot_row, work_item
 
-#: Largest partial buffer (outputs + LSEs) of one query chunk; None: half the device memory
-#: not in use (one chunk at 128K tokens on an H200: each extra chunk re-sorts and relaunches).
-PARTIAL_BYTES = None
-#: Fill partial buffers with NaN before the kernel runs, so a slot it fails to write shows
-#: up in the merged output (checks only; costs a pass over the buffer).
-POISON_PARTIALS = False
 # Measured on an H200 at MSA's config (docs/kernels.md): 64-row tiles with 4 warps and no
 # software pipelining beat 32/128 rows, 2/8 warps, 2-3 stages and a manual Q prefetch.
 ROWS_PER_TILE = 64
@@ -247,8 +241,8 @@ def partial_budget(device: torch.device, *, reproducible: bool = False) -> int:
     """Bytes of partials one query chunk may take. ``reproducible``: a budget that depends on
     the device alone (a quarter of its memory), not on what is free at the call, for results
     that must not change with the chunking (the deterministic backward)."""
-    if PARTIAL_BYTES is not None:
-        return PARTIAL_BYTES
+    if kernel_settings().partial_bytes is not None:
+        return kernel_settings().partial_bytes
     if device.type == "cuda" and reproducible:
         return torch.cuda.get_device_properties(device).total_memory // 4
     if device.type == "cuda":
@@ -267,9 +261,9 @@ def chunk_rows(B: int, N: int, K: int, Hq: int, D: int, dtype: torch.dtype, devi
 
 
 def empty_partials(*shape: int, dtype, device) -> torch.Tensor:
-    """An uninitialised partial buffer (NaN-filled under ``POISON_PARTIALS``)."""
+    """An uninitialised partial buffer (NaN-filled under the ``poison_partials`` setting)."""
     part = torch.empty(shape, device=device, dtype=dtype)
-    return part.fill_(float("nan")) if POISON_PARTIALS else part
+    return part.fill_(float("nan")) if kernel_settings().poison_partials else part
 
 
 def partial_buffers(B: int, C: int, K: int, Hq: int, D: int, dtype, device):
@@ -278,8 +272,10 @@ def partial_buffers(B: int, C: int, K: int, Hq: int, D: int, dtype, device):
 
 
 def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       selection: BlockSelection, scale: float, *, query_chunk: int | None = None):
-    """``(out [B, N, Hq, D] in q.dtype, lse [B, Hq, N] float32)`` for valid inputs."""
+                       selection: BlockSelection, scale: float, *, query_chunk: int | None = None,
+                       plan: KVOuterPlan | None = None):
+    """``(out [B, N, Hq, D] in q.dtype, lse [B, Hq, N] float32)`` for valid inputs; ``plan``
+    keeps the query lists it builds (for the backward and the index KL)."""
     B, N, Hq, D = q.shape
     K = selection.top_k
     launch = Launch.for_forward(selection.per, Hq // k.shape[2], selection.block_size, D, q.dtype)
@@ -294,7 +290,7 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     o_part, lse_part = partial_buffers(B, min(C, N), K, Hq, D, q.dtype, q.device)
     for q0 in range(0, N, C):
         q1 = min(N, q0 + C)
-        lists = build_query_lists(selection, q0, q1, launch.entries)
+        lists = query_lists(selection, plan, q0, q1, launch.entries)
         attend(q, k, v, lists, o_part[:, :q1 - q0], lse_part[:, :q1 - q0], q0, scale, selection.block_size,
                selection.indices.shape[1], launch)
         merge(o_part[:, :q1 - q0], lse_part[:, :q1 - q0], selection.indices, out, lse, q0, launch)

@@ -14,10 +14,10 @@ row of a partial buffer, like the forward's partial outputs, and a second kernel
 query's valid slots in slot order: no atomics on dQ, and in bfloat16 for bfloat16 inputs
 (half the bytes of float32 atomics, which read and write every element; fp16 and fp32
 inputs keep float32 partials, since fp16's range could flush small contributions). As in
-the forward, queries are processed in chunks whose partials fit ``kv_outer.PARTIAL_BYTES``.
-Only a block split over programs by keys (block size above ``KEYS_PER_PROGRAM``) in the fast
-mode adds its dQ by float32 ``atomic_add`` into one buffer instead: its programs share the
-(query, slot).
+the forward, queries are processed in chunks whose partials fit the ``partial_bytes`` kernel
+setting. Only a block split over programs by keys (a block above the ``backward_keys_per_program``
+setting) in the fast mode adds its dQ by float32 ``atomic_add`` into one buffer instead: its
+programs share the (query, slot).
 dK/dV two ways:
 
 - fast (default): float32 ``atomic_add`` (heavily chosen blocks are split over programs,
@@ -25,8 +25,8 @@ dK/dV two ways:
   run to run, so the last bits of dK/dV (and of dQ, for split blocks) do too;
 - ``deterministic=True``: lists are not split, so each (block key part, selection head) has
   one owner per query chunk that writes its dK/dV rows, summed over a KV head's selection
-  heads and over the chunks in a fixed order; a block above ``KEYS_PER_PROGRAM`` keys gives
-  each key part its own dQ partial row per (query, slot), summed in part order. Bitwise
+  heads and over the chunks in a fixed order; a block above ``backward_keys_per_program`` keys
+  gives each key part its own dQ partial row per (query, slot), summed in part order. Bitwise
   reproducible for a given chunking, so its chunks are sized from the device's total memory,
   never from what is free (``kv_outer.partial_budget``): the same inputs on the same GPU
   model give the same bits; it loses the split work items' load balance.
@@ -40,8 +40,8 @@ import triton.language as tl
 
 from ..selection import BlockSelection
 from .kv_outer import Launch, chunk_rows, empty_partials
-from .query_lists import build_query_lists
-from ..triton_runtime import dot_pad, dot_precision, next_pow2
+from ..kv_outer_plan import KVOuterPlan, query_lists
+from ..triton_runtime import dot_pad, dot_precision, kernel_settings, next_pow2
 from ..triton_tiles import finite_part, load_rows, slot_row, work_item
 
 
@@ -157,16 +157,11 @@ def _sum_slots(
 
 
 #: Keys of a block per program (fewer split a block over programs) and warps. On an H200 at
-#: MSA's config 128 keys with 8 warps beat 64 and 32 keys and 4 warps (docs/kernels.md).
-KEYS_PER_PROGRAM = 128
-NUM_WARPS = 8
-
-
 def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                       dout: torch.Tensor, selection: BlockSelection, scale: float, *,
                       deterministic: bool = False, keys_per_program: int | None = None,
                       num_warps: int | None = None, query_chunk: int | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      plan: KVOuterPlan | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` in the inputs' dtypes for valid inputs: ``out`` and ``lse [B, Hq, N]``
     from the forward, ``dout`` the gradient of ``out``. ``query_chunk``: query rows per
     chunk of dQ partials (default: as many as the partial budget holds; unused when a block
@@ -181,12 +176,13 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
     lse = lse.contiguous()
     sel = selection.indices.contiguous()
     delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # [B, Hq, N]
-    # Deterministic: lists never split, and a block above KEYS_PER_PROGRAM keys is split into
-    # key parts whose dQ goes to a partial row each (slot * parts + part), summed in order.
+    # Deterministic: lists never split, and a block above backward_keys_per_program keys is split
+    # into key parts whose dQ goes to a partial row each (slot * parts + part), summed in order.
+    settings = kernel_settings()
     if deterministic:
-        keys = min(dot_pad(bs), KEYS_PER_PROGRAM)
+        keys = min(dot_pad(bs), settings.backward_keys_per_program)
     else:
-        keys = max(16, min(next_pow2(bs), keys_per_program or KEYS_PER_PROGRAM))
+        keys = max(16, min(next_pow2(bs), keys_per_program or settings.backward_keys_per_program))
     parts = triton.cdiv(bs, keys)
     per_slot = deterministic or parts == 1
     part_rows = parts if deterministic else 1  # dQ partial rows per (query, slot)
@@ -207,9 +203,14 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
     per_chunk = deterministic and C < N
     dk_chunk, dv_chunk = (torch.empty_like(dk), torch.empty_like(dv)) if per_chunk else (dk, dv)
     HB = min(16, next_pow2(Hq))
-    for q0 in range(0, N, C):
-        q1 = min(N, q0 + C)
-        lists = build_query_lists(selection, q0, q1, entries)
+    # The forward's query ranges, cut to C rows, re-cut its lists; the deterministic backward
+    # keeps its own reproducible chunks (the forward's follow the free memory).
+    if deterministic or plan is None:
+        chunks = [(q0, min(N, q0 + C)) for q0 in range(0, N, C)]
+    else:
+        chunks = [(q0, min(r1, q0 + C)) for r0, r1 in plan.ranges() for q0 in range(r0, r1, C)]
+    for q0, q1 in chunks:
+        lists = query_lists(selection, plan, q0, q1, entries)
         # Causal attention gives keys from q1 on nothing in this chunk: those rows are left out.
         if per_chunk:
             dk_chunk[:, :q1].zero_()
@@ -224,7 +225,7 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
                 *dq_part.stride()[:4], dk.stride(0), dk.stride(1), dk.stride(2),
                 G=Hq // Hkv, HPR=launch.HPR, QT=launch.QT, M=launch.M,
                 BS=bs, D=D, D_PAD=dot_pad(D), KEYS=keys, PARTS=part_rows, PRECISION=dot_precision(q.dtype),
-                DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic, num_warps=num_warps or NUM_WARPS, num_stages=1,
+                DQ_PER_SLOT=per_slot, DETERMINISTIC=deterministic, num_warps=num_warps or settings.backward_num_warps, num_stages=1,
             )
         if per_chunk:
             dk[:, :q1] += dk_chunk[:, :q1]
@@ -246,15 +247,19 @@ def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
 
 class KVOuterAttention(torch.autograd.Function):
     """KV-outer forward and backward as one differentiable op: ``apply(q, k, v, selection,
-    scale, deterministic) -> (out, lse)``. The selection is not differentiable (top-k)."""
+    scale, deterministic, plan) -> (out, lse)`` (``plan``: a ``KVOuterPlan`` or None). The
+    selection is not differentiable (top-k)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, selection, scale, deterministic):
+    def forward(ctx, q, k, v, selection, scale, deterministic, plan):
         from .kv_outer import kv_outer_attention
 
-        out, lse = kv_outer_attention(q, k, v, selection, scale)
+        # The backward re-cuts the forward's query lists: the caller's plan (shared with the
+        # index KL), or one of this op's own.
+        plan = plan if plan is not None else KVOuterPlan(selection)
+        out, lse = kv_outer_attention(q, k, v, selection, scale, plan=plan)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.selection, ctx.scale, ctx.deterministic = selection, scale, deterministic
+        ctx.selection, ctx.scale, ctx.deterministic, ctx.plan = selection, scale, deterministic, plan
         ctx.selection_version = selection.indices_version()
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -266,5 +271,6 @@ class KVOuterAttention(torch.autograd.Function):
             raise RuntimeError("the selection's indices were changed in place between the forward and the "
                                "backward pass; the gradients would not match the forward's output")
         dq, dk, dv = kv_outer_backward(q, k, v, out, lse, dout, ctx.selection, ctx.scale,
-                                       deterministic=ctx.deterministic)
-        return dq, dk, dv, None, None, None
+                                       deterministic=ctx.deterministic, plan=ctx.plan)
+        ctx.plan = None  # its lists are done with (a retained graph's second backward builds anew)
+        return dq, dk, dv, None, None, None, None

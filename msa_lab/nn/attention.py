@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..attention import block_sparse_attention, full_attention
+from ..kv_outer_plan import prepare_kv_outer
 from ..backends import BLOCK_SPARSE
 from ..select.registry import SELECTORS, selectors
 from ..validation import check_bool, check_choice, check_hidden, check_positive_int
@@ -43,7 +44,7 @@ class Attention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int | None = None, *,
                  method: str = "full", block_size: int = 64, top_k: int = 8, index_dim: int | None = None,
                  rotary_dims: int | None = None, rope_base: float = 10000.0, backend: str = "auto",
-                 deterministic: bool = False):
+                 deterministic: bool = False, options: dict | None = None):
         super().__init__()
         # Each argument is checked under its own name before anything is derived from it.
         d_model = check_positive_int(d_model, "d_model")
@@ -72,6 +73,12 @@ class Attention(nn.Module):
         self.wv = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
         self.selector = SELECTORS.get(method)
+        if self.selector is None and options:
+            raise ValueError(f"options are the ablation parameters of a sparse method; method='full' takes none, "
+                             f"got {options!r}")
+        #: The selector's ablation parameters that differ from its defaults (e.g. MSA's pooling).
+        self.options = {} if self.selector is None else dict(self.selector.check_options(
+            options or {}, "options", block_size=self.block_size, top_k=self.top_k))
         self.indexer = None
         if self.selector is not None and self.selector.has_index_branch:
             idx_dim = self.head_dim if index_dim is None else index_dim
@@ -92,7 +99,7 @@ class Attention(nn.Module):
         k = rotary(self.wk(x).view(B, N, self.num_kv_heads, self.head_dim), self.rotary_dims, self.rope_base)
         v = self.wv(x).view(B, N, self.num_kv_heads, self.head_dim)
         backend = self._sparse_backend(x)
-        selection, aux, lse = None, None, None
+        selection, aux, lse, plan = None, None, None, None
         index_q = index_k = None
         if self.indexer is not None:
             # The index branch learns from its KL loss alone (selection has no gradient), and
@@ -102,17 +109,20 @@ class Attention(nn.Module):
             with torch.no_grad():  # top-k has no gradient; MSA's indexer learns from the KL loss
                 selection = self.selector.select(
                     q, k, index=None if self.indexer is None else (index_q, index_k), block_size=self.block_size,
-                    top_k=self.top_k, backend=backend if backend in self.selector.backends else "reference")
+                    top_k=self.top_k, backend=backend if backend in self.selector.backends else "reference",
+                    **self.options)
             # MSA's KL teacher is this attention normalised over the same tokens: its LSE saves
             # the KL a pass over the main q/k
+            # One inversion of the selection for the attention's forward, its backward and the KL.
+            plan = prepare_kv_outer(selection) if backend == "triton" else None
             out, lse = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic,
-                                              return_lse=True)
+                                              return_lse=True, plan=plan)
         else:
             out = full_attention(q, k, v, backend="reference" if self.backend == "reference" else "sdpa")
         if self.indexer is not None and torch.is_grad_enabled():
             # The warm-up's loss over every visible token has no Triton kernel.
             aux = index_kl_loss(index_q, index_k, q, k, selection, lse=lse if selection is not None else None,
-                                backend=backend if selection is not None else "reference")
+                                backend=backend if selection is not None else "reference", plan=plan)
         self.last_selection = selection
         if self.keep_inputs:
             self.last_inputs = (q.detach(), k.detach(), index_q, index_k)

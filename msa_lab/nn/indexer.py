@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..backends import INDEX_KL
+from ..kv_outer_plan import KVOuterPlan
 from ..reference import compute_dtype, grouped_scores, query_chunk_size
 from ..selection import BlockSelection
 from ..validation import check_hidden, check_positive_int, check_scale, check_tensor
@@ -71,7 +72,7 @@ def _rms_norm(norm: nn.RMSNorm, h: torch.Tensor) -> torch.Tensor:
 def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                   selection: BlockSelection | None = None, *, scale: float | None = None,
                   query_chunk: int | None = None, lse: torch.Tensor | None = None,
-                  backend: str = "reference") -> torch.Tensor:
+                  backend: str = "reference", plan: KVOuterPlan | None = None) -> torch.Tensor:
     """Mean over (batch, token, group) of ``KL(teacher || student)`` (see the module
     docstring): ``index_q [B, N, Hkv, Di]``, ``index_k [B, N, 1, Di]``, main ``q [B, N, Hq, D]``
     and ``k [B, N, Hkv, D]`` (detached here), ``selection`` a per-group selection or None
@@ -83,7 +84,9 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
     ``backend``: ``"reference"`` (plain PyTorch in query chunks of ``query_chunk`` rows,
     recomputed in the backward pass), ``"triton"`` (the fused kernels of
     ``kernels/index_kl.py``; selected tokens only) or ``"auto"`` (Triton for CUDA tensors
-    with a selection, the reference otherwise)."""
+    with a selection, the reference otherwise). ``plan``: the main attention's
+    ``prepare_kv_outer(selection)``, whose query lists the Triton backend re-cuts instead of
+    building its own."""
     # Dtypes may differ between the index and main inputs (and, on the reference path, within
     # each pair), so each tensor is checked on its own and the shapes against q.
     for name, x, layout in (("index_q", index_q, "[batch, seq, kv_heads, index_dim]"),
@@ -125,8 +128,9 @@ def index_kl_loss(index_q: torch.Tensor, index_k: torch.Tensor, q: torch.Tensor,
     q, k = q.detach(), k.detach()
     if backend == "auto":  # the dense warm-up (no selection) has no kernel
         backend = INDEX_KL.resolve(backend, index_q) if selection is not None else "reference"
+    KVOuterPlan.check_argument(plan, selection, backend)
     if backend == "triton":
-        return _triton_kl(index_q, index_k, q, k, selection, scale, lse)
+        return _triton_kl(index_q, index_k, q, k, selection, scale, lse, plan)
     if selection is None:
         chunk, piece = query_chunk or query_chunk_size(N, B, Hq), _visible_kl
     else:
@@ -198,7 +202,7 @@ def _selected_kl(index_q, index_k, q, k, selection, scale, lse, start, stop):
     return _kl_sum(teacher, student * Di ** -0.5, allowed)
 
 
-def _triton_kl(index_q, index_k, q, k, selection, scale, lse):
+def _triton_kl(index_q, index_k, q, k, selection, scale, lse, plan):
     from .. import triton_runtime as runtime
 
     if selection is None:
@@ -218,4 +222,4 @@ def _triton_kl(index_q, index_k, q, k, selection, scale, lse):
     selection.check_matches(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.device)
     from ..kernels.index_kl import IndexKL
 
-    return IndexKL.apply(index_q, index_k, q, k, selection, scale, lse)
+    return IndexKL.apply(index_q, index_k, q, k, selection, scale, lse, plan)

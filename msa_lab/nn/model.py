@@ -64,7 +64,10 @@ class TinyLM(nn.Module):
     def __init__(self, vocab_size: int, *, d_model: int = 128, num_layers: int = 4, num_heads: int = 8,
                  num_kv_heads: int = 2, head_dim: int | None = None, method: str = "full", full_layers=(),
                  block_size: int = 64, top_k: int = 8, index_dim: int | None = None, rotary_dims: int | None = None,
-                 mlp_ratio: float = 8 / 3, backend: str = "auto", deterministic: bool = False):
+                 mlp_ratio: float = 8 / 3, backend: str = "auto", deterministic: bool = False,
+                 options: dict | None = None):
+        """``options``: the sparse method's ablation parameters (``Attention(options=)``), given
+        to every layer that is not in ``full_layers``."""
         super().__init__()
         self.vocab_size = check_positive_int(vocab_size, "vocab_size")
         d_model = check_positive_int(d_model, "d_model")
@@ -83,7 +86,8 @@ class TinyLM(nn.Module):
             Block(d_model, Attention(d_model, num_heads, num_kv_heads, head_dim,
                                      method="full" if i in full_layers else method, block_size=block_size,
                                      top_k=top_k, index_dim=index_dim, rotary_dims=rotary_dims, backend=backend,
-                                     deterministic=deterministic), mlp_ratio)
+                                     deterministic=deterministic, options=None if i in full_layers else options),
+                  mlp_ratio)
             for i in range(num_layers))
         self.norm = nn.RMSNorm(d_model)
         nn.init.normal_(self.embed.weight, std=d_model ** -0.5)

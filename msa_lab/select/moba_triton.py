@@ -2,7 +2,7 @@
 for every earlier block (tensor-core products of the input-dtype values, accumulated in
 fp32), then the shared top-k kernel: own block in slot 0 and counted in top_k, ties to the
 lower id. Block means come from ``block_mean_keys`` (rounded to the input dtype, as MoBA's
-reference does). The gate buffer holds one query chunk (``SCORE_BYTES``).
+reference does). The gate buffer holds one query chunk (the ``score_bytes`` kernel setting).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from ..triton_tiles import load_rows
 from .pooling import block_mean_keys
 from .topk_triton import select_in_chunks
 
-SCORE_BYTES = 4 << 30
 QUERY_TILE = 128
 BLOCK_TILE = 64
 
@@ -61,5 +60,5 @@ def moba_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k:
             PRECISION=dot_precision(q.dtype),
         )
 
-    sel = select_in_chunks(B, Hq, N, nb, QUERY_TILE, block_size, top_k, q.device, SCORE_BYTES, fill_scores)
+    sel = select_in_chunks(B, Hq, N, nb, QUERY_TILE, block_size, top_k, q.device, fill_scores)
     return BlockSelection._trusted(sel, block_size, "head")

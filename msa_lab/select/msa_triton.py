@@ -1,15 +1,15 @@
 """MSA index branch in Triton: pooled block scores, then an exp-free top-k.
 
 ``_block_scores``: a program per (256-query tile, index head, batch) loops over the key blocks
-up to its last query's block, and over each block in key sub-tiles of at most ``KEY_TILE``
-tokens; for each it computes the causal index logits ``index_q . index_k * Di**-0.5`` on the
+up to its last query's block, and over each block in key sub-tiles of at most the
+``max_tile_keys`` kernel setting's tokens; for each it computes the causal index logits ``index_q . index_k * Di**-0.5`` on the
 tensor cores and folds them into the block's pool per query: max (MSA: no softmax, no
 exponentials), mean over the visible tokens, or a running logsumexp. Forced sink blocks are
 stored as +inf. Scores go to a buffer for one query chunk.
 
 Then the shared top-k kernel (``topk_triton.top_blocks_kernel``) ranks the scores.
 
-The score buffer (``[B, G, chunk, num_blocks]`` float32) is bounded by ``SCORE_BYTES``,
+The score buffer (``[B, G, chunk, num_blocks]`` float32) is bounded by ``score_bytes``,
 so 1M-token inputs never hold a ``[G, N, N / block]`` matrix at once.
 """
 
@@ -20,20 +20,10 @@ import triton
 import triton.language as tl
 
 from ..selection import BlockSelection, num_blocks
-from ..triton_runtime import dot_pad, dot_precision
+from ..triton_runtime import dot_pad, dot_precision, kernel_settings
 from ..triton_tiles import load_rows
 from .topk_triton import select_in_chunks
 
-SCORE_BYTES = 4 << 30
-# Measured on an H200 at 1M tokens (docs/kernels.md): 256 query rows per program (half the
-# index-key traffic per FLOP of 128), 4 blocks per store, 8 warps, 3 stages.
-QUERY_TILE = 256
-BLOCKS_PER_STORE = 4
-NUM_WARPS = 8
-NUM_STAGES = 3
-#: Keys per sub-tile of a block: the tile block 128 always used, so larger blocks take block
-#: 128's shared memory (98,304 B at Di 128 in bf16/fp16, 131,072 B in fp32; the H200 has 232,448).
-KEY_TILE = 128
 
 
 @triton.jit
@@ -105,7 +95,8 @@ def query_tile(dtype: torch.dtype) -> tuple[int, int]:
     """``(query rows per program, pipeline stages)`` of ``_block_scores`` for inputs of ``dtype``.
     float32 tiles take twice the shared memory: 128 rows, no pipelining (256 rows with 3
     stages asks for 263 KB on an H200, which has 227 KB)."""
-    return (QUERY_TILE, NUM_STAGES) if dtype.itemsize <= 2 else (128, 1)
+    settings = kernel_settings()
+    return (settings.index_query_tile, settings.index_num_stages) if dtype.itemsize <= 2 else (128, 1)
 
 
 def launch_block_scores(iq: torch.Tensor, ik: torch.Tensor, scores: torch.Tensor, q0: int, q1: int,
@@ -116,14 +107,17 @@ def launch_block_scores(iq: torch.Tensor, ik: torch.Tensor, scores: torch.Tensor
     B, N, H, Di = iq.shape
     skg = 0 if ik.shape[2] == 1 else ik.stride(2)  # one shared index key head: stride 0
     rows, stages = query_tile(iq.dtype)
-    sub = min(dot_pad(block_size), KEY_TILE)
+    settings = kernel_settings()
+    # Keys per sub-tile: the tile block 128 always used, so larger blocks take block 128's shared
+    # memory (98,304 B at Di 128 in bf16/fp16, 131,072 B in fp32; the H200 has 232,448).
+    sub = min(dot_pad(block_size), settings.max_tile_keys)
     _block_scores[(triton.cdiv(q1 - q0, rows), H, B)](
         iq, ik, scores, N, q0, q1, Di ** -0.5,
         iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0), ik.stride(1), skg,
         scores.stride(0), scores.stride(1), scores.stride(2),
-        BM=rows, JB=BLOCKS_PER_STORE, BS=block_size, SUB=sub, NSUB=triton.cdiv(block_size, sub),
+        BM=rows, JB=settings.index_blocks_per_store, BS=block_size, SUB=sub, NSUB=triton.cdiv(block_size, sub),
         DI=Di, DI_PAD=dot_pad(Di), PRECISION=dot_precision(iq.dtype), POOLING=pooling, SINKS=sink_blocks,
-        num_warps=NUM_WARPS, num_stages=stages,
+        num_warps=settings.index_num_warps, num_stages=stages,
     )
 
 
@@ -134,7 +128,7 @@ def msa_select_triton(index_q: torch.Tensor, index_k: torch.Tensor, block_size: 
     nb = num_blocks(N, block_size)
     iq, ik = index_q.contiguous(), index_k.contiguous()
     rows, _ = query_tile(iq.dtype)
-    sel = select_in_chunks(B, G, N, nb, rows, block_size, top_k, iq.device, SCORE_BYTES,
+    sel = select_in_chunks(B, G, N, nb, rows, block_size, top_k, iq.device,
                            lambda scores, q0, q1: launch_block_scores(iq, ik, scores, q0, q1, block_size, pooling,
                                                                       sink_blocks))
     return BlockSelection._trusted(sel, block_size, per)

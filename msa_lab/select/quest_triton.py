@@ -1,7 +1,7 @@
 """Quest selection in Triton: per query head, the bound ``sum_i max(q_i * m_i, q_i * M_i)`` of
 every earlier block, then the shared top-k kernel: own block in slot 0 and counted in top_k,
 ties to the lower id. The key bounds ``m, M`` come from ``block_key_bounds`` (exact in the
-input dtype). The gate buffer holds one query chunk (``SCORE_BYTES``).
+input dtype). The gate buffer holds one query chunk (the ``score_bytes`` kernel setting).
 
 The bound is not a dot product, but it splits into two: ``max(q_i m_i, q_i M_i)`` is
 ``q_i M_i`` where ``q_i >= 0`` and ``q_i m_i`` where ``q_i < 0`` (``m_i <= M_i``), so the
@@ -24,7 +24,6 @@ from ..triton_tiles import load_rows
 from .pooling import block_key_bounds
 from .topk_triton import select_in_chunks
 
-SCORE_BYTES = 4 << 30
 # Shared-memory budgets of the operand tiles (bytes): the query's two halves, and one
 # pipeline stage of the two bound tiles. float32 and head dim 256 get fewer rows, so every
 # dtype and head dim up to 256 stays well under an H200's 227 KB with 3 stages.
@@ -92,5 +91,5 @@ def quest_select_triton(q: torch.Tensor, k: torch.Tensor, block_size: int, top_k
             PRECISION=dot_precision(q.dtype),
         )
 
-    sel = select_in_chunks(B, Hq, N, nb, rows, block_size, top_k, q.device, SCORE_BYTES, fill_scores)
+    sel = select_in_chunks(B, Hq, N, nb, rows, block_size, top_k, q.device, fill_scores)
     return BlockSelection._trusted(sel, block_size, "head")

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..config_checks import check_known_fields
 from ..selection import BlockSelection
 from .controls import select_oracle, select_random, select_window
 from .moba import moba_gate, select_moba
@@ -104,6 +105,30 @@ class Selector:
 
     def default_per(self) -> str:
         return "group" if self.per == "either" else self.per
+
+    def check_options(self, given, where: str, *, block_size: int = 16, top_k: int = 64) -> tuple:
+        """``given`` ablation parameters (a sweep entry's, a model's ``options``) checked: names
+        among the selector's, each of its default's type, and each value accepted by one
+        selection of a two-block input at ``block_size`` and ``top_k`` (the selector's own
+        checks, so a bad value fails now, not in a run; give the caller's own sizes where it
+        has them, for the checks that depend on them). Returns the sorted ``(name, value)``
+        pairs that differ from the defaults, so that spelling a default out changes no point
+        id and no stored config."""
+        if not isinstance(given, dict):
+            raise ValueError(f"{where} must be a mapping of the selector's options, got {given!r}")
+        check_known_fields(given, tuple(self.options), where)
+        for name, value in given.items():
+            default = self.options[name]
+            if type(value) is not type(default):
+                raise ValueError(f"{where}.{name} must be a {type(default).__name__} like its default "
+                                 f"{default!r}, got {value!r}")
+        if given:
+            tiny = torch.zeros(1, 2 * block_size, 1, 16)
+            try:
+                self.select(tiny, tiny, block_size=block_size, top_k=top_k, **given)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+        return tuple(sorted((k, v) for k, v in given.items() if v != self.options[k]))
 
     def select(self, q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
                index: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "reference",

@@ -4,8 +4,9 @@ max, ties to the lower id; NaN scores count as -inf; unused slots are -1. MSA's 
 selection kernels and MSA's decode run it on their scores; ``select_in_chunks`` is the host loop the
 selection twins share (score a query chunk, rank it).
 
-A row of up to ``ROW_TILE`` blocks is held in registers; a longer one (e.g. block 16 at 256K
-tokens and more) is scanned in ``ROW_TILE`` chunks once per pick, each pick the best key below
+A row of up to ``ROW_TILE`` blocks (the ``top_k_row_tile`` kernel setting) is held in
+registers; a longer one (e.g. block 16 at 256K tokens and more) is scanned in ``ROW_TILE``
+chunks once per pick, each pick the best key below
 the previous one (keys are unique), so registers stay bounded at any length."""
 
 from typing import Callable
@@ -14,11 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_runtime import next_pow2
-
-#: Most blocks of a row held at once (MSA's block 128 at 1M tokens: 8192, the measured path).
-ROW_TILE = tl.constexpr(8192)
-
+from ..triton_runtime import kernel_settings, next_pow2
 
 @triton.jit
 def _rank_keys(x, j, avail, NB_PAD: tl.constexpr):
@@ -37,7 +34,7 @@ def _rank_keys(x, j, avail, NB_PAD: tl.constexpr):
 def top_blocks_kernel(
     score_ptr, sel_ptr, q0,
     ssb, ssg, ssn, sib, sig, sin,
-    K: tl.constexpr, BS: tl.constexpr, NB_PAD: tl.constexpr,
+    K: tl.constexpr, BS: tl.constexpr, NB_PAD: tl.constexpr, ROW_TILE: tl.constexpr,
 ):
     r = tl.program_id(0)
     g = tl.program_id(1)
@@ -75,14 +72,14 @@ def top_blocks_kernel(
 
 
 def select_in_chunks(batch: int, heads: int, seq_len: int, num_blocks: int, rows: int, block_size: int,
-                     top_k: int, device, score_bytes: int,
-                     fill_scores: Callable[[torch.Tensor, int, int], None]) -> torch.Tensor:
+                     top_k: int, device, fill_scores: Callable[[torch.Tensor, int, int], None]) -> torch.Tensor:
     """``int32 [batch, heads, seq_len, top_k]`` block ids: query rows in chunks (multiples of
     the scoring kernel's ``rows``) whose float32 score buffer ``[batch, heads, chunk, num_blocks]``
-    fits ``score_bytes``; ``fill_scores(scores, q0, q1)`` writes the scores of rows ``q0 .. q1 - 1``
+    fits the ``score_bytes`` kernel setting; ``fill_scores(scores, q0, q1)`` writes the scores of rows ``q0 .. q1 - 1``
     (blocks before each row's own block), then the top-k kernel ranks them."""
     sel = torch.empty(batch, heads, seq_len, top_k, device=device, dtype=torch.int32)
-    chunk = max(rows, min(seq_len, score_bytes // (batch * heads * num_blocks * 4)) // rows * rows)
+    settings = kernel_settings()
+    chunk = max(rows, min(seq_len, settings.score_bytes // (batch * heads * num_blocks * 4)) // rows * rows)
     scores = torch.empty(batch, heads, min(chunk, seq_len), num_blocks, device=device, dtype=torch.float32)
     for q0 in range(0, seq_len, chunk):
         q1 = min(seq_len, q0 + chunk)
@@ -91,6 +88,6 @@ def select_in_chunks(batch: int, heads: int, seq_len: int, num_blocks: int, rows
             scores, sel, q0,
             scores.stride(0), scores.stride(1), scores.stride(2),
             sel.stride(0), sel.stride(1), sel.stride(2),
-            K=top_k, BS=block_size, NB_PAD=next_pow2(num_blocks),
+            K=top_k, BS=block_size, NB_PAD=next_pow2(num_blocks), ROW_TILE=settings.top_k_row_tile,
         )
     return sel

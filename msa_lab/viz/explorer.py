@@ -1,5 +1,5 @@
-"""Coverage explorer: widgets pick the selector, block size, top_k, head or group, length
-and data pattern; the selection map, the recall histogram and the summary numbers update
+"""Coverage explorer: widgets pick the selector, its ablation options (``pooling=lse``), block
+size, top_k, head or group, length and data pattern; the selection map, the recall histogram and the summary numbers update
 in place (Plotly ``FigureWidget`` traces are replaced, the output is not re-rendered).
 
 It stays interactive at long lengths by measuring ``rows`` query rows spread evenly over
@@ -16,6 +16,7 @@ that selected each key block.
 from __future__ import annotations
 
 import functools
+import html
 import time
 
 import plotly.graph_objects as go
@@ -35,6 +36,30 @@ from .theme import TEMPLATE, method_color
 METHODS = tuple(s.name for s in sorted(selectors(), key=lambda s: not s.timed))
 #: Heat-map cells at most per axis: longer selections are aggregated into coarser bins.
 MAP_CELLS = 256
+
+
+def parse_options(text: str, selector, *, block_size: int, top_k: int) -> tuple:
+    """``"pooling=lse, sink_blocks=1"`` as ``selector.check_options`` pairs (checked at
+    ``block_size`` and ``top_k``), each value read as its default's type (an int,
+    ``true``/``false``, or a string); empty: the defaults."""
+    given = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or not name:
+            raise ValueError(f"options: write name=value pairs separated by commas, got {item!r}")
+        default = selector.options.get(name)
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"options.{name} must be true or false, got {value!r}")
+            given[name] = value.lower() == "true"
+        elif isinstance(default, int):
+            try:
+                given[name] = int(value)
+            except ValueError:
+                raise ValueError(f"options.{name} must be an int, got {value!r}") from None
+        else:  # a string option, or a name check_options refuses with the selector's own list
+            given[name] = value
+    return selector.check_options(given, "options", block_size=block_size, top_k=top_k)
 
 
 def rows_block_map(ids: torch.Tensor, positions: torch.Tensor, block_size: int, num_key_blocks: int,
@@ -88,6 +113,9 @@ class CoverageExplorer:
                                 continuous_update=False)
         self.seq_len = w.Dropdown(options=list(seq_lens), value=seq_lens[0], description="tokens", style=style)
         self.pattern = w.Dropdown(options=list(patterns), value=patterns[0], description="data", style=style)
+        # The selector's ablation parameters (its registry row's options), e.g. MSA's pooling.
+        self.options = w.Text(value="", placeholder="pooling=lse, sink_blocks=1", description="options",
+                              style=style, continuous_update=False)
         self.summary = w.HTML()
         self.map = go.FigureWidget(layout=dict(template=TEMPLATE, height=460, width=470,
                                                margin=dict(l=60, r=10, t=40, b=80)))
@@ -109,10 +137,10 @@ class CoverageExplorer:
                                 marker_color=method_color("oracle"), opacity=0.45, showlegend=True)
         self.hist.update_layout(barmode="overlay", xaxis_title="recall of a row", yaxis_title="rows",
                                 xaxis_range=[0, 1.01], legend=dict(x=0.02, y=0.98))
-        controls = [self.method, self.block_size, self.top_k, self.head, self.seq_len, self.pattern]
+        controls = [self.method, self.block_size, self.top_k, self.head, self.seq_len, self.pattern, self.options]
         for c in controls:
             c.observe(self._changed, names="value")
-        self.widget = w.VBox([w.HBox([w.VBox(controls[:3]), w.VBox(controls[3:])]),
+        self.widget = w.VBox([w.HBox([w.VBox(controls[:4]), w.VBox(controls[4:])]),
                               w.HBox([self.map, self.hist]), self.summary])
         self.last_update_s = None
         self.update()
@@ -135,18 +163,25 @@ class CoverageExplorer:
         data, pos = self._data(pattern, seq_len)
         return SELECTORS[method].row_scores(data.q, data.k, None, pos, block_size)
 
-    def _ids(self, method, pattern, seq_len, block_size, top_k):
+    def _ids(self, method, pattern, seq_len, block_size, top_k, options=()):
         data, pos = self._data(pattern, seq_len)
-        if method == "oracle":  # the most true mass per group, as coverage()'s oracle
+        if method == "oracle" and not options:  # the most true mass per group, as coverage()'s oracle
             return oracle_blocks(self._mass(pattern, seq_len, block_size), pos, block_size=block_size,
                                  top_k=top_k, per="group", group_size=self.num_heads // self.num_kv_heads)
         selector = SELECTORS[method]
-        if selector.row_scores is not None:
+        if selector.row_scores is not None and not options:
             return select_top_blocks(self._scores(method, pattern, seq_len, block_size), pos,
                                      block_size=block_size, top_k=top_k)
-        # A selector that ranks no scores (the window, random blocks): its whole selection, at the rows.
-        selection = selector.select(data.q, data.k, block_size=block_size, top_k=top_k, seed=self.seed)
+        # A selector that ranks no scores (the window, random blocks), or one with ablation
+        # options (its cached scores are the defaults'): its whole selection, at the rows.
+        selection = selector.select(data.q, data.k, block_size=block_size, top_k=top_k, seed=self.seed,
+                                    **dict(options))
         return selection.indices[:, :, pos]
+
+    def selector_options(self) -> tuple:
+        """The options box as the selector's checked ``(name, value)`` pairs (defaults dropped)."""
+        return parse_options(self.options.value, SELECTORS[self.method.value], block_size=self.block_size.value,
+                             top_k=self.top_k.value)
 
     def report(self) -> CoverageReport:
         """The coverage of the current setting (on the measured rows)."""
@@ -157,7 +192,7 @@ class CoverageExplorer:
         pattern, n = self.pattern.value, self.seq_len.value
         _, pos = self._data(pattern, n)
         mass = self._mass(pattern, n, bs)
-        ids = self._ids(method, pattern, n, bs, k)
+        ids = self._ids(method, pattern, n, bs, k, self.selector_options())
         per = SELECTORS[method].default_per()
         G = self.num_heads // self.num_kv_heads
         oracle = oracle_blocks(mass, pos, block_size=bs, top_k=k, per=per, group_size=G)
@@ -167,7 +202,11 @@ class CoverageExplorer:
 
     def update(self) -> None:
         start = time.perf_counter()
-        report, ids, oracle = self._measure()
+        try:
+            report, ids, oracle = self._measure()
+        except ValueError as err:  # options the selector does not take: say so, keep the last view
+            self.summary.value = f"<span style='color:#D55E00'>{html.escape(str(err), quote=False)}</span>"
+            return
         G = report.group_size
         head = self.head.value
         row = head if report.per == "head" else head // G
@@ -177,24 +216,26 @@ class CoverageExplorer:
         qb, kb = torch.nonzero((oracle_share > 0) & (share == 0), as_tuple=True)
         unit = "block" if per_bin == 1 else f"bin of {per_bin} blocks"
         name = self.method.value
+        options = ", ".join(f"{k}={v}" for k, v in self.selector_options())
+        shown = f"{name} ({options})" if options else name
         with self.map.batch_update():
             self.map.data[0].z = share.tolist()
             self.map.data[1].x, self.map.data[1].y = kb.tolist(), qb.tolist()
             self.map.data[2].z = future_cells(*share.shape)
-            self.map.layout.title = (f"{name}: {'head' if report.per == 'head' else 'group'} {row}, "
+            self.map.layout.title = (f"{shown}: {'head' if report.per == 'head' else 'group'} {row}, "
                                      f"x = oracle miss")
             self.map.layout.xaxis.title, self.map.layout.yaxis.title = f"key {unit}", f"query {unit}"
         recall = report.recall[0, head]
         with self.hist.batch_update():
             self.hist.data[0].x = recall.tolist()
-            self.hist.data[0].name = SELECTORS[name].label
+            self.hist.data[0].name = SELECTORS[name].label + (f" ({options})" if options else "")
             self.hist.data[0].marker.color = method_color(name)
             self.hist.data[1].x = report.oracle_recall[0, head].tolist()
             self.hist.layout.title = f"Recall of head {head}'s rows"
         s = report.summary()
         self.last_update_s = time.perf_counter() - start
         self.summary.value = (
-            f"<b>{name}</b>, block {report.block_size}, top_k {report.top_k}, "
+            f"<b>{html.escape(shown)}</b>, block {report.block_size}, top_k {report.top_k}, "
             f"{self.seq_len.value:,} tokens ({self.pattern.value}), {report.positions.numel():,} query rows "
             f"x {self.num_heads} heads measured: "
             f"recall mean <b>{s['recall']['mean']:.3f}</b> (p5 {s['recall']['p5']:.3f}, "
