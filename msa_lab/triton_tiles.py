@@ -57,3 +57,34 @@ def sees_any(visible, bad):
     """``[rows]``: True where a row of ``visible [rows, keys]`` sees a key flagged in ``bad``.
     Its output is set to NaN: the zeroed value alone would leave it finite and wrong."""
     return tl.max(tl.where(visible, bad[None, :], 0), 1) > 0
+
+
+@triton.jit
+def online_softmax_step(m, l, acc, s, v, PRECISION: tl.constexpr):
+    """``(m, l, acc)`` after one key tile of an online softmax in the exp2 domain: ``s [rows,
+    keys]`` the tile's scaled logits (-inf where masked), ``v [keys, D]`` its values. Every
+    row's ``m`` must already be finite or turn finite here (a row that has seen a key)."""
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l = l * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l, acc
+
+
+@triton.jit
+def gate_rows(q_ptr, score_ptr, q0, q1, sqb, sqn, sqh, ssb, ssh, ssn,
+              BS: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr):
+    """The query side of a block-gate kernel (MoBA's, Quest's): a program per (``BM`` query
+    rows from ``q0``, query head, batch) of a chunk ending at ``q1``. Returns ``(b, h, t,
+    row_ok, q, own, last_own, out_rows)``: its rows' positions and tile, their own blocks, the
+    last of those, and the score rows' pointers (``[B, heads, chunk, blocks]``)."""
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    t = q0 + tl.program_id(0) * BM + tl.arange(0, BM)
+    row_ok = t < q1
+    q = load_rows(q_ptr, b, t, h, sqb, sqn, sqh, row_ok, D, D_PAD)
+    own = t // BS
+    last_own = (tl.minimum(q0 + (tl.program_id(0) + 1) * BM, q1) - 1) // BS
+    out_rows = score_ptr + b.to(tl.int64) * ssb + h.to(tl.int64) * ssh + (t - q0).to(tl.int64)[:, None] * ssn
+    return b, h, t, row_ok, q, own, last_own, out_rows

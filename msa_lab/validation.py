@@ -148,6 +148,16 @@ def check_int(value, name: str, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_sink_blocks(sink_blocks, top_k: int) -> int:
+    """A selector's forced sink blocks (StreamingLLM's): an int in ``[0, top_k - 1]``, so that
+    the own (local) block still fits among the ``top_k`` slots."""
+    sink_blocks = check_int(sink_blocks, "sink_blocks", minimum=0)
+    if sink_blocks >= top_k:
+        raise ValueError(f"sink_blocks must be an int in [0, top_k - 1] = [0, {top_k - 1}] so that the own block "
+                         f"fits in the top_k={top_k} slots, got {sink_blocks}")
+    return sink_blocks
+
+
 def check_number(value, name: str, *, above: float) -> float:
     """A finite real number strictly greater than ``above`` (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

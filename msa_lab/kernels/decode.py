@@ -21,7 +21,7 @@ from .kv_outer import Launch, attend, merge, partial_buffers
 from ..kv_outer_plan import QueryLists
 from ..triton_runtime import dot_pad, dot_precision, kernel_settings, next_pow2
 from ..select.topk_triton import top_blocks_kernel
-from ..triton_tiles import load_rows
+from ..triton_tiles import load_rows, online_softmax_step
 
 BLOCKS_PER_PROGRAM = 16
 
@@ -146,12 +146,7 @@ def _dense_decode_split(
         v = load_rows(v_ptr, b, keys, kvh, skb, skn, skh, ok, D, D_PAD)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s = tl.where(ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        m, l, acc = online_softmax_step(m, l, acc, s, v, PRECISION)
     o_off = b.to(tl.int64) * sob + split * sok + heads[:, None] * soh + offs_d[None, :]
     tl.store(o_part_ptr + o_off, (acc / l[:, None]).to(o_part_ptr.dtype.element_ty),
              mask=g_ok[:, None] & d_ok[None, :])

@@ -23,7 +23,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from ..kv_outer_plan import KVOuterPlan, query_lists
 from ..triton_runtime import dot_pad, dot_precision, kernel_settings, key_tile, next_pow2
-from ..triton_tiles import finite_values, load_rows, slot_row, work_item
+from ..triton_tiles import finite_values, load_rows, online_softmax_step, slot_row, work_item
 
 # Measured on an H200 at MSA's config (docs/kernels.md): 64-row tiles with 4 warps and no
 # software pipelining beat 32/128 rows, 2/8 warps, 2-3 stages and a manual Q prefetch.
@@ -114,12 +114,7 @@ def _kv_outer_fwd(
                 s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
                 visible = key_ok[None, :] & (key_pos[None, :] <= t[:, None])
                 s = tl.where(visible, s, float("-inf"))
-                m_new = tl.maximum(m, tl.max(s, 1))
-                alpha = tl.exp2(m - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l = l * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                m = m_new
+                m, l, acc = online_softmax_step(m, l, acc, s, v, PRECISION)
         o = acc / l[:, None]
         o = tl.where((t >= bad_from)[:, None], float("nan"), o)
         i = (t - q0).to(tl.int64)

@@ -8,7 +8,8 @@ import torch
 
 from ..reference import block_mass, query_chunk_size
 from ..selection import PER_CHOICES, BlockSelection, num_blocks
-from ..validation import check_blocks, check_bool, check_choice, check_int, check_qkv, check_scale
+from ..validation import (check_blocks, check_bool, check_choice, check_int, check_qkv, check_scale,
+                          check_sink_blocks)
 from .topk import query_rows, top_blocks
 
 
@@ -46,10 +47,7 @@ def select_window(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: i
     B, N, Hq, Hkv, _ = check_qkv(q, k)
     block_size, top_k = check_blocks(block_size, top_k, N)
     check_choice(per, "per", PER_CHOICES)
-    sink_blocks = check_int(sink_blocks, "sink_blocks", minimum=0)
-    if sink_blocks >= top_k:
-        raise ValueError(f"sink_blocks must be an int in [0, top_k - 1] = [0, {top_k - 1}] so that the own block "
-                         f"fits in the top_k={top_k} slots, got {sink_blocks}")
+    sink_blocks = check_sink_blocks(sink_blocks, top_k)
     own = torch.arange(N, device=k.device).view(-1, 1) // block_size
     slot = torch.arange(top_k, device=k.device)
     ids = own - slot

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from ..selection import BlockSelection
 from ..triton_runtime import dot_pad, dot_precision
-from ..triton_tiles import load_rows
+from ..triton_tiles import gate_rows, load_rows
 from .pooling import block_mean_keys
 from .topk_triton import select_in_chunks
 
@@ -28,14 +28,8 @@ def _gate_scores(
     G: tl.constexpr, BS: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr,
     D: tl.constexpr, D_PAD: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    t = q0 + tl.program_id(0) * BM + tl.arange(0, BM)
-    row_ok = t < q1
-    q = load_rows(q_ptr, b, t, h, sqb, sqn, sqh, row_ok, D, D_PAD)
-    own = t // BS
-    last_own = (tl.minimum(q0 + (tl.program_id(0) + 1) * BM, q1) - 1) // BS
-    out_rows = score_ptr + b.to(tl.int64) * ssb + h.to(tl.int64) * ssh + (t - q0).to(tl.int64)[:, None] * ssn
+    b, h, t, row_ok, q, own, last_own, out_rows = gate_rows(q_ptr, score_ptr, q0, q1, sqb, sqn, sqh, ssb, ssh, ssn,
+                                                            BS, BM, D, D_PAD)
     for j0 in range(0, last_own, BJ):  # only blocks before a query's own block compete
         blk = j0 + tl.arange(0, BJ)
         km = load_rows(km_ptr, b, blk, h // G, skb, skn, skh, blk < NB, D, D_PAD)

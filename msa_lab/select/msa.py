@@ -10,8 +10,8 @@ import torch
 from ..backends import SELECT
 from ..reference import grouped_scores, query_chunk_size
 from ..selection import PER_CHOICES, BlockSelection, num_blocks
-from ..validation import (check_blocks, check_choice, check_index_inputs, check_int, check_positions,
-                          check_positive_int, check_qkv)
+from ..validation import (check_blocks, check_choice, check_index_inputs, check_positions,
+                          check_positive_int, check_qkv, check_sink_blocks)
 from .topk import query_rows, top_blocks
 
 #: How a block's visible token logits become its score (docs/semantics.md, "MSA").
@@ -79,11 +79,7 @@ def check_msa_options(pooling, per, sink_blocks, top_k: int) -> tuple[str, str, 
     """``(pooling, per, sink_blocks)`` of ``select_msa``, checked against ``top_k``."""
     pooling = check_choice(pooling, "pooling", POOLINGS)
     per = check_choice(per, "per", PER_CHOICES)
-    sink_blocks = check_int(sink_blocks, "sink_blocks", minimum=0)
-    if sink_blocks > top_k - 1:
-        raise ValueError(f"sink_blocks must be at most top_k - 1 = {top_k - 1} (the local block takes one "
-                         f"of the top_k={top_k} slots), got {sink_blocks}")
-    return pooling, per, sink_blocks
+    return pooling, per, check_sink_blocks(sink_blocks, top_k)
 
 
 def select_msa(index_q: torch.Tensor, index_k: torch.Tensor, *, block_size: int = 128,
