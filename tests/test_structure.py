@@ -116,7 +116,10 @@ def layer_of(module: str) -> int | None:
 
 def unit(module: str) -> str:
     """The entry a module belongs to: ``msa_lab.select`` for ``msa_lab.select.moba``."""
-    return placement(module)[1]
+    found = placement(module)
+    assert found is not None, (f"{module} is in no LAYERS entry: a relative import that climbs out of msa_lab, "
+                               "or a new module to place in LAYERS")
+    return found[1]
 
 
 def cycles(edges) -> list[list[str]]:
