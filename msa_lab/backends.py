@@ -1,7 +1,8 @@
 """One backend table per operation, and the one resolver of ``backend="auto"``.
 
 A named backend runs or raises: nothing falls back silently. ``"auto"`` picks the operation's
-CUDA choice when the input is on a GPU and its CPU choice otherwise; a backend that runs
+CUDA choice when the input is on a GPU (unless that is a Triton backend and the head dim is
+above ``triton_runtime.MAX_HEAD_DIM``) and its CPU choice otherwise; a backend that runs
 Triton kernels is checked against the device (``triton_runtime.check_triton_device``) before
 any launch.
 """
@@ -33,12 +34,14 @@ class Operation:
     def resolve(self, backend: str, x: torch.Tensor) -> str:
         """``backend`` checked against the table, ``"auto"`` resolved by ``x``'s device; a
         Triton backend on a device that cannot run it raises."""
+        from .triton_runtime import MAX_HEAD_DIM, check_triton_device
+
         backend = self.check(backend)
         if backend == "auto":
             backend = self.auto_cuda if x.is_cuda else self.auto_cpu
+            if backend in self.triton and x.shape[-1] > MAX_HEAD_DIM:  # past the kernels' tiles: the CPU choice
+                backend = self.auto_cpu
         if backend in self.triton:
-            from .triton_runtime import check_triton_device
-
             check_triton_device(x, backend)
         return backend
 

@@ -119,8 +119,17 @@ class KVOuterPlan:
                              "prepare a new plan")
 
     def ranges(self) -> list[tuple[int, int]]:
-        """The query ranges kept so far, ascending ([(0, N)] before any)."""
-        return sorted((e.q0, e.q1) for e in self._ranges) or [(0, self.selection.indices.shape[2])]
+        """A tiling of the rows ``[0, N)``: the query ranges kept so far and the gaps between
+        them, ascending (``[(0, N)]`` before any), so that chunks cut inside them cover every
+        row and cut no kept range."""
+        tiles, at = [], 0
+        for q0, q1 in sorted((e.q0, e.q1) for e in self._ranges):
+            if q0 > at:
+                tiles.append((at, q0))
+            tiles.append((q0, q1))
+            at = q1
+        N = self.selection.indices.shape[2]
+        return tiles + [(at, N)] if at < N else tiles
 
     def lists(self, q0: int, q1: int, entries_per_item: int) -> QueryLists:
         """Lists of rows ``[q0, q1)``: cut from a kept range that holds them, else sorted, and

@@ -59,6 +59,10 @@ class KernelSettings:
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"kernel setting {name} must be a power of two of at least 16, got {value}")
+        for name in ("index_blocks_per_store", "index_num_warps", "backward_num_warps"):  # tl.arange, warps
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ValueError(f"kernel setting {name} must be a power of two, got {value}")
 
 
 _SETTINGS: ContextVar[KernelSettings] = ContextVar("msa_lab_kernel_settings", default=KernelSettings())

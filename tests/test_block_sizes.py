@@ -109,7 +109,9 @@ def test_kernel_settings_apply_inside_their_block_only_and_refuse_bad_values():
     for changes, error, said in ((dict(max_tile_key=16), TypeError, "unknown kernel setting.*max_tile_key.*the settings are"),
                                  (dict(max_tile_keys=24), ValueError, "max_tile_keys must be a power of two"),
                                  (dict(score_bytes=0), ValueError, "score_bytes must be a positive int"),
-                                 (dict(poison_partials=1), TypeError, "poison_partials must be True or False")):
+                                 (dict(poison_partials=1), TypeError, "poison_partials must be True or False"),
+                                 (dict(index_blocks_per_store=3), ValueError, "index_blocks_per_store must be a power of two"),
+                                 (dict(backward_num_warps=6), ValueError, "backward_num_warps must be a power of two")):
         with pytest.raises(error, match=said):
             with using_kernel_settings(**changes):
                 pass

@@ -118,3 +118,52 @@ def test_bad_plans_are_refused_with_what_to_pass():
     sel.indices[0, 0, -1] = sel.indices[0, 0, -1].flip(0).clone()  # edited in place (still valid) after the plan
     with pytest.raises(ValueError, match="changed in place"):
         ml.block_sparse_attention(q, k, v, sel, backend="triton", plan=plan)
+
+
+def reference_grads(q, k, v, sel, dout):
+    leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ml.block_sparse_attention(*leaves, sel).backward(dout.double())
+    return [x.grad for x in leaves]
+
+
+def test_a_plan_with_a_range_cut_by_hand_still_gives_every_rows_gradient():
+    q, k, v = make_qkv(1, 64, 4, 2, 16)
+    sel = random_selection(1, 2, 64, 16, 3, "group")
+    dout = torch.randn_like(q)
+    plan = ml.prepare_kv_outer(sel)
+    plan.lists(0, 16, 8)  # a kept range the forward's one chunk overlaps: that chunk is not kept
+    assert plan.ranges() == [(0, 16), (16, 64)]
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    ml.block_sparse_attention(*leaves, sel, backend="triton", plan=plan).backward(dout)
+    for got, ref in zip((x.grad for x in leaves), reference_grads(q, k, v, sel, dout)):
+        assert rel_err(got, ref) < 1e-5
+
+
+def test_a_selection_with_non_contiguous_indices_trains_with_its_plan():
+    q, k, v = make_qkv(1, 50, 4, 2, 16)
+    ids = random_selection(1, 2, 50, 16, 3, "group").indices
+    sel = ml.BlockSelection(ids.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3), 16, "group")
+    assert not sel.indices.is_contiguous()
+    dout = torch.randn_like(q)
+    for plan in (None, ml.prepare_kv_outer(sel)):
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        ml.block_sparse_attention(*leaves, sel, backend="triton", plan=plan).backward(dout)
+        for got, ref in zip((x.grad for x in leaves), reference_grads(q, k, v, sel, dout)):
+            assert rel_err(got, ref) < 1e-5
+
+
+def test_the_backward_runs_with_its_forwards_kernel_settings(monkeypatch):
+    # On a GPU the backward runs on autograd's device thread, which does not see the caller's
+    # context: the settings travel with the forward.
+    from msa_lab.kernels import kv_outer_bwd
+    from msa_lab.triton_runtime import kernel_settings
+
+    seen, backward = [], kv_outer_bwd.kv_outer_backward
+    monkeypatch.setattr(kv_outer_bwd, "kv_outer_backward",
+                        lambda *args, **kw: (seen.append(kernel_settings()), backward(*args, **kw))[1])
+    q, k, v = make_qkv(1, 40, 4, 2, 16)
+    sel = random_selection(1, 2, 40, 16, 2, "group")
+    with using_kernel_settings(backward_keys_per_program=16, poison_partials=True):
+        out = ml.block_sparse_attention(q.requires_grad_(), k, v, sel, backend="triton")
+    out.sum().backward()  # outside the block
+    assert seen[0].backward_keys_per_program == 16 and seen[0].poison_partials

@@ -182,3 +182,11 @@ def test_index_kl_reaches_only_the_index_projections(sparse):
     for name, p in layer.named_parameters():
         touched = p.grad is not None and bool(p.grad.any())
         assert touched == name.startswith("indexer."), name
+
+
+def test_a_layer_wider_than_128_with_small_heads_runs_the_triton_kernels():
+    # The head-dim limit of the Triton kernels is about q's head dim, not the layer's width.
+    layer = Attention(d_model=256, num_heads=8, num_kv_heads=2, method="msa", block_size=16, top_k=2,
+                      backend="triton")
+    y, aux = layer(torch.randn(1, 40, 256))
+    assert y.shape == (1, 40, 256) and torch.isfinite(y).all() and aux is not None

@@ -135,3 +135,12 @@ def test_the_training_runner_trains_a_registered_selector(method, tmp_path):
 
     summary = json.loads((run_training(raw, tmp_path, progress=False) / "summary.json").read_text())
     assert summary["method"] == method and summary["final_loss"] == summary["final_loss"]  # trained, no NaN
+
+
+def test_sweep_options_are_checked_at_each_grid_cells_top_k():
+    raw = dict(name="t", mode="prefill", device="cpu", grid=dict(GRID, top_k=[2, 4]),
+               methods=[dict(method="window", backend="reference", options=dict(sink_blocks=3))])
+    with pytest.raises(ValueError, match=r"methods\[0\].options: sink_blocks must be an int in \[0, top_k - 1\] = \[0, 1\]"):
+        parse_config(raw)
+    raw["grid"]["top_k"] = [4]
+    assert len(parse_config(raw).points) == 1

@@ -282,10 +282,14 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
             max_len = field_int(max_len, f"{where}.max_seq_len")
         grid = dict(base, **_check_grid(entry.get("grid", {}), f"{where}.grid"))
         unused = _unused_fields(method, mode)
-        seen = set()
+        seen, checked_sizes = set(), set()
         for values in itertools.product(*(grid[f] for f in GRID_FIELDS)):
             cell = dict(zip(GRID_FIELDS, values), **dict.fromkeys(unused))
             _check_cell(cell, where)
+            if options and (cell["block_size"], cell["top_k"]) not in checked_sizes:  # e.g. sink_blocks < top_k
+                selector.check_options(dict(options), f"{where}.options", block_size=cell["block_size"],
+                                       top_k=cell["top_k"])
+                checked_sizes.add((cell["block_size"], cell["top_k"]))
             point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell, cuda_graph=graph,
                           options=options)
             if point.point_id not in seen:  # grid fields the method ignores collapse

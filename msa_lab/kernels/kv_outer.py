@@ -275,9 +275,9 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     K = selection.top_k
     launch = Launch.for_forward(selection.per, Hq // k.shape[2], selection.block_size, D, q.dtype)
     q, k, v = (x.contiguous() for x in (q, k, v))
-    if not selection.indices.is_contiguous():
-        selection = BlockSelection._trusted(selection.indices.contiguous(), selection.block_size,
-                                            selection.per)
+    # The merge kernel reads the ids by strides of a contiguous tensor; the lists (and the plan,
+    # which knows the caller's selection) come from the selection as given.
+    ids = selection.indices.contiguous()
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
     C = query_chunk or chunk_rows(B, N, K, Hq, D, q.dtype, q.device)
@@ -288,5 +288,5 @@ def kv_outer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         lists = query_lists(selection, plan, q0, q1, launch.entries)
         attend(q, k, v, lists, o_part[:, :q1 - q0], lse_part[:, :q1 - q0], q0, scale, selection.block_size,
                selection.indices.shape[1], launch)
-        merge(o_part[:, :q1 - q0], lse_part[:, :q1 - q0], selection.indices, out, lse, q0, launch)
+        merge(o_part[:, :q1 - q0], lse_part[:, :q1 - q0], ids, out, lse, q0, launch)
     return out, lse

@@ -34,6 +34,8 @@ dK/dV two ways:
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import triton
 import triton.language as tl
@@ -41,7 +43,7 @@ import triton.language as tl
 from ..selection import BlockSelection
 from .kv_outer import Launch, chunk_rows, empty_partials
 from ..kv_outer_plan import KVOuterPlan, query_lists
-from ..triton_runtime import dot_pad, dot_precision, kernel_settings, next_pow2
+from ..triton_runtime import dot_pad, dot_precision, kernel_settings, next_pow2, using_kernel_settings
 from ..triton_tiles import finite_part, load_rows, slot_row, work_item
 
 
@@ -260,6 +262,9 @@ class KVOuterAttention(torch.autograd.Function):
         out, lse = kv_outer_attention(q, k, v, selection, scale, plan=plan)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.selection, ctx.scale, ctx.deterministic, ctx.plan = selection, scale, deterministic, plan
+        # CUDA backward passes run on autograd's device thread, which does not see the caller's
+        # context variables: the backward runs with the kernel settings its forward ran with.
+        ctx.settings = kernel_settings()
         ctx.selection_version = selection.indices_version()
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -270,7 +275,8 @@ class KVOuterAttention(torch.autograd.Function):
         if ctx.selection.indices_version() != ctx.selection_version:
             raise RuntimeError("the selection's indices were changed in place between the forward and the "
                                "backward pass; the gradients would not match the forward's output")
-        dq, dk, dv = kv_outer_backward(q, k, v, out, lse, dout, ctx.selection, ctx.scale,
-                                       deterministic=ctx.deterministic, plan=ctx.plan)
+        with using_kernel_settings(**asdict(ctx.settings)):
+            dq, dk, dv = kv_outer_backward(q, k, v, out, lse, dout, ctx.selection, ctx.scale,
+                                           deterministic=ctx.deterministic, plan=ctx.plan)
         ctx.plan = None  # its lists are done with (a retained graph's second backward builds anew)
         return dq, dk, dv, None, None, None, None

@@ -90,15 +90,17 @@ class Attention(nn.Module):
         #: coverage of the model's own attention (msa_lab.train.index_coverage).
         self.keep_inputs, self.last_inputs = False, None
 
-    def _sparse_backend(self, x: torch.Tensor) -> str:
-        return BLOCK_SPARSE.resolve(self.backend, x)
+    def _sparse_backend(self, q: torch.Tensor) -> str | None:
+        """The block-sparse backend for the projected ``q`` (its device and head dim); None for
+        a full-attention layer, which never runs it."""
+        return None if self.selector is None else BLOCK_SPARSE.resolve(self.backend, q)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, _ = check_hidden(x, self.d_model)
         q = rotary(self.wq(x).view(B, N, self.num_heads, self.head_dim), self.rotary_dims, self.rope_base)
         k = rotary(self.wk(x).view(B, N, self.num_kv_heads, self.head_dim), self.rotary_dims, self.rope_base)
         v = self.wv(x).view(B, N, self.num_kv_heads, self.head_dim)
-        backend = self._sparse_backend(x)
+        backend = self._sparse_backend(q)
         selection, aux, lse, plan = None, None, None, None
         index_q = index_k = None
         if self.indexer is not None:
@@ -114,7 +116,7 @@ class Attention(nn.Module):
             # MSA's KL teacher is this attention normalised over the same tokens: its LSE saves
             # the KL a pass over the main q/k
             # One inversion of the selection for the attention's forward, its backward and the KL.
-            plan = prepare_kv_outer(selection) if backend == "triton" else None
+            plan = prepare_kv_outer(selection) if backend == "triton" and torch.is_grad_enabled() else None
             out, lse = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic,
                                               return_lse=True, plan=plan)
         else:

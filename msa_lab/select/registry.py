@@ -126,8 +126,8 @@ class Selector:
             tiny = torch.zeros(1, 2 * block_size, 1, 16)
             try:
                 self.select(tiny, tiny, block_size=block_size, top_k=top_k, **given)
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{where}: {err}") from None
         return tuple(sorted((k, v) for k, v in given.items() if v != self.options[k]))
 
     def select(self, q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int,
