@@ -95,8 +95,8 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, ob
     out = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and y is None or isinstance(y, dict) and x is None or \
-                isinstance(x, dict) and isinstance(y, dict):
+        mappings = all(isinstance(v, dict) or v is None for v in (x, y)) and (x is not None or y is not None)
+        if mappings:
             out += config_differences(x or {}, y or {}, f"{prefix}{key}.")
         elif x != y:
             out.append((f"{prefix}{key}", x, y))

@@ -74,14 +74,14 @@ def kernel_settings() -> KernelSettings:
 
 
 @contextmanager
-def using_kernel_settings(**changes):
-    """Launch the kernels inside the block with ``changes`` to the current settings, e.g.
-    ``with using_kernel_settings(poison_partials=True, partial_bytes=1 << 20): ...``."""
+def using_kernel_settings(base: KernelSettings | None = None, **changes):
+    """Launch the kernels inside the block with ``changes`` to ``base`` (default: the current
+    settings), e.g. ``with using_kernel_settings(poison_partials=True, partial_bytes=1 << 20): ...``."""
     names = {f.name for f in fields(KernelSettings)}
     unknown = sorted(set(changes) - names)
     if unknown:
         raise TypeError(f"unknown kernel setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(names))}")
-    token = _SETTINGS.set(replace(_SETTINGS.get(), **changes))
+    token = _SETTINGS.set(replace(base or _SETTINGS.get(), **changes))
     try:
         yield _SETTINGS.get()
     finally:

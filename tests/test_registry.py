@@ -144,3 +144,7 @@ def test_sweep_options_are_checked_at_each_grid_cells_top_k():
         parse_config(raw)
     raw["grid"]["top_k"] = [4]
     assert len(parse_config(raw).points) == 1
+    # a value valid only past the checker's default top_k of 64
+    raw["grid"] = dict(GRID, seq_len=4096, block_size=16, top_k=128)
+    raw["methods"][0]["options"] = dict(sink_blocks=100)
+    assert parse_config(raw).points[0].params["options"] == "sink_blocks=100"

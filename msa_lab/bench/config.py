@@ -271,25 +271,24 @@ def parse_config(raw: dict, *, check_device: bool = True) -> SweepConfig:
             raise ValueError(f"{where}.per: {method!r} selects per {default_per}; got {per!r}")
         stages = field_bool(entry.get("stages", method != "full" and mode != "coverage"), f"{where}.stages")
         graph = _check_cuda_graph(entry.get("cuda_graph", cuda_graph), f"{where}.cuda_graph", mode)
+        grid = dict(base, **_check_grid(entry.get("grid", {}), f"{where}.grid"))
         given = entry.get("options", {})
         if given and selector is None:
             raise ValueError(f"{where}.options: full attention takes no options")
-        options = () if selector is None else selector.check_options(given, f"{where}.options")
+        options = ()
+        if selector is not None:  # at each of the grid's block sizes and top_k (e.g. sink_blocks < top_k)
+            for block_size, top_k in sorted(set(itertools.product(grid["block_size"], grid["top_k"]))):
+                options = selector.check_options(given, f"{where}.options", block_size=block_size, top_k=top_k)
         if mode == "decode" and options:
             raise ValueError(f"{where}.options: MSA's decode has no ablation options; got {dict(options)}")
         max_len = entry.get("max_seq_len")
         if max_len is not None:
             max_len = field_int(max_len, f"{where}.max_seq_len")
-        grid = dict(base, **_check_grid(entry.get("grid", {}), f"{where}.grid"))
         unused = _unused_fields(method, mode)
-        seen, checked_sizes = set(), set()
+        seen = set()
         for values in itertools.product(*(grid[f] for f in GRID_FIELDS)):
             cell = dict(zip(GRID_FIELDS, values), **dict.fromkeys(unused))
             _check_cell(cell, where)
-            if options and (cell["block_size"], cell["top_k"]) not in checked_sizes:  # e.g. sink_blocks < top_k
-                selector.check_options(dict(options), f"{where}.options", block_size=cell["block_size"],
-                                       top_k=cell["top_k"])
-                checked_sizes.add((cell["block_size"], cell["top_k"]))
             point = Point(mode, method, backend, sel_backend, per, stages, max_len, **cell, cuda_graph=graph,
                           options=options)
             if point.point_id not in seen:  # grid fields the method ignores collapse

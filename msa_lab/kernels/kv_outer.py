@@ -236,8 +236,9 @@ def partial_budget(device: torch.device, *, reproducible: bool = False) -> int:
     """Bytes of partials one query chunk may take. ``reproducible``: a budget that depends on
     the device alone (a quarter of its memory), not on what is free at the call, for results
     that must not change with the chunking (the deterministic backward)."""
-    if kernel_settings().partial_bytes is not None:
-        return kernel_settings().partial_bytes
+    fixed = kernel_settings().partial_bytes
+    if fixed is not None:
+        return fixed
     if device.type == "cuda" and reproducible:
         return torch.cuda.get_device_properties(device).total_memory // 4
     if device.type == "cuda":

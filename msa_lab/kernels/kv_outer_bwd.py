@@ -34,8 +34,6 @@ dK/dV two ways:
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 import triton
 import triton.language as tl
@@ -158,7 +156,6 @@ def _sum_slots(
     tl.store(dq_ptr + x_off, acc.to(dq_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
 
 
-#: Keys of a block per program (fewer split a block over programs) and warps. On an H200 at
 def kv_outer_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                       dout: torch.Tensor, selection: BlockSelection, scale: float, *,
                       deterministic: bool = False, keys_per_program: int | None = None,
@@ -275,7 +272,7 @@ class KVOuterAttention(torch.autograd.Function):
         if ctx.selection.indices_version() != ctx.selection_version:
             raise RuntimeError("the selection's indices were changed in place between the forward and the "
                                "backward pass; the gradients would not match the forward's output")
-        with using_kernel_settings(**asdict(ctx.settings)):
+        with using_kernel_settings(ctx.settings):
             dq, dk, dv = kv_outer_backward(q, k, v, out, lse, dout, ctx.selection, ctx.scale,
                                            deterministic=ctx.deterministic, plan=ctx.plan)
         ctx.plan = None  # its lists are done with (a retained graph's second backward builds anew)

@@ -113,10 +113,10 @@ class Attention(nn.Module):
                     q, k, index=None if self.indexer is None else (index_q, index_k), block_size=self.block_size,
                     top_k=self.top_k, backend=backend if backend in self.selector.backends else "reference",
                     **self.options)
-            # MSA's KL teacher is this attention normalised over the same tokens: its LSE saves
-            # the KL a pass over the main q/k
             # One inversion of the selection for the attention's forward, its backward and the KL.
             plan = prepare_kv_outer(selection) if backend == "triton" and torch.is_grad_enabled() else None
+            # MSA's KL teacher is this attention normalised over the same tokens: its LSE saves
+            # the KL a pass over the main q/k
             out, lse = block_sparse_attention(q, k, v, selection, backend=backend, deterministic=self.deterministic,
                                               return_lse=True, plan=plan)
         else:

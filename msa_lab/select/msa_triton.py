@@ -2,8 +2,8 @@
 
 ``_block_scores``: a program per (256-query tile, index head, batch) loops over the key blocks
 up to its last query's block, and over each block in key sub-tiles of at most the
-``max_tile_keys`` kernel setting's tokens; for each it computes the causal index logits ``index_q . index_k * Di**-0.5`` on the
-tensor cores and folds them into the block's pool per query: max (MSA: no softmax, no
+``max_tile_keys`` kernel setting's tokens; for each it computes the causal index logits
+``index_q . index_k * Di**-0.5`` on the tensor cores and folds them into the block's pool per query: max (MSA: no softmax, no
 exponentials), mean over the visible tokens, or a running logsumexp. Forced sink blocks are
 stored as +inf. Scores go to a buffer for one query chunk.
 
@@ -23,7 +23,6 @@ from ..selection import BlockSelection, num_blocks
 from ..triton_runtime import dot_pad, dot_precision, kernel_settings
 from ..triton_tiles import load_rows
 from .topk_triton import select_in_chunks
-
 
 
 @triton.jit

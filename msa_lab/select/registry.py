@@ -15,6 +15,7 @@ import torch
 
 from ..config_checks import check_known_fields
 from ..selection import BlockSelection
+from ..validation import PADDED_TOP_K_LIMIT
 from .controls import select_oracle, select_random, select_window
 from .moba import moba_gate, select_moba
 from .msa import index_from_qk, msa_block_scores, select_msa
@@ -109,7 +110,7 @@ class Selector:
     def check_options(self, given, where: str, *, block_size: int = 16, top_k: int = 64) -> tuple:
         """``given`` ablation parameters (a sweep entry's, a model's ``options``) checked: names
         among the selector's, each of its default's type, and each value accepted by one
-        selection of a two-block input at ``block_size`` and ``top_k`` (the selector's own
+        selection of a tiny input at ``block_size`` and ``top_k`` (the selector's own
         checks, so a bad value fails now, not in a run; give the caller's own sizes where it
         has them, for the checks that depend on them). Returns the sorted ``(name, value)``
         pairs that differ from the defaults, so that spelling a default out changes no point
@@ -122,8 +123,8 @@ class Selector:
             if type(value) is not type(default):
                 raise ValueError(f"{where}.{name} must be a {type(default).__name__} like its default "
                                  f"{default!r}, got {value!r}")
-        if given:
-            tiny = torch.zeros(1, 2 * block_size, 1, 16)
+        if given:  # two blocks, or as many as top_k where top_k is past the padding limit
+            tiny = torch.zeros(1, block_size * (2 if top_k <= PADDED_TOP_K_LIMIT else top_k), 1, 16)
             try:
                 self.select(tiny, tiny, block_size=block_size, top_k=top_k, **given)
             except (TypeError, ValueError) as err:

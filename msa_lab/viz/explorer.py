@@ -1,6 +1,7 @@
 """Coverage explorer: widgets pick the selector, its ablation options (``pooling=lse``), block
-size, top_k, head or group, length and data pattern; the selection map, the recall histogram and the summary numbers update
-in place (Plotly ``FigureWidget`` traces are replaced, the output is not re-rendered).
+size, top_k, head or group, length and data pattern; the selection map, the recall histogram
+and the summary numbers update in place (Plotly ``FigureWidget`` traces are replaced, the
+output is not re-rendered).
 
 It stays interactive at long lengths by measuring ``rows`` query rows spread evenly over
 the sequence (exact normalisers, as ``coverage(rows=...)``): the true block mass of those
@@ -192,18 +193,19 @@ class CoverageExplorer:
         pattern, n = self.pattern.value, self.seq_len.value
         _, pos = self._data(pattern, n)
         mass = self._mass(pattern, n, bs)
-        ids = self._ids(method, pattern, n, bs, k, self.selector_options())
+        options = self.selector_options()
+        ids = self._ids(method, pattern, n, bs, k, options)
         per = SELECTORS[method].default_per()
         G = self.num_heads // self.num_kv_heads
         oracle = oracle_blocks(mass, pos, block_size=bs, top_k=k, per=per, group_size=G)
         report = CoverageReport.from_block_mass(mass, ids, pos, per=per, group_size=G, block_size=bs, top_k=k,
                                                 oracle_ids=oracle)
-        return report, ids, oracle
+        return report, ids, oracle, options
 
     def update(self) -> None:
         start = time.perf_counter()
         try:
-            report, ids, oracle = self._measure()
+            report, ids, oracle, options = self._measure()
         except ValueError as err:  # options the selector does not take: say so, keep the last view
             self.summary.value = f"<span style='color:#D55E00'>{html.escape(str(err), quote=False)}</span>"
             return
@@ -216,7 +218,7 @@ class CoverageExplorer:
         qb, kb = torch.nonzero((oracle_share > 0) & (share == 0), as_tuple=True)
         unit = "block" if per_bin == 1 else f"bin of {per_bin} blocks"
         name = self.method.value
-        options = ", ".join(f"{k}={v}" for k, v in self.selector_options())
+        options = ", ".join(f"{k}={v}" for k, v in options)
         shown = f"{name} ({options})" if options else name
         with self.map.batch_update():
             self.map.data[0].z = share.tolist()
