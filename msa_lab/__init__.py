@@ -1,15 +1,18 @@
-"""msa_lab: long-context sparse attention research toolkit (MSA, MoBA, full attention).
+"""msa_lab: long-context sparse attention research toolkit (MSA, DSA, MoBA, Quest, full attention).
 
 Tensors are ``[batch, seq, heads, dim]``; see ``docs/semantics.md`` for what each
 method means.
 """
 
-from .attention import block_sparse_attention, full_attention, moba_attention, msa_attention, quest_attention
+from .attention import (block_sparse_attention, dsa_attention, full_attention, moba_attention, msa_attention,
+                        quest_attention)
 from .coverage import CoverageReport, coverage, output_error
 from .decode import KVCache, dense_decode, msa_decode
 from .kv_outer_plan import KVOuterPlan, prepare_kv_outer
-from .selection import BlockSelection
+from .selection import BlockSelection, TokenSelection
 from .select import (
+    dsa_index_from_qk,
+    select_dsa,
     index_from_qk,
     msa_block_scores,
     select_moba,
@@ -31,6 +34,8 @@ __all__ = [
     "block_sparse_attention",
     "coverage",
     "dense_decode",
+    "dsa_attention",
+    "dsa_index_from_qk",
     "full_attention",
     "index_from_qk",
     "moba_attention",
@@ -40,6 +45,7 @@ __all__ = [
     "output_error",
     "prepare_kv_outer",
     "quest_attention",
+    "select_dsa",
     "select_moba",
     "select_msa",
     "select_oracle",
@@ -47,4 +53,5 @@ __all__ = [
     "select_random",
     "select_top_blocks",
     "select_window",
+    "TokenSelection",
 ]

@@ -3,7 +3,8 @@
 ``backend="reference"`` is the chunked plain-PyTorch oracle; ``"sdpa"`` (full
 attention) is PyTorch's fused dense kernel; ``"flex"`` (block-sparse) is PyTorch
 FlexAttention with a mask built from the selection; ``"triton"`` (block-sparse) is the
-KV-outer Triton kernel and ``"triton_q_outer"`` the query-outer one. ``"auto"`` picks the fastest
+KV-outer Triton kernel and ``"triton_q_outer"`` the query-outer one; over a token selection
+(DSA), ``"triton"`` is the token-gather kernel. ``"auto"`` picks the fastest
 backend that supports the request. A named backend that cannot serve the request
 raises; nothing falls back silently.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from .backends import BLOCK_SPARSE, FULL, FULL_WITH_LSE, selection_backend
+from .backends import BLOCK_SPARSE, FULL, FULL_WITH_LSE, TOKEN_SPARSE, selection_backend
 from .reference import attention_reference
 from .select import select_moba, select_msa, select_quest
+from .select.dsa import check_dsa_index, select_dsa
 from .kv_outer_plan import KVOuterPlan
-from .selection import PER_CHOICES, BlockSelection
+from .selection import PER_CHOICES, BlockSelection, TokenSelection
 from .validation import check_bool, check_choice, check_index_inputs, check_qkv, check_scale
 
 
@@ -77,13 +79,15 @@ def _full_sdpa(q, k, v, causal, scale):
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           selection: BlockSelection, *, scale: float | None = None,
+                           selection: BlockSelection | TokenSelection, *, scale: float | None = None,
                            backend: str = "reference", return_lse: bool = False,
                            deterministic: bool = False, plan: KVOuterPlan | None = None):
     """Exact causal softmax attention over the tokens of each query's selected blocks.
 
     ``selection`` rows are per KV group (shared by the group's query heads) or per
-    query head. A query whose row sees no key outputs zeros and LSE = -inf.
+    query head; a ``TokenSelection`` (DSA) selects tokens, one row shared by every head
+    (backends ``"reference"`` and ``"triton"``, the token-gather kernel). A query whose row
+    sees no key outputs zeros and LSE = -inf.
     Differentiable in q, k, v with the ``reference`` (autograd), ``flex`` and ``triton``
     (KV-outer backward kernel) backends; ``deterministic=True`` makes the Triton backward
     bitwise reproducible on a given GPU model (no atomics; see ``kernels/kv_outer_bwd.py``).
@@ -92,10 +96,14 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     B, N, Hq, Hkv, D = check_qkv(q, k, v)
     _check_flags(return_lse=return_lse, deterministic=deterministic)
-    if not isinstance(selection, BlockSelection):
-        raise TypeError(f"selection must be a BlockSelection, got {type(selection).__name__}")
+    if not isinstance(selection, (BlockSelection, TokenSelection)):
+        raise TypeError(f"selection must be a BlockSelection or TokenSelection, got {type(selection).__name__}")
     selection.check_matches(B, N, Hq, Hkv, q.device)
     scale = check_scale(scale, D)
+    if isinstance(selection, TokenSelection):
+        if plan is not None:
+            raise ValueError("plan is a KV-outer plan of a BlockSelection; a TokenSelection takes none")
+        return _token_sparse(q, k, v, selection, scale, TOKEN_SPARSE.resolve(backend, q), return_lse, False)
     backend = BLOCK_SPARSE.resolve(backend, q)
     KVOuterPlan.check_argument(plan, selection, backend)
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, False, deterministic, plan)
@@ -196,3 +204,40 @@ def msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: to
                                backend=selection_backend(backend), pooling=pooling, per=per,
                                sink_blocks=sink_blocks)
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, return_selection, deterministic)
+
+
+def _token_sparse(q, k, v, selection, scale, backend, return_lse, return_selection):
+    """Attention over the token selection ``selection`` with a resolved ``backend``
+    (``TOKEN_SPARSE.resolve``)."""
+    if backend == "triton":
+        from .kernels.token_gather import token_gather_attention
+
+        out, lse = token_gather_attention(q, k, v, selection, scale)
+    else:
+        out, lse = attention_reference(q, k, v, scale=scale, selection=selection)
+    return _pack(out, lse, selection, return_lse, return_selection)
+
+
+def dsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index_q: torch.Tensor,
+                  index_k: torch.Tensor, index_weights: torch.Tensor, *, top_k: int = 2048,
+                  scale: float | None = None, backend: str = "reference", return_lse: bool = False,
+                  return_selection: bool = False):
+    """DSA: the lightning indexer picks the ``top_k`` tokens of each query (``select_dsa``; one
+    row shared by every query head), then exact softmax attention over them, differentiable in
+    q, k and v. ``index_q [B, N, H_I, Di]``, ``index_k [B, N, 1, Di]``, ``index_weights [B, N,
+    H_I]``. With ``backend="triton"`` (or ``"auto"`` on CUDA) the indexer, the top-k and the
+    attention run on the Triton kernels. Returns ``out`` then, as asked, ``lse`` and the
+    ``TokenSelection``."""
+    B, N, Hq, Hkv, D = check_qkv(q, k, v)
+    _check_flags(return_lse=return_lse, return_selection=return_selection)
+    Bi, Ni, _, _ = check_dsa_index(index_q, index_k, index_weights)
+    if (Bi, Ni) != (B, N):
+        raise ValueError(f"index_q must be [batch={B}, seq={N}, index_heads, index_dim] to match q/k, "
+                         f"got {tuple(index_q.shape)}")
+    if index_q.device != q.device:
+        raise ValueError(f"index_q is on {index_q.device} but q is on {q.device}")
+    scale = check_scale(scale, D)
+    backend = TOKEN_SPARSE.resolve(backend, q)
+    with torch.no_grad():  # top-k has no gradient; the indexer learns from its own loss
+        selection = select_dsa(index_q, index_k, index_weights, top_k=top_k, backend=selection_backend(backend))
+    return _token_sparse(q, k, v, selection, scale, backend, return_lse, return_selection)

@@ -55,6 +55,8 @@ FULL_WITH_LSE = Operation("full attention with its LSE", ("reference", "triton")
 #: at every GQA ratio measured (docs/kernels.md).
 BLOCK_SPARSE = Operation("block-sparse attention", ("reference", "flex", "triton", "triton_q_outer"),
                          "triton", "reference", ("triton", "triton_q_outer"))
+#: Attention over a token selection (DSA): the Triton token-gather kernels, or the reference.
+TOKEN_SPARSE = Operation("token-sparse attention", ("reference", "triton"), "triton", "reference", ("triton",))
 #: A selector's scoring and top-k.
 SELECT = Operation("block selection", ("reference", "triton"), "triton", "reference", ("triton",))
 #: MSA's index KL loss: the fused kernels over a selection's tokens, or the reference (which alone
@@ -69,4 +71,4 @@ DENSE_DECODE = Operation("dense decode", ("reference", "sdpa", "triton"), "sdpa"
 def selection_backend(attention_backend: str) -> str:
     """The selector backend that goes with a resolved attention backend (``BLOCK_SPARSE.resolve``):
     the Triton selection kernels with a Triton attention backend, else the reference."""
-    return "triton" if attention_backend in BLOCK_SPARSE.triton else "reference"
+    return "triton" if attention_backend in BLOCK_SPARSE.triton + TOKEN_SPARSE.triton else "reference"

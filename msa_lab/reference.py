@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .selection import BlockSelection, block_one_hot, num_blocks
+from .selection import BlockSelection, TokenSelection, block_one_hot, num_blocks
 
 #: Elements of the largest intermediate (``batch * heads * chunk * keys``) per chunk.
 CHUNK_ELEMENTS = 1 << 26
@@ -93,9 +93,15 @@ def _nonfinite_value_terms(p: torch.Tensor, allowed: torch.Tensor, v_bad: torch.
     return out.permute(0, 3, 1, 2, 4)
 
 
-def _selection_token_mask(sel_rows: torch.Tensor, per: str, group_size: int,
-                          block_size: int, nb: int, num_keys: int) -> torch.Tensor:
-    """``bool [B, Hkv, G or 1, C, L]``: key token allowed by the selected blocks."""
+def _selection_token_mask(selection: BlockSelection | TokenSelection, rows: torch.Tensor, group_size: int,
+                          num_keys: int, total_keys: int) -> torch.Tensor:
+    """``bool [B, Hkv or 1, G or 1, C, L]``: key token ``< num_keys`` allowed by the selection's
+    rows ``rows`` (of ``total_keys`` keys: a decode step's one row sees the whole cache)."""
+    sel_rows = selection.indices[:, :, rows]
+    if isinstance(selection, TokenSelection):  # one row per query, shared by every head; causal, so < L
+        return block_one_hot(sel_rows, num_keys).unsqueeze(2)
+    per, block_size = selection.per, selection.block_size
+    nb = num_blocks(total_keys, block_size)
     onehot = block_one_hot(sel_rows, nb)  # [B, Hs, C, nb]
     key_block = torch.arange(num_keys, device=sel_rows.device) // block_size
     tokens = onehot.index_select(-1, key_block)  # [B, Hs, C, L]
@@ -112,15 +118,15 @@ def attention_reference(
     *,
     scale: float,
     causal: bool = True,
-    selection: BlockSelection | None = None,
+    selection: BlockSelection | TokenSelection | None = None,
     query_chunk: int | None = None,
     positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention; returns ``(out [B, Nq, Hq, D] in q.dtype, lse [B, Hq, Nq])``.
 
     Causal masking is bottom-right aligned: query ``i`` sits at position
-    ``Nk - Nq + i``. With ``selection``, only keys in the selected blocks of each
-    query's row are visible (plus causality). LSE is the natural log of the softmax
+    ``Nk - Nq + i``. With ``selection``, only keys in the selected blocks (or tokens) of
+    each query's row are visible (plus causality). LSE is the natural log of the softmax
     normaliser of the scaled scores. ``positions`` (causal self-attention, ``Nq == Nk``):
     only those query rows, out ``[B, R, Hq, D]`` (e.g. sampled rows at long lengths).
     A non-finite q, k or v entry makes only the rows that see it non-finite (one check of
@@ -132,7 +138,6 @@ def attention_reference(
     offset = Nk - Nq
     rows = torch.arange(Nq, device=q.device) if positions is None else positions.to(q.device).long()
     chunk = query_chunk or query_chunk_size(Nk, B, Hq)
-    nb = num_blocks(Nk, selection.block_size) if selection is not None else 0
     dt = compute_dtype(q)
     finite = bool(torch.isfinite(q).all() & torch.isfinite(k).all() & torch.isfinite(v).all())
     if not finite:
@@ -155,10 +160,7 @@ def attention_reference(
         if causal:
             allowed = allowed & (torch.arange(L, device=q.device) <= pos.view(-1, 1))
         if selection is not None:
-            allowed = allowed & _selection_token_mask(
-                selection.indices[:, :, idx], selection.per, G,
-                selection.block_size, nb, L,
-            )
+            allowed = allowed & _selection_token_mask(selection, idx, G, L, Nk)
         p, lse = _softmax_stats(s, allowed)
         if not finite:  # a NaN score makes softmax NaN across the row, masked keys included
             p = p.masked_fill(~allowed, 0.0)

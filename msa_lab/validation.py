@@ -252,3 +252,18 @@ def check_top_k(top_k, num_key_blocks: int) -> int:
         raise ValueError(f"top_k must be at most {limit:,} (the number of key blocks, {num_key_blocks:,}, or "
                          f"{PADDED_TOP_K_LIMIT} for shorter inputs, whose rows take every block), got {top_k:,}")
     return top_k
+
+
+#: DSA's ``top_k`` counts tokens: it may exceed a short input's length (rows take every visible
+#: token and pad with -1) up to this many slots; beyond it, at most the sequence length.
+PADDED_TOKEN_TOP_K_LIMIT = 8192
+
+
+def check_token_top_k(top_k, seq_len: int) -> int:
+    """A token ``top_k``: a positive int no larger than ``max(8192, seq_len)``."""
+    top_k = check_positive_int(top_k, "top_k")
+    limit = max(PADDED_TOKEN_TOP_K_LIMIT, seq_len)
+    if top_k > limit:
+        raise ValueError(f"top_k must be at most {limit:,} tokens (the sequence length, {seq_len:,}, or "
+                         f"{PADDED_TOKEN_TOP_K_LIMIT} for shorter inputs, whose rows take every token), got {top_k:,}")
+    return top_k
