@@ -90,7 +90,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     sees no key outputs zeros and LSE = -inf.
     Differentiable in q, k, v with the ``reference`` (autograd), ``flex`` and ``triton``
     (KV-outer backward kernel) backends; ``deterministic=True`` makes the Triton backward
-    bitwise reproducible on a given GPU model (no atomics; see ``kernels/kv_outer_bwd.py``).
+    bitwise reproducible on a given GPU model (no atomics; see ``kernels/kv_outer_bwd.py``; the
+    token-gather backward has none, so it refuses the flag).
     ``plan``: ``prepare_kv_outer(selection)``, to share the Triton backend's query lists with
     ``index_kl_loss`` (its backward reuses the forward's either way).
     """
@@ -103,7 +104,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if isinstance(selection, TokenSelection):
         if plan is not None:
             raise ValueError("plan is a KV-outer plan of a BlockSelection; a TokenSelection takes none")
-        return _token_sparse(q, k, v, selection, scale, TOKEN_SPARSE.resolve(backend, q), return_lse, False)
+        backend = TOKEN_SPARSE.resolve(backend, q)
+        if deterministic and backend == "triton":
+            raise ValueError("deterministic=True: the token-gather backward adds dK/dV with atomics, whose "
+                             "order varies between runs; use backend='reference' for reproducible gradients")
+        return _token_sparse(q, k, v, selection, scale, backend, return_lse, False)
     backend = BLOCK_SPARSE.resolve(backend, q)
     KVOuterPlan.check_argument(plan, selection, backend)
     return _block_sparse(q, k, v, selection, scale, backend, return_lse, False, deterministic, plan)
